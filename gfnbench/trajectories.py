@@ -1,0 +1,123 @@
+"""`Trajectories`: one batch of sampled continuations, shared by sampler, rewards, losses, buffer and metrics.
+
+A trajectory is a prompt followed by a *state* sequence: the tokens the policy chose (actions) interleaved with
+tokens a tool inserted (not actions). State s_j is everything up to, not including, action j+1, so the tool's
+answer to action j belongs to s_j. Stopping is an action too, but it adds no token to the state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def right_pad(seqs: list[list], pad, dtype=torch.long) -> Tensor:
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), width), pad, dtype=dtype)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.tensor(s, dtype=dtype)
+    return out
+
+
+@dataclass
+class Trajectories:
+    """B sampled continuations. Shapes: P prompt width, S state width, L max number of (non-stop) actions."""
+
+    prompts: list[str]        # [B] policy prompt text of each row
+    group: Tensor             # [B] index of the example (question) each row belongs to
+    prompt_ids: Tensor        # [B, P] left-padded
+    prompt_mask: Tensor       # [B, P]
+    state_ids: Tensor         # [B, S] right-padded: actions and tool-inserted tokens
+    state_mask: Tensor        # [B, S]
+    is_action: Tensor         # [B, S] bool: False for tool-inserted tokens
+    lengths: Tensor           # [B] n = number of non-stop actions
+    stopped: Tensor           # [B] bool: took the stop action (False: forced stop at max length)
+    log_pf: Tensor            # [B, L] log q(a_t | s_{t-1}) of the t-th action, sampling-time values
+    log_pterm: Tensor         # [B, L+1] log q(stop | s_j); 0 at s_n when the stop was forced
+    texts: list[str]          # [B] decoded state text
+    log_reward: Tensor | None = None   # [B, L+1] untempered log R(s_j stop), set by the task
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def max_actions(self) -> int:
+        return self.log_pf.shape[1]
+
+    def action_positions(self) -> Tensor:
+        """[B, L] index into the state sequence of the t-th action (S where there is none)."""
+        B, S = self.is_action.shape
+        order = torch.where(self.is_action, torch.arange(S).expand(B, S), torch.full((B, S), S))
+        pos = order.sort(dim=1).values[:, : self.max_actions]
+        if pos.shape[1] < self.max_actions:
+            pos = torch.cat([pos, torch.full((B, self.max_actions - pos.shape[1]), S)], dim=1)
+        return pos
+
+    def state_ends(self) -> Tensor:
+        """[B, L+1] number of state tokens in s_j: the position of action j+1, or the full length for s_n."""
+        pos = self.action_positions()
+        total = self.state_mask.sum(dim=1, keepdim=True)
+        ends = torch.cat([pos, total], dim=1)
+        j = torch.arange(self.max_actions + 1).expand_as(ends)
+        return torch.where(j < self.lengths[:, None], ends, total)
+
+    def action_mask(self) -> Tensor:
+        """[B, L] True for real (non-stop) actions."""
+        return torch.arange(self.max_actions)[None, :] < self.lengths[:, None]
+
+    def select(self, index: Tensor | list[int]) -> "Trajectories":
+        index = torch.as_tensor(index, dtype=torch.long)
+        pick = lambda xs: [xs[i] for i in index.tolist()]  # noqa: E731
+        return replace(
+            self,
+            prompts=pick(self.prompts), group=self.group[index], prompt_ids=self.prompt_ids[index],
+            prompt_mask=self.prompt_mask[index], state_ids=self.state_ids[index],
+            state_mask=self.state_mask[index], is_action=self.is_action[index], lengths=self.lengths[index],
+            stopped=self.stopped[index], log_pf=self.log_pf[index], log_pterm=self.log_pterm[index],
+            texts=pick(self.texts),
+            log_reward=None if self.log_reward is None else self.log_reward[index],
+        )
+
+    def with_prompts(self, prompts: list[str], tokenizer) -> "Trajectories":
+        """The same state sequences after other prompts: e.g. to score every method under one plain prompt."""
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
+        return replace(self, prompts=list(prompts), prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+
+
+def from_rows(prompts: list[str], group: list[int], prompt_ids: list[list[int]], states: list[list[int]],
+              is_action: list[list[bool]], stopped: list[bool], log_pf: list[list[float]],
+              log_pterm: list[list[float]], texts: list[str], pad_id: int) -> Trajectories:
+    """Assemble per-row Python lists (as a sampler or a replay buffer holds them) into padded tensors."""
+    pid, pmask = left_pad(prompt_ids, pad_id)
+    lengths = torch.tensor([len(x) for x in log_pf], dtype=torch.long)
+    L = int(lengths.max()) if len(lengths) else 0
+    return Trajectories(
+        prompts=list(prompts), group=torch.tensor(group, dtype=torch.long), prompt_ids=pid, prompt_mask=pmask,
+        state_ids=right_pad(states, pad_id), state_mask=right_pad([[1] * len(s) for s in states], 0),
+        is_action=right_pad(is_action, False, torch.bool), lengths=lengths,
+        stopped=torch.tensor(stopped, dtype=torch.bool),
+        log_pf=_pad_to(right_pad(log_pf, 0.0, torch.float32), L),
+        log_pterm=_pad_to(right_pad(log_pterm, 0.0, torch.float32), L + 1),
+        texts=list(texts),
+    )
+
+
+def _pad_to(x: Tensor, width: int) -> Tensor:
+    if x.shape[1] >= width:
+        return x[:, :width]
+    return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1])], dim=1)
