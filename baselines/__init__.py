@@ -1,0 +1,2 @@
+"""Baselines: importing this package registers them as methods."""
+from gfnbench.baselines import decoding, prompting  # noqa: F401

@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+from contextlib import contextmanager
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,3 +242,13 @@ def add_lora(model: torch.nn.Module, rank: int = 64, alpha: int = 16, dropout: f
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
                      fan_in_fan_out=model_type == "gpt2", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+@contextmanager
+def adapters_off(model: torch.nn.Module):
+    """The reward/reference model: the same network with LoRA switched off (no second copy of the weights)."""
+    if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model

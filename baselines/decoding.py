@@ -1,0 +1,84 @@
+"""Decoding baselines: the base LM, untrained, decoded five ways (same prompt, mask, tool and stop as GFlowNet).
+
+They use the task's few-shot prompt (`default_shots`), which is the context the reward model scores under, so
+they show what the base model's own posterior gives without any fine-tuning.
+"""
+from __future__ import annotations
+
+import torch
+
+from gfnbench.beam import beam_search
+from gfnbench.methods import Method, register_method
+from gfnbench.sampling import sample
+from gfnbench.tasks.base import Example
+from gfnbench.trajectories import Trajectories
+
+
+class DecodingBaseline(Method):
+    """Sampling-based decoding of the base model; subclasses fix the decoding rule."""
+
+    greedy = False
+    temperature = 1.0
+    top_p = 1.0
+
+    def prompts(self, examples: list[Example]) -> list[str]:
+        return [self.task.shots_prompt(ex, self.task.default_shots) for ex in examples]
+
+    def decoding(self):
+        return self.task.sampling(train=False, temperature=self.temperature, greedy=self.greedy, top_p=self.top_p)
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        tok = self.lm.tokenizer
+        n = 1 if self.greedy else n
+        return sample(self.lm.model, tok, self.prompts(examples), n, self.decoding(),
+                      stop_id=self.task.stop_id(tok), allowed=self.task.allowed_tokens(tok),
+                      tool=self.task.tool if self.task.has_tool else None, context=self.lm.context_length,
+                      generator=generator)
+
+    def config(self) -> dict:
+        return {"shots": self.task.default_shots, "greedy": self.greedy, "temperature": self.temperature,
+                "top_p": self.top_p}
+
+
+@register_method("greedy", "argmax decoding of the base model (one sample per prompt)")
+class Greedy(DecodingBaseline):
+    greedy = True
+
+
+@register_method("temperature", "ancestral sampling of the base model at T = 1")
+class Temperature(DecodingBaseline):
+    temperature = 1.0
+
+
+@register_method("nucleus", "nucleus (top-p = 0.95) sampling of the base model")
+class Nucleus(DecodingBaseline):
+    top_p = 0.95
+
+
+class BeamBaseline(DecodingBaseline):
+    groups = 1
+    penalty = 0.0
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        tok = self.lm.tokenizer
+        return beam_search(self.lm.model, tok, self.prompts(examples), n, self.task.sampling(train=False),
+                           num_beams=max(n, self.groups), num_groups=self.groups, diversity_penalty=self.penalty,
+                           stop_id=self.task.stop_id(tok), allowed=self.task.allowed_tokens(tok),
+                           tool=self.task.tool if self.task.has_tool else None, context=self.lm.context_length)
+
+    def config(self) -> dict:
+        return {"shots": self.task.default_shots, "beam_groups": self.groups, "diversity_penalty": self.penalty}
+
+
+@register_method("beam", "beam search (beams = samples per prompt, length penalty 0), all beams returned")
+class Beam(BeamBaseline):
+    pass
+
+
+@register_method("diverse_beam", "diverse beam search (Hamming penalty 1.0, one group per 2 beams)")
+class DiverseBeam(BeamBaseline):
+    penalty = 1.0
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        self.groups = max(1, n // 2)
+        return super().sample(examples, n, generator)

@@ -1,0 +1,307 @@
+"""GFlowNet fine-tuning as a LightningModule (paper §3; reference-paper.md §1).
+
+One step: pick a training prompt, draw a batch of trajectories from one behaviour policy (on-policy, tempered
+with T ~ U[0.5, 2], or replay), score every prefix with the reward model (the same network, adapters off),
+recompute the policy's log-probs by teacher forcing, and minimise modified SubTB (or TB with a learned log Z)
+on the tempered rewards. The buffer keeps untempered rewards; the reward temperature anneals linearly.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from gfnbench.buffer import BufferItem, ReplayBuffer
+from gfnbench.methods import Method, register_method
+from gfnbench.losses import check_log_reward, reward_temperature, subtb_loss, tb_loss
+from gfnbench.models import LanguageModel, adapters_off, add_lora
+from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
+from gfnbench.tasks.base import Example, Task
+from gfnbench.trajectories import Trajectories, from_rows, left_pad, right_pad
+
+
+@dataclass(frozen=True)
+class GFlowNetConfig:
+    loss: str = "subtb"                  # "subtb" (paper) or "tb"
+    lam: float = 1.0                     # SubTB sub-trajectory weight lambda^(length - 1)
+    lr: float = 1e-4
+    logz_lr: float = 1e-2                # TB only
+    warmup_steps: int = 20
+    samples_per_prompt: int = 8
+    reward_temperature: tuple[float, float, int] = (1.0, 1.0, 0)
+    behaviour_mix: tuple[float, float, float] = (0.25, 0.5, 0.25)   # on-policy, tempered, replay
+    tempered_range: tuple[float, float] = (0.5, 2.0)
+    buffer_capacity: int = 50
+    buffer_sampling: str = "reward"
+    dedup_tol: float = 0.25
+    min_log_reward: float = -99.0
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    seed_buffer_with_gold: bool = True
+
+    def __post_init__(self):
+        if self.loss not in ("subtb", "tb"):
+            raise ValueError(f"GFlowNet loss must be 'subtb' or 'tb', got {self.loss!r}")
+        if any(p < 0 for p in self.behaviour_mix) or not math.isclose(sum(self.behaviour_mix), 1.0):
+            raise ValueError(f"behaviour_mix must be 3 non-negative probabilities summing to 1: {self.behaviour_mix}")
+
+
+def gold_trajectory(task: Task, tokenizer, target: str) -> tuple[list[int], list[bool]]:
+    """Split a gold continuation into policy actions and tool outputs, as the sampler would have produced it.
+
+    Walks the target text; wherever the task's tool fires on the text so far and the target continues with
+    exactly the tool's output, that output becomes non-action state tokens.
+    """
+    tokens, is_action, written, start = [], [], "", 0
+    for end in range(1, len(target) + 1):
+        inserted = task.tool(written + target[start:end]) if task.has_tool else None
+        if inserted and target.startswith(inserted, end):
+            piece = tokenizer(target[start:end], add_special_tokens=False)["input_ids"]
+            tool_ids = tokenizer(inserted, add_special_tokens=False)["input_ids"]
+            tokens += piece + tool_ids
+            is_action += [True] * len(piece) + [False] * len(tool_ids)
+            written += target[start:end] + inserted
+            start = end + len(inserted)
+    if start < len(target):
+        piece = tokenizer(target[start:], add_special_tokens=False)["input_ids"]
+        tokens += piece
+        is_action += [True] * len(piece)
+    return tokens, is_action
+
+
+def trajectories_from_states(prompt: str, prompt_ids: list[int], states: list[tuple[list[int], list[bool], bool]],
+                             tokenizer) -> Trajectories:
+    """Rebuild a batch from stored state sequences (replay, gold seeds); log-probs get recomputed anyway."""
+    n_actions = [sum(a) for _, a, _ in states]
+    return from_rows([prompt] * len(states), [0] * len(states), [prompt_ids] * len(states),
+                     [s for s, _, _ in states], [a for _, a, _ in states], [st for _, _, st in states],
+                     [[0.0] * n for n in n_actions], [[0.0] * (n + 1) for n in n_actions],
+                     [tokenizer.decode(s, skip_special_tokens=True) for s, _, _ in states], tokenizer.pad_token_id)
+
+
+class LogZHead(nn.Module):
+    """Prompt-conditioned log Z for TB: a linear map of the frozen base model's last prompt hidden state."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.proj(features).squeeze(-1)
+
+
+class GFlowNetModule(L.LightningModule):
+    def __init__(self, task: Task, lm: LanguageModel, cfg: GFlowNetConfig, train_examples: list[Example],
+                 seed: int = 0):
+        super().__init__()
+        self.task, self.tokenizer, self.cfg, self.examples = task, lm.tokenizer, cfg, train_examples
+        self.policy = add_lora(lm.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        self.log_z = LogZHead(lm.model.config.hidden_size) if cfg.loss == "tb" else None
+        self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.dedup_tol, cfg.buffer_sampling)
+        self.allowed = task.allowed_tokens(lm.tokenizer)
+        self.stop_id = task.stop_id(lm.tokenizer)
+        self.context = lm.context_length
+        self.rng = random.Random(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train_loss, self.train_log_reward = MeanMetric(), MeanMetric()
+        self.curve: list[dict] = []
+
+    # ------------------------------------------------------------------ rewards and behaviour policy
+    def log_reward(self, traj: Trajectories, examples: list[Example]) -> Tensor:
+        with torch.no_grad(), adapters_off(self.policy) as base:
+            log_r = self.task.log_reward(base, self.tokenizer, traj, examples)
+        check_log_reward(log_r, f"task {self.task.name}, step {self.global_step}")
+        return log_r
+
+    def seed_buffer(self) -> int:
+        """Gold trajectories (e.g. the labelled rationales) go into the buffer with their rewards."""
+        added = 0
+        for ex in self.examples:
+            target = self.task.target(ex)
+            if target is None:
+                continue
+            tokens, acts = gold_trajectory(self.task, self.tokenizer, target)
+            prompt = self.task.prompt(ex)
+            traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0], [(tokens, acts, True)],
+                                            self.tokenizer)
+            traj.log_reward = self.log_reward(traj, [ex])
+            added += self._remember(prompt, traj)
+        return added
+
+    def _remember(self, key: str, traj: Trajectories) -> int:
+        stored = 0
+        for b in range(len(traj)):
+            n = int(traj.lengths[b])
+            state_len = int(traj.state_mask[b].sum())
+            tokens = traj.state_ids[b, :state_len].tolist()
+            acts = traj.is_action[b, :state_len].tolist()
+            log_r = traj.log_reward[b, : n + 1].tolist()
+            final = log_r[-1] if math.isfinite(log_r[-1]) else self.cfg.min_log_reward
+            item = BufferItem(tuple(tokens), final, (tokens, acts, bool(traj.stopped[b]), log_r))
+            stored += bool(self.buffer.add(key, item))
+        return stored
+
+    def behaviour(self) -> str:
+        on, tempered, _ = self.cfg.behaviour_mix
+        u = self.rng.random()
+        return "on_policy" if u < on else "tempered" if u < on + tempered else "replay"
+
+    def draw(self, ex: Example) -> tuple[Trajectories, str]:
+        prompt = self.task.prompt(ex)
+        mode = self.behaviour()
+        if mode == "replay":
+            items = self.buffer.sample(prompt, self.cfg.samples_per_prompt, self.generator)
+            if items:
+                traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0],
+                                                [(t, a, s) for t, a, s, _ in (i.payload for i in items)],
+                                                self.tokenizer)
+                traj.log_reward = right_pad([i.payload[3] for i in items], 0.0, torch.float32)
+                return traj, mode
+            mode = "tempered"   # nothing stored for this prompt yet (the paper's fallback)
+        temperature = 1.0 if mode == "on_policy" else self.rng.uniform(*self.cfg.tempered_range)
+        cfg = self.task.sampling(train=True, temperature=temperature)
+        self.policy.eval()
+        with torch.no_grad():
+            traj = sample(self.policy, self.tokenizer, [prompt], self.cfg.samples_per_prompt, cfg,
+                          stop_id=self.stop_id, allowed=self.allowed,
+                          tool=self.task.tool if self.task.has_tool else None, context=self.context,
+                          generator=self.generator)
+        traj.log_reward = self.log_reward(traj, [ex])
+        self._remember(prompt, traj)
+        return traj, mode
+
+    # ------------------------------------------------------------------------------ Lightning
+    def on_train_start(self) -> None:
+        if self.cfg.seed_buffer_with_gold:
+            self.seed_buffer()
+
+    def reward_temperature(self) -> float:
+        return reward_temperature(self.global_step, *self.cfg.reward_temperature)
+
+    def prompt_features(self, traj: Trajectories) -> Tensor:
+        with torch.no_grad(), adapters_off(self.policy) as base:
+            out = base(input_ids=traj.prompt_ids[:1], attention_mask=traj.prompt_mask[:1],
+                       position_ids=positions_from_mask(traj.prompt_mask[:1]), output_hidden_states=True)
+        return out.hidden_states[-1][:, -1].float()
+
+    def loss(self, traj: Trajectories) -> Tensor:
+        temperature = self.reward_temperature()
+        log_r = traj.log_reward / temperature
+        self.policy.train()
+        log_pf, log_pterm = policy_log_probs(self.policy, traj, self.allowed, self.stop_id)
+        if self.cfg.loss == "tb":
+            log_z = self.log_z(self.prompt_features(traj))
+            self.log("train/log_z", log_z.mean(), on_step=True)
+            return tb_loss(log_pf, log_pterm, log_r, traj.lengths, log_z, min_log_reward=self.cfg.min_log_reward)
+        return subtb_loss(log_pf, log_pterm, log_r, traj.lengths, lam=self.cfg.lam,
+                          min_log_reward=self.cfg.min_log_reward)
+
+    def training_step(self, batch, batch_idx):
+        started = time.time()
+        ex = self.examples[int(batch[0])]
+        traj, mode = self.draw(ex)
+        loss = self.loss(traj)
+        final = traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1)
+        final = final.clamp(min=self.cfg.min_log_reward)
+        self.train_loss.update(loss.detach())
+        self.train_log_reward.update(final.mean())
+        self.log_dict({"train/loss": self.train_loss, "train/log_reward": self.train_log_reward},
+                      on_step=True, prog_bar=True)
+        self.log_dict({"train/reward_temperature": self.reward_temperature(), "train/buffer_size": len(self.buffer),
+                       "train/step_time_s": time.time() - started}, on_step=True)
+        self.curve.append({"step": int(self.global_step), "loss": float(loss.detach()),
+                           "log_reward": float(final.mean()), "behaviour": mode})
+        return loss
+
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": self.cfg.lr}]
+        if self.log_z is not None:
+            groups.append({"params": self.log_z.parameters(), "lr": self.cfg.logz_lr})
+        opt = torch.optim.AdamW(groups)
+        warmup = max(self.cfg.warmup_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["replay_buffer"] = self.buffer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "replay_buffer" in checkpoint:
+            self.buffer.load_state_dict(checkpoint["replay_buffer"])
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+# ------------------------------------------------------------------------------------ the benchmark method
+
+def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int) -> None:
+    """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, RandomSampler
+
+    steps = ctx.profile.train_steps
+    sampler = RandomSampler(range(n_examples), replacement=True, num_samples=steps * accumulate,
+                            generator=torch.Generator().manual_seed(ctx.seed))
+    loader = DataLoader(list(range(n_examples)), batch_size=1, sampler=sampler)
+    trainer = L.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, accelerator="auto", devices=1,
+                        logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        deterministic=False, log_every_n_steps=1)
+    trainer.fit(module, train_dataloaders=loader)
+
+
+class GFlowNetMethod(Method):
+    trains = True
+    loss = "subtb"
+
+    def __init__(self, task, lm, ctx):
+        super().__init__(task, lm, ctx)
+        prof = ctx.profile
+        t = task.training
+        self.cfg = GFlowNetConfig(loss=self.loss, lr=prof.learning_rate, samples_per_prompt=prof.samples_per_prompt,
+                                  reward_temperature=t.reward_temperature, behaviour_mix=t.behaviour_mix,
+                                  buffer_capacity=t.buffer_capacity, buffer_sampling=t.buffer_sampling,
+                                  lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
+                                  warmup_steps=min(20, max(1, prof.train_steps // 5)), **ctx.hparams)
+        self.module = GFlowNetModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
+
+    @property
+    def policy(self):
+        return self.module.policy
+
+    def fit(self) -> dict:
+        fit_module(self.module, len(self.module.examples), self.ctx, self.ctx.profile.prompts_per_step)
+        return {"train_curve": self.module.curve}
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        tok = self.lm.tokenizer
+        self.policy.eval()
+        return sample(self.policy, tok, [self.task.prompt(ex) for ex in examples], n,
+                      self.task.sampling(train=False), stop_id=self.task.stop_id(tok),
+                      allowed=self.task.allowed_tokens(tok), tool=self.task.tool if self.task.has_tool else None,
+                      context=self.lm.context_length, generator=generator)
+
+    def config(self) -> dict:
+        return {"gflownet": asdict(self.cfg), "train_steps": self.ctx.profile.train_steps,
+                "prompts_per_step": self.ctx.profile.prompts_per_step}
+
+
+@register_method("gflownet", "GFlowNet fine-tuning (LoRA, modified SubTB, lambda = 1, replay + tempered exploration)",
+                 trains=True)
+class GFlowNetSubTB(GFlowNetMethod):
+    loss = "subtb"
+
+
+@register_method("gflownet_tb", "GFlowNet fine-tuning with trajectory balance and a prompt-conditioned log Z",
+                 tasks=("rng",), trains=True)
+class GFlowNetTB(GFlowNetMethod):
+    loss = "tb"

@@ -1,0 +1,126 @@
+"""The evaluation harness: every method is sampled and scored the same way, and each run leaves a record.
+
+Log-likelihood is always scored by the base model (adapters off) given the task's plain prompt, whatever prompt
+or decoding the method used, so the column means the same thing in every row.
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gfnbench.methods import Method, RunContext, get_method, methods_for
+from gfnbench.metrics import mean
+from gfnbench.models import LanguageModel, adapters_off, load_model
+from gfnbench.profiles import Profile, get_profile
+from gfnbench.records import check_writable, git_commit, package_versions, run_dir, write_run
+from gfnbench.sampling import state_token_log_probs
+from gfnbench.tasks import Example, Task, get_task
+from gfnbench.trajectories import Trajectories
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, examples: list[Example]) -> torch.Tensor:
+    """[B] log p_base(sample | task prompt): the one likelihood every row of a table is scored with."""
+    plain = traj.with_prompts([task.prompt(examples[g]) for g in traj.group.tolist()], method.lm.tokenizer)
+    with torch.no_grad(), adapters_off(method.policy) as base:
+        return state_token_log_probs(base, plain).sum(-1)
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Generator,
+             label: str = "") -> tuple[dict, list[dict]]:
+    """Metrics per evaluation split (means over questions) and every sample drawn."""
+    n = profile.eval_samples or task.eval_samples
+    metrics, samples = {}, []
+    for split in task.eval_splits:
+        examples = task.examples(split)[: profile.eval_questions]
+        if not examples:
+            raise ValueError(f"split {split!r} of task {task.name} has no examples")
+        per_question = []
+        for batch in tqdm(chunks(examples, profile.eval_batch), desc=f"{label} {split}".strip(), leave=False):
+            with torch.no_grad():
+                traj = method.sample(batch, n, generator)
+            ref = reference_log_likelihood(method, task, traj, batch)
+            for i, ex in enumerate(batch):
+                rows = (traj.group == i).nonzero().flatten().tolist()
+                scores = task.score([traj.texts[r] for r in rows], ex)
+                scores["logp_ref"] = mean([float(ref[r]) for r in rows])
+                per_question.append(scores)
+                samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], "answer": ex.answer,
+                             "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),
+                             "stopped": bool(traj.stopped[r])} for k, r in enumerate(rows)]
+        metrics[split] = {key: mean([q[key] for q in per_question]) for key in per_question[0]}
+    return metrics, samples
+
+
+def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
+        model: str | None = None, overwrite: bool = False) -> Path:
+    """Train (if the method trains), evaluate and write one run record. Returns the record's folder."""
+    prof = get_profile(profile)
+    task_obj = get_task(task)
+    spec = get_method(method)
+    if not spec.applies_to(task_obj.name):
+        raise ValueError(f"method {method!r} does not apply to task {task_obj.name!r}; "
+                         f"methods for it: {', '.join(methods_for(task_obj.name))}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    root = Path(results_dir or prof.results_dir)
+    check_writable(root)
+    out = run_dir(root, task_obj.name, method, seed)
+    if (out / "record.json").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true to replace it")
+    generator = seed_everything(seed)
+    lm: LanguageModel = load_model(model or prof.model)
+    started = time.time()
+    impl = spec.factory(task_obj, lm, RunContext(seed=seed, profile=prof, log_dir=out / "train"))
+    extra = impl.fit()
+    metrics, samples = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
+    record = {
+        "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
+        "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
+        "data": task_obj.data_source, "metrics": metrics,
+        "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
+                   "eval_samples": prof.eval_samples or task_obj.eval_samples,
+                   "eval_temperature": task_obj.eval_temperature},
+        "versions": package_versions(), "git_commit": git_commit(), "wall_time_s": time.time() - started,
+        **extra,
+    }
+    write_run(out, record, samples, overwrite=overwrite)
+    return out
+
+
+def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
+          results_dir: str | None = None, model: str | None = None, overwrite: bool = False) -> list[Path]:
+    """Every method registered for the task x seeds (runs that already have a record are kept), then tables."""
+    from gfnbench.leaderboard import write_leaderboard
+
+    prof = get_profile(profile)
+    task_obj = get_task(task)
+    names = methods or methods_for(task_obj.name)
+    for name in names:
+        get_method(name)
+    root = Path(results_dir or prof.results_dir)
+    check_writable(root)
+    for name in names:
+        for seed in seeds:
+            if (run_dir(root, task_obj.name, name, seed) / "record.json").exists() and not overwrite:
+                print(f"[gfnbench] keeping existing run {task_obj.name}/{name}/seed{seed}")
+                continue
+            t0 = time.time()
+            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite)
+            print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
+    return write_leaderboard(root, task_obj.name)

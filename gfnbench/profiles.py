@@ -1,0 +1,42 @@
+"""Run profiles: how big a benchmark run is. `smoke` for tests and CI, `cpu` for `make bench`, `paper` for GPUs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str
+    eval_questions: int | None      # per evaluation split; None = all
+    eval_samples: int | None        # per question; None = the task's own (paper: 10)
+    eval_batch: int                 # questions sampled together
+    train_steps: int                # optimizer steps for training methods
+    prompts_per_step: int           # prompts accumulated into one optimizer step
+    samples_per_prompt: int         # trajectories per prompt (GFlowNet / PPO batch)
+    lora_rank: int
+    lora_alpha: int
+    learning_rate: float
+    results_dir: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES = {
+    "smoke": Profile("smoke", model="tiny", eval_questions=3, eval_samples=4, eval_batch=3, train_steps=3,
+                     prompts_per_step=1, samples_per_prompt=4, lora_rank=4, lora_alpha=8, learning_rate=1e-3,
+                     results_dir="results/smoke"),
+    "cpu": Profile("cpu", model="embedded", eval_questions=16, eval_samples=None, eval_batch=8, train_steps=60,
+                   prompts_per_step=1, samples_per_prompt=8, lora_rank=16, lora_alpha=16, learning_rate=1e-4,
+                   results_dir="results"),
+    "paper": Profile("paper", model="EleutherAI/gpt-j-6b", eval_questions=None, eval_samples=None, eval_batch=16,
+                     train_steps=2000, prompts_per_step=32, samples_per_prompt=16, lora_rank=64, lora_alpha=16,
+                     learning_rate=1e-4, results_dir="results/paper"),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}")
+    return PROFILES[name]

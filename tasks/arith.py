@@ -1,0 +1,184 @@
+"""Arithmetic with a calculator tool (paper §4.4 / reference-paper.md §5), with the official code's bugs fixed.
+
+The latent Z is a rationale such as `6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6` for `6 - 0 - 4 - 8`. The policy writes
+the expressions; whenever it writes `=`, a calculator that only handles two-term expressions inserts the value
+into the state (never into the actions). Reward: log p(Z_with_tool_outputs ". The answer is n." | 3-shot
+prefix, question) under the base LM, for every prefix. Fixed here: splits are disjoint by construction (the
+official files overlapped), the calculator evaluates the last *two* operands (the official one dropped one),
+and replayed trajectories keep the tool outputs in context (the Trajectories state holds them).
+"""
+from __future__ import annotations
+
+import random
+import re
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from gfnbench.metrics import majority_vote
+from gfnbench.sampling import every_prefix_log_reward
+from gfnbench.trajectories import left_pad
+from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
+
+ALLOWED_CHARS = set(" 0123456789+-=,.")
+SPLITS = ("train", "val", "test_3op", "test_4op", "test_5op")
+
+
+def evaluate_left_to_right(operands: list[int], ops: list[str]) -> int:
+    value = operands[0]
+    for op, x in zip(ops, operands[1:]):
+        value = value + x if op == "+" else value - x
+    return value
+
+
+def rationale(operands: list[int], ops: list[str]) -> str:
+    """`6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6`: one two-term step per operator."""
+    steps, value = [], operands[0]
+    for op, x in zip(ops, operands[1:]):
+        new = evaluate_left_to_right([value, x], [op])
+        steps.append(f"{value} {op} {x} = {new}")
+        value = new
+    return ", ".join(steps)
+
+
+def make_example(operands: list[int], ops: list[str]) -> Example:
+    question = " ".join([str(operands[0])] + [f"{o} {x}" for o, x in zip(ops, operands[1:])])
+    return Example(id=question, question=question, answer=str(evaluate_left_to_right(operands, ops)),
+                   rationale=rationale(operands, ops))
+
+
+def all_problems(n_operands: int) -> list[tuple[tuple[int, ...], tuple[str, ...]]]:
+    import itertools
+
+    return [(nums, ops) for nums in itertools.product(range(10), repeat=n_operands)
+            for ops in itertools.product("+-", repeat=n_operands - 1)]
+
+
+def random_unique_problems(n_operands: int, count: int, rng: random.Random) -> list:
+    seen, out = set(), []
+    while len(out) < count:
+        p = (tuple(rng.randrange(10) for _ in range(n_operands)), tuple(rng.choice("+-") for _ in range(n_operands - 1)))
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+@lru_cache(maxsize=4)
+def generate_splits(seed: int = 0, n_labelled: int = 10, n_unlabelled: int = 1000, n_val: int = 50,
+                    n_test: int = 100) -> dict[str, list[Example]]:
+    """Disjoint by construction: every split is a different slice of one shuffled list per operand count."""
+    rng = random.Random(seed)
+    pools = {}
+    for k in (3, 4):
+        pool = all_problems(k)
+        rng.shuffle(pool)
+        pools[k] = pool
+    pools[5] = random_unique_problems(5, n_test, rng)
+    take = {k: iter(pools[k]) for k in pools}
+
+    def draw(k: int, count: int) -> list[Example]:
+        return [make_example(list(n), list(o)) for n, o in (next(take[k]) for _ in range(count))]
+
+    splits = {f"test_{k}op": draw(k, n_test) for k in (3, 4, 5)}
+    splits["val"] = draw(3, n_val // 2) + draw(4, n_val - n_val // 2)
+    labelled = draw(3, n_labelled // 2) + draw(4, n_labelled - n_labelled // 2)
+    unlabelled = draw(3, n_unlabelled // 2) + draw(4, n_unlabelled - n_unlabelled // 2)
+    unlabelled = [Example(e.id, e.question, e.answer, None, {"labelled": False}) for e in unlabelled]
+    splits["train"] = [Example(e.id, e.question, e.answer, e.rationale, {"labelled": True}) for e in labelled] \
+        + unlabelled
+    return splits
+
+
+_NUMBER = r"-?\d+"
+_TWO_TERM = re.compile(rf"({_NUMBER})\s*([+-])\s*({_NUMBER})\s*=\s*$")
+
+
+def calculator(state_text: str) -> str | None:
+    """After an `=`, the value of the last two-term expression before it (limited tool, as in the paper)."""
+    if not state_text.rstrip().endswith("="):
+        return None
+    expr = state_text.rstrip().rsplit(",", 1)[-1]
+    m = _TWO_TERM.search(expr)
+    if m is None:
+        return None
+    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+    return f" {evaluate_left_to_right([a, b], [op])}"
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after the last `=` (the last calculator result), else the last token if numeric."""
+    if "=" in text:
+        m = re.match(rf"\s*({_NUMBER})", text.rsplit("=", 1)[-1])
+        if m:
+            return str(int(m.group(1)))
+    parts = text.strip().rstrip(".").split()
+    if parts and re.fullmatch(_NUMBER, parts[-1]):
+        return str(int(parts[-1]))
+    return None
+
+
+@register_task("arith")
+class Arithmetic(Task):
+    description = "multi-operand +/- arithmetic with a two-term calculator; OOD: 5 operands"
+    data_source = "synthetic (seeded generator, disjoint splits)"
+    eval_splits = ("test_3op", "test_4op", "test_5op")
+    min_len = 5
+    max_len = 32          # SmolLM2 spends 2 tokens per number: a 4-operand rationale is ~20 actions
+    eval_max_len = 40     # 5 operands need ~27 actions
+    default_shots = 3
+    eval_temperature = 0.1   # paper: 10 samples at T = 0.1, majority vote
+    eval_samples = 10
+    training = TrainingDefaults(reward_temperature=(1.1, 0.5, 150), behaviour_mix=(0.25, 0.5, 0.25),
+                                buffer_capacity=50, buffer_sampling="reward")
+
+    def __init__(self, seed: int = 0, n_unlabelled: int = 1000, n_test: int = 100):
+        self.splits = generate_splits(seed, 10, n_unlabelled, 50, n_test)
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in self.splits:
+            raise ValueError(f"arith has splits {', '.join(SPLITS)}; got {split!r}")
+        return self.splits[split]
+
+    def demonstrations(self) -> list[Example]:
+        return [e for e in self.splits["train"] if e.rationale]
+
+    def prompt(self, ex: Example) -> str:
+        return f"Question: {ex.question} = ? Answer:"
+
+    def demonstration(self, ex: Example) -> str:
+        return f"{self.prompt(ex)} {ex.rationale}. The answer is {ex.answer}."
+
+    def target(self, ex: Example) -> str | None:
+        return f" {ex.rationale}" if ex.rationale else None
+
+    def reward_context(self, ex: Example) -> str:
+        return self.shots_prompt(ex, 3)
+
+    def answer_suffix(self, ex: Example) -> str:
+        return f". The answer is {ex.answer}."
+
+    def allowed_tokens(self, tokenizer) -> Tensor:
+        mask = token_mask(tokenizer, lambda t: bool(t) and set(t) <= ALLOWED_CHARS)
+        mask[self.stop_id(tokenizer)] = True
+        return mask
+
+    def tool(self, state_text: str) -> str | None:
+        return calculator(state_text)
+
+    def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
+        rows = [examples[g] for g in traj.group.tolist()]
+        ctx = [tokenizer(self.reward_context(e), add_special_tokens=False)["input_ids"] for e in rows]
+        ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id)
+        suffix = [tokenizer(self.answer_suffix(e), add_special_tokens=False)["input_ids"] for e in rows]
+        log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix)
+        too_short = torch.arange(log_r.shape[1])[None, :] < self.min_len
+        return log_r.masked_fill(too_short, float("-inf"))
+
+    def score(self, texts: list[str], ex: Example) -> dict[str, float]:
+        preds = [extract_answer(t) for t in texts]
+        vote = majority_vote(preds)
+        return {"accuracy": float(vote == ex.answer),
+                "pass_at_k": float(ex.answer in preds),
+                "valid": sum(p is not None for p in preds) / len(preds)}

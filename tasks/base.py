@@ -1,0 +1,154 @@
+"""The task interface and its registry.
+
+A task says what the policy is asked (`prompt`), what it may write (`allowed_tokens`, lengths, stop, `tool`),
+how good a finished or partial answer is (`log_reward`, for every prefix), and how answers are scored
+(`score`). Everything else (sampling, training, evaluation, tables) is shared and never changes per task.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from gfnbench.sampling import SamplingConfig
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    answer: str
+    rationale: str | None = None     # gold latent (CoT / middle sentence) where the task has one
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """Per-task GFlowNet settings (reference-paper.md §1.5, §1.6)."""
+
+    reward_temperature: tuple[float, float, int] = (1.0, 1.0, 0)   # start, end, horizon in optimizer steps
+    behaviour_mix: tuple[float, float, float] = (0.25, 0.5, 0.25)  # on-policy, tempered U[0.5, 2], replay
+    buffer_capacity: int = 50
+    buffer_sampling: str = "reward"
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    data_source: ClassVar[str] = ""
+    eval_splits: ClassVar[tuple[str, ...]] = ("test",)
+    val_split: ClassVar[str] = "val"
+    min_len: ClassVar[int] = 1
+    max_len: ClassVar[int] = 20
+    eval_max_len: ClassVar[int] = 20
+    default_shots: ClassVar[int] = 0
+    eval_temperature: ClassVar[float] = 1.0
+    eval_samples: ClassVar[int] = 10
+    training: ClassVar[TrainingDefaults] = TrainingDefaults()
+
+    @abstractmethod
+    def examples(self, split: str) -> list[Example]:
+        """Deterministic list of examples; unknown split -> ValueError listing the known ones."""
+
+    @abstractmethod
+    def prompt(self, ex: Example) -> str:
+        """The policy's prompt (what GFlowNet/SFT/PPO condition on)."""
+
+    @abstractmethod
+    def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
+        """[B, L+1] untempered log R(s_j stop) for every prefix, under `model` (the caller disables adapters)."""
+
+    @abstractmethod
+    def score(self, texts: list[str], ex: Example) -> dict[str, float]:
+        """Metrics of the n samples drawn for one example; the harness averages them over examples."""
+
+    def demonstration(self, ex: Example) -> str:
+        raise NotImplementedError(f"task {self.name} has no demonstrations for few-shot prompts")
+
+    def demonstrations(self) -> list[Example]:
+        return []
+
+    def shots_prompt(self, ex: Example, k: int) -> str:
+        """k worked examples, one per line, then the prompt: the few-shot prompting baseline."""
+        demos = self.demonstrations()
+        if k > len(demos):
+            raise ValueError(f"task {self.name} has {len(demos)} demonstrations, {k} shots asked")
+        return "".join(self.demonstration(d) + "\n" for d in demos[:k]) + self.prompt(ex)
+
+    def target(self, ex: Example) -> str | None:
+        """Gold continuation for SFT and buffer seeding (None where the task has none)."""
+        return None
+
+    def stop_id(self, tokenizer) -> int:
+        return int(tokenizer.eos_token_id)
+
+    def allowed_tokens(self, tokenizer) -> Tensor | None:
+        return None
+
+    def tool(self, state_text: str) -> str | None:
+        return None
+
+    @property
+    def has_tool(self) -> bool:
+        return type(self).tool is not Task.tool
+
+    def sampling(self, *, train: bool, temperature: float | None = None, **kw) -> SamplingConfig:
+        return SamplingConfig(temperature=temperature or (1.0 if train else self.eval_temperature),
+                              min_len=self.min_len, max_len=self.max_len if train else self.eval_max_len, **kw)
+
+
+def token_mask(tokenizer, keep) -> Tensor:
+    """[V] bool of tokens whose decoded text passes `keep`; the stop token is added by the caller."""
+    texts = _decoded_vocab(tokenizer)
+    return torch.tensor([keep(t) for t in texts], dtype=torch.bool)
+
+
+@lru_cache(maxsize=8)
+def _decoded_vocab(tokenizer) -> tuple[str, ...]:
+    """Each token's text, once per tokenizer (49k decodes take ~1 s)."""
+    return tuple(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
+
+
+def register_task(name: str):
+    def wrap(cls: type[Task]) -> type[Task]:
+        if name in TASKS and TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is registered twice ({TASKS[name].__module__} and {cls.__module__})")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+    return wrap
+
+
+def load_task_file(path: str) -> list[str]:
+    """Import a task file that lives outside the package; its @register_task classes join the registry."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"task file {path} does not exist")
+    before = set(TASKS)
+    spec = importlib.util.spec_from_file_location(f"gfnbench_user_task_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return sorted(set(TASKS) - before)
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """A registered task by name, or the task defined in a .py file (`path/to/task.py`)."""
+    if name.endswith(".py"):
+        added = load_task_file(name)
+        if len(added) != 1:
+            raise ValueError(f"{name} must register exactly one task with @register_task, found {added}")
+        name = added[0]
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} "
+                         f"(or a path to a task .py file)")
+    return TASKS[name](**kwargs)
