@@ -21,8 +21,15 @@ class DecodingBaseline(Method):
     temperature = 1.0
     top_p = 1.0
 
+    def prompt_for(self, ex: Example) -> str:
+        return self.task.shots_prompt(ex, self.task.default_shots)
+
     def prompts(self, examples: list[Example]) -> list[str]:
-        return [self.task.shots_prompt(ex, self.task.default_shots) for ex in examples]
+        return [self.prompt_for(ex) for ex in examples]
+
+    @property
+    def exact_temperature(self) -> float | None:
+        return None if self.greedy or self.top_p < 1 else self.temperature
 
     def decoding(self):
         return self.task.sampling(train=False, temperature=self.temperature, greedy=self.greedy, top_p=self.top_p)
@@ -58,6 +65,7 @@ class Nucleus(DecodingBaseline):
 class BeamBaseline(DecodingBaseline):
     groups = 1
     penalty = 0.0
+    exact_temperature = None
 
     def sample(self, examples, n, generator) -> Trajectories:
         tok = self.lm.tokenizer

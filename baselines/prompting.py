@@ -9,8 +9,12 @@ from gfnbench.baselines.decoding import DecodingBaseline
 class ShotsPrompting(DecodingBaseline):
     shots = 0
 
-    def prompts(self, examples):
-        return [self.task.shots_prompt(ex, self.shots) for ex in examples]
+    def prompt_for(self, ex):
+        return self.task.shots_prompt(ex, self.shots)
+
+    @property
+    def exact_temperature(self):
+        return self.task.eval_temperature
 
     def decoding(self):
         return self.task.sampling(train=False)

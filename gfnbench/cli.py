@@ -9,7 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run(task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
+def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 

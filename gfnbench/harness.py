@@ -37,6 +37,16 @@ def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, exa
         return state_token_log_probs(base, plain).sum(-1)
 
 
+def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:
+    """Tasks with an enumerable support report the method's exact distance to the target (mean over prompts)."""
+    if not hasattr(task, "exact_metrics") or method.exact_temperature is None:
+        return {}
+    method.policy.eval()
+    per = [task.exact_metrics(method.policy, method.lm.tokenizer, method.prompt_for(ex), method.exact_temperature)
+           for ex in examples]
+    return {k: mean([p[k] for p in per]) for k in per[0]}
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
@@ -64,6 +74,7 @@ def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Gene
                              "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),
                              "stopped": bool(traj.stopped[r])} for k, r in enumerate(rows)]
         metrics[split] = {key: mean([q[key] for q in per_question]) for key in per_question[0]}
+        metrics[split].update(exact_metrics(method, task, examples))
     return metrics, samples
 
 

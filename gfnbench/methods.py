@@ -57,6 +57,14 @@ class Method:
     def config(self) -> dict:
         return {}
 
+    def prompt_for(self, ex: Example) -> str:
+        return self.task.prompt(ex)
+
+    @property
+    def exact_temperature(self) -> float | None:
+        """Temperature of plain ancestral sampling, if that is how the method samples (enables exact metrics)."""
+        return self.task.eval_temperature
+
     @property
     def policy(self) -> torch.nn.Module:
         """The network that samples (for its own likelihood); the base model for untrained methods."""

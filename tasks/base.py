@@ -39,6 +39,7 @@ class TrainingDefaults:
     behaviour_mix: tuple[float, float, float] = (0.25, 0.5, 0.25)  # on-policy, tempered U[0.5, 2], replay
     buffer_capacity: int = 50
     buffer_sampling: str = "reward"
+    steps_multiplier: float = 1.0     # train this task for profile.train_steps * multiplier steps
 
 
 class Task(ABC):

@@ -1,0 +1,158 @@
+"""The exact-posterior task (paper §2): "a random integer between 0 and 100", whose target is known exactly.
+
+The support is tiny, so the policy's probability of every answer is computed exactly by enumerating every
+token sequence over the allowed (digit) tokens up to max_len, with the stop action, and summing the sequences
+that spell the same integer. `rng` targets the uniform distribution over 0..100; `rng_peaked` targets
+R(x) ∝ exp(-|x - 30| / 10), so matching a shape is tested, not just flattening.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import Tensor
+
+from gfnbench.sampling import masked_log_softmax, positions_from_mask
+from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
+
+PROMPT = "The following is a random integer drawn uniformly between 0 and 100: "
+
+
+def parse_integer(text: str, low: int, high: int, leading_zeros: bool = False) -> int | None:
+    """A decimal integer in [low, high] (no sign, no spaces; leading zeros only if allowed), else None."""
+    if not re.fullmatch(r"\d+" if leading_zeros else r"0|[1-9]\d*", text):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
+class RandomInteger(Task):
+    description = "a random integer in [0, 100]: exact TV/KL of the policy to the uniform target"
+    data_source = "single fixed prompt (paper §2)"
+    eval_splits = ("test",)
+    min_len = 1
+    max_len = 3
+    eval_max_len = 3
+    eval_temperature = 1.0
+    eval_samples = 256
+    training = TrainingDefaults(reward_temperature=(1.0, 1.0, 0), behaviour_mix=(0.5, 0.5, 0.0),
+                                buffer_capacity=50, buffer_sampling="uniform", steps_multiplier=4.0)
+
+    def __init__(self, low: int = 0, high: int = 100, max_len: int | None = None, prompt: str = PROMPT,
+                 leading_zeros: bool = False):
+        self.low, self.high, self.text, self.leading_zeros = low, high, prompt, leading_zeros
+        if max_len is not None:
+            self.max_len = self.eval_max_len = max_len
+
+    def parse(self, text: str) -> int | None:
+        return parse_integer(text, self.low, self.high, self.leading_zeros)
+
+    def log_target(self, value: int) -> float:
+        """Unnormalised log reward of a valid integer."""
+        return 0.0
+
+    def target_distribution(self) -> dict[int, float]:
+        logs = {x: self.log_target(x) for x in range(self.low, self.high + 1)}
+        z = math.log(sum(math.exp(v) for v in logs.values()))
+        return {x: math.exp(v - z) for x, v in logs.items()}
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"{self.name} has splits train, val, test; got {split!r}")
+        return [Example(id="rng", question=self.text, answer="")]
+
+    def prompt(self, ex: Example) -> str:
+        return ex.question
+
+    def allowed_tokens(self, tokenizer) -> Tensor:
+        mask = token_mask(tokenizer, lambda t: bool(t) and t.isdigit() and t.isascii())
+        mask[self.stop_id(tokenizer)] = True
+        return mask
+
+    def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
+        """log R(s_j stop) for every prefix: the target's log weight if s_j spells a valid integer, else -inf."""
+        ends = traj.state_ends()
+        out = torch.full(ends.shape, float("-inf"))
+        for b in range(len(traj)):
+            for j in range(int(traj.lengths[b]) + 1):
+                value = self.parse(tokenizer.decode(traj.state_ids[b, : int(ends[b, j])]))
+                if value is not None:
+                    out[b, j] = self.log_target(value)
+        return out
+
+    def score(self, texts: list[str], ex: Example) -> dict[str, float]:
+        values = [self.parse(t) for t in texts]
+        target = self.target_distribution()
+        counts = {x: 0 for x in target}
+        for v in values:
+            if v is not None:
+                counts[v] += 1
+        n = len(texts)
+        invalid = sum(v is None for v in values) / n
+        tv = 0.5 * (sum(abs(counts[x] / n - p) for x, p in target.items()) + invalid)
+        return {"valid": 1 - invalid, "tv_sampled": tv}
+
+    @torch.no_grad()
+    def exact_distribution(self, model, tokenizer, prompt: str, temperature: float = 1.0) -> dict[str, float]:
+        """Probability of every outcome string (valid or not) under the sampler's rules, by enumeration."""
+        allowed = self.allowed_tokens(tokenizer)
+        stop = self.stop_id(tokenizer)
+        actions = [i for i in allowed.nonzero().flatten().tolist() if i != stop]
+        base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        frontier = [([], 0.0)]
+        outcomes: dict[str, float] = {}
+        for depth in range(self.max_len + 1):
+            if not frontier:
+                break
+            seqs = [base + s for s, _ in frontier]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+            mask = torch.zeros_like(ids)
+            for r, s in enumerate(seqs):
+                ids[r, width - len(s):], mask[r, width - len(s):] = torch.tensor(s), 1
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[:, -1]
+            logp = masked_log_softmax(logits / temperature, allowed)
+            nxt = []
+            for r, (s, lp) in enumerate(frontier):
+                row = logp[r].clone()
+                if depth < self.min_len:              # the sampler blocks the stop here: renormalise without it
+                    row[stop] = float("-inf")
+                    row = row - torch.logsumexp(row, 0)
+                if depth == self.max_len:             # forced stop
+                    text = tokenizer.decode(s)
+                    outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp)
+                    continue
+                if depth >= self.min_len:
+                    text = tokenizer.decode(s)
+                    outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp + float(row[stop]))
+                nxt += [(s + [a], lp + float(row[a])) for a in actions if math.isfinite(float(row[a]))]
+            frontier = nxt
+        return outcomes
+
+    def exact_metrics(self, model, tokenizer, prompt: str, temperature: float = 1.0) -> dict[str, float]:
+        """Exact TV(policy, target), KL(target || policy), and the valid mass."""
+        outcomes = self.exact_distribution(model, tokenizer, prompt, temperature)
+        target = self.target_distribution()
+        policy = {x: 0.0 for x in target}
+        for text, p in outcomes.items():
+            value = self.parse(text)
+            if value is not None:
+                policy[value] += p
+        valid = sum(policy.values())
+        tv = 0.5 * (sum(abs(policy[x] - t) for x, t in target.items()) + (1 - valid))
+        kl = sum(t * (math.log(t) - math.log(max(policy[x], 1e-300))) for x, t in target.items())
+        return {"tv_exact": tv, "kl_target_policy_exact": kl, "valid_exact": valid}
+
+
+@register_task("rng")
+class UniformInteger(RandomInteger):
+    pass
+
+
+@register_task("rng_peaked")
+class PeakedInteger(RandomInteger):
+    description = "a random integer in [0, 100] with target ∝ exp(-|x - 30| / 10): exact TV/KL"
+
+    def log_target(self, value: int) -> float:
+        return -abs(value - 30) / 10

@@ -1,0 +1,93 @@
+import torch
+
+from gfnbench.metrics import majority_vote
+from gfnbench.sampling import SamplingConfig, sample
+from gfnbench.tasks import get_task
+from gfnbench.tasks.arith import calculator, extract_answer, generate_splits, rationale
+
+
+def test_splits_are_disjoint_and_sized():
+    splits = generate_splits(0)
+    questions = {name: [e.question for e in exs] for name, exs in splits.items()}
+    for name, qs in questions.items():
+        assert len(qs) == len(set(qs)), f"duplicate question inside {name}"
+    names = list(questions)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not set(questions[a]) & set(questions[b]), f"{a} and {b} share questions"
+    assert sum(e.rationale is not None for e in splits["train"]) == 10
+    assert len(splits["train"]) >= 1010
+    assert {len(e.question.split()) for e in splits["test_3op"]} == {5}
+    assert {len(e.question.split()) for e in splits["test_4op"]} == {7}
+    assert {len(e.question.split()) for e in splits["test_5op"]} == {9}
+    assert generate_splits(0)["test_3op"][0] == splits["test_3op"][0]
+
+
+def test_answers_are_left_to_right():
+    task = get_task("arith")
+    for ex in task.examples("test_5op")[:50]:
+        toks = ex.question.split()
+        value = int(toks[0])
+        for op, x in zip(toks[1::2], toks[2::2]):
+            value = value + int(x) if op == "+" else value - int(x)
+        assert ex.answer == str(value)
+    assert rationale([6, 0, 4, 8], ["-", "-", "-"]) == "6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6"
+
+
+def test_calculator_two_terms_and_longer():
+    assert calculator(" 6 - 0 =") == " 6"
+    assert calculator(" 6 - 0 = 6, 6 - 4 =") == " 2"
+    assert calculator(" 2 - 8 = -6, -6 - 7 =") == " -13"
+    # a limited tool: only the last two terms are evaluated (the official code dropped one more operand)
+    assert calculator(" 5 + 3 + 4 =") == " 7"
+    assert calculator(" 6 - 0") is None
+    assert calculator(" 6 - =") is None
+
+
+def test_answer_extraction_and_majority_vote():
+    assert extract_answer(" 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6") == "-6"
+    assert extract_answer(" 12") == "12"
+    assert extract_answer(" hello") is None
+    assert majority_vote(["3", "4", "4", "3", None, None, None]) == "3"      # tie: first seen wins
+    assert majority_vote(["5", "4", "4"]) == "4"
+    assert majority_vote([None, None]) is None
+    task = get_task("arith")
+    ex = task.examples("test_3op")[0]
+    good = f" {ex.rationale}"
+    assert task.score([good, good, " 1 + 1 = 99"], ex) == {"accuracy": 1.0, "pass_at_k": 1.0, "valid": 1.0}
+    assert task.score([" 1 + 1 = 99", " 1 + 1 = 99", good], ex)["accuracy"] == 0.0
+
+
+def test_reward_is_the_log_likelihood_of_rationale_and_answer_after_every_prefix(tiny):
+    task = get_task("arith")
+    tok, model = tiny.tokenizer, tiny.model
+    exs = task.examples("test_3op")[:2]
+    traj = sample(model, tok, [task.prompt(e) for e in exs], 2, SamplingConfig(max_len=10),
+                  stop_id=task.stop_id(tok), allowed=task.allowed_tokens(tok), tool=task.tool,
+                  generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = task.log_reward(model, tok, traj, exs)
+    ends = traj.state_ends()
+    for b in range(len(traj)):
+        ex = exs[int(traj.group[b])]
+        ctx = tok(task.reward_context(ex), add_special_tokens=False)["input_ids"]
+        suffix = tok(f". The answer is {ex.answer}.", add_special_tokens=False)["input_ids"]
+        state = traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist()
+        for j in range(int(traj.lengths[b]) + 1):
+            if j < task.min_len:
+                assert got[b, j] == float("-inf")
+                continue
+            seq = ctx + state[: int(ends[b, j])] + suffix
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([seq])).logits[0], -1)
+            want = sum(float(lp[i - 1, seq[i]]) for i in range(len(ctx), len(seq)))
+            assert abs(float(got[b, j]) - want) < 1e-3
+
+
+def test_allowed_tokens_are_arithmetic_only(tiny):
+    task = get_task("arith")
+    mask = task.allowed_tokens(tiny.tokenizer)
+    for i in mask.nonzero().flatten().tolist():
+        text = tiny.tokenizer.decode([i])
+        assert i == tiny.eos_id or set(text) <= set(" 0123456789+-=,.")
+    assert not mask[tiny.tokenizer("the", add_special_tokens=False)["input_ids"][0]]

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from gfnbench.models import ModelNotAvailable, add_lora, adapters_off, load_model
+
+
+def test_local_directory_round_trip(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, tiny.model(ids).logits)
+    assert lm.model_id == str(tmp_path.resolve())
+
+
+def test_unknown_model_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="--model embedded"):
+        load_model("no-such-org/no-such-model-xyz")
+
+
+def test_lora_starts_as_the_base_and_adapters_off_is_the_base():
+    from gfnbench.models import build_tiny
+
+    lm = build_tiny("gpt2")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        base = lm.model(ids).logits.clone()
+    peft_model = add_lora(lm.model, rank=4, alpha=8)
+    for name, p in peft_model.named_parameters():       # make the adapter non-trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    with torch.no_grad():
+        assert not torch.allclose(peft_model(ids).logits, base)
+        with adapters_off(peft_model) as ref:
+            torch.testing.assert_close(ref(ids).logits, base)
