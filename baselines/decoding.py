@@ -63,19 +63,25 @@ class Nucleus(DecodingBaseline):
 
 
 class BeamBaseline(DecodingBaseline):
-    groups = 1
     penalty = 0.0
     exact_temperature = None
 
+    def plan(self, n: int) -> tuple[int, int]:
+        """(num_beams, num_groups) for n returned sequences."""
+        return n, 1
+
     def sample(self, examples, n, generator) -> Trajectories:
         tok = self.lm.tokenizer
+        beams, groups = self.plan(n)
         return beam_search(self.lm.model, tok, self.prompts(examples), n, self.task.sampling(train=False),
-                           num_beams=max(n, self.groups), num_groups=self.groups, diversity_penalty=self.penalty,
+                           num_beams=beams, num_groups=groups, diversity_penalty=self.penalty,
                            stop_id=self.task.stop_id(tok), allowed=self.task.allowed_tokens(tok),
                            tool=self.task.tool if self.task.has_tool else None, context=self.lm.context_length)
 
     def config(self) -> dict:
-        return {"shots": self.task.default_shots, "beam_groups": self.groups, "diversity_penalty": self.penalty}
+        return {"shots": self.task.default_shots, "diversity_penalty": self.penalty,
+                "beams_and_groups_for_n_samples": "n beams, 1 group" if self.penalty == 0 else
+                "2 * ceil(n / 2) beams in ceil(n / 2) groups of 2"}
 
 
 @register_method("beam", "beam search (beams = samples per prompt, length penalty 0), all beams returned")
@@ -87,6 +93,6 @@ class Beam(BeamBaseline):
 class DiverseBeam(BeamBaseline):
     penalty = 1.0
 
-    def sample(self, examples, n, generator) -> Trajectories:
-        self.groups = max(1, n // 2)
-        return super().sample(examples, n, generator)
+    def plan(self, n: int) -> tuple[int, int]:
+        groups = (n + 1) // 2
+        return 2 * groups, groups

@@ -134,4 +134,4 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
             t0 = time.time()
             out = run(task_obj.name, name, seed, profile, str(root), model, overwrite)
             print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
-    return write_leaderboard(root, task_obj.name)
+    return write_leaderboard(root, task_obj.name, method_order=names)

@@ -1,175 +1,353 @@
-"""Leaderboard tables from run records: mean and 95% bootstrap CI over seeds, as Markdown, CSV, LaTeX and PNG."""
+"""Leaderboard tables from run records: mean and 95% percentile-bootstrap CI over seeds.
+
+Outputs per task: Markdown (with a provenance header), CSV (long format, full precision), LaTeX (one
+``tabular`` per metric, needs ``booktabs``) and a PNG. Each cell is "mean [lo, hi]".
+
+The CI is a percentile bootstrap of the mean over seeds. With few seeds (n**n <= 100000, i.e. n <= 6) every
+one of the n**n equally likely resamples is enumerated, so the interval is the exact bootstrap interval and
+does not depend on a random seed; larger n uses a seeded Monte-Carlo resample. Percentiles use numpy's
+``quantile(method="linear")`` (Hyndman & Fan type 7, numpy's default) on the resample means. With 3 seeds
+the bootstrap interval is narrow and optimistic: it describes seed spread, not a guarantee.
+"""
 from __future__ import annotations
 
+import io
 import itertools
+import math
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from gfnbench.records import atomic_write_text, read_runs
+from gfnbench.records import atomic_write_bytes, atomic_write_text, check_writable, read_runs
 
 EXACT_LIMIT = 100_000
+SUMMARY_COLUMNS = ["method", "split", "metric", "mean", "lo", "hi", "n_seeds", "seeds"]
+MISSING = "–"
 
 
-def bootstrap_ci(values, level: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, lo, hi): percentile bootstrap of the mean.
+# --------------------------------------------------------------------------- statistics
 
-    With few seeds (n**n <= 100000, e.g. 3 seeds -> 27 resamples) every resample is enumerated, so the interval
-    is exact and deterministic; otherwise Monte Carlo with a seeded generator. Percentiles: numpy "linear".
-    """
-    x = np.asarray(values, dtype=float)
+def _resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """All n**n index tuples when that is small (exact), else a seeded Monte-Carlo draw."""
+    if n ** n <= EXACT_LIMIT:
+        return np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64)
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def bootstrap_ci(values: Iterable[float], level: float = 0.95, n_resamples: int = 10_000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi): percentile bootstrap of the mean; exact enumeration for small n (see module doc)."""
+    x = np.asarray(list(values), dtype=float).ravel()
     if x.size == 0:
-        raise ValueError("bootstrap of no values")
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"bootstrap_ci got non-finite values {x.tolist()}")
+    mean = float(x.mean())
     if x.size == 1:
-        return float(x[0]), float(x[0]), float(x[0])
-    if x.size ** x.size <= EXACT_LIMIT:
-        idx = np.array(list(itertools.product(range(x.size), repeat=x.size)))
-    else:
-        idx = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
-    means = x[idx].mean(axis=1)
+        return mean, mean, mean
+    means = x[_resample_indices(x.size, n_resamples, seed)].mean(axis=1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha], method="linear")
-    return float(x.mean()), float(lo), float(hi)
+    return mean, float(lo), float(hi)
 
 
 def summarize(records: list[dict]) -> pd.DataFrame:
-    rows = []
+    """Long format: one row per (method, split, metric), in order of first appearance."""
+    seen: dict[tuple[str, int], int] = {}
+    cells: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for r in records:
+        key = (r["method"], r["seed"])
+        if key in seen:
+            raise ValueError(f"two records for method {r['method']!r} seed {r['seed']}")
+        seen[key] = 1
         for split, metrics in r["metrics"].items():
             for metric, value in metrics.items():
-                rows.append({"method": r["method"], "split": split, "metric": metric, "value": value,
-                             "seed": r["seed"]})
-    long = pd.DataFrame(rows)
-    out = []
-    for (method, split, metric), g in long.groupby(["method", "split", "metric"], sort=False):
-        mean, lo, hi = bootstrap_ci(g["value"].to_numpy())
-        out.append({"method": method, "split": split, "metric": metric, "mean": mean, "lo": lo, "hi": hi,
-                    "n_seeds": len(g), "seeds": " ".join(str(s) for s in sorted(g["seed"]))})
-    return pd.DataFrame(out)
+                cells.setdefault((r["method"], split, metric), []).append((int(r["seed"]), float(value)))
+    rows = []
+    for (method, split, metric), pairs in cells.items():
+        mean, lo, hi = bootstrap_ci([v for _, v in pairs])
+        seeds = sorted(s for s, _ in pairs)
+        rows.append({"method": method, "split": split, "metric": metric, "mean": mean, "lo": lo, "hi": hi,
+                     "n_seeds": len(pairs), "seeds": " ".join(map(str, seeds))})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
+
+# --------------------------------------------------------------------------- shared table helpers
+
+def _ordered(values: Iterable[str], order: Sequence[str] | None = None) -> list[str]:
+    """Given order first, then the rest in order of first appearance: stable across reruns."""
+    present = list(dict.fromkeys(values))
+    head = [v for v in (order or []) if v in present]
+    return head + [v for v in present if v not in head]
+
+
+def _decimals(sub: pd.DataFrame) -> int:
+    """3 decimals, more when a metric is tiny (so 0.0004 is not printed as 0.000)."""
+    mags = np.abs(sub[["mean", "lo", "hi"]].to_numpy(dtype=float))
+    mags = mags[mags > 0]
+    if mags.size == 0:
+        return 3
+    return int(max(3, min(6, -math.floor(math.log10(mags.max())) + 1)))
+
+
+def _lookup(sub: pd.DataFrame) -> dict[tuple[str, str], pd.Series]:
+    return {(row.method, row.split): row for row in sub.itertuples(index=False)}
+
+
+def format_cell(mean: float, lo: float, hi: float, decimals: int = 3) -> str:
+    """"0.312 [0.280, 0.350]": mean and CI bounds."""
+    return f"{mean:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+
+
+def _metric_table(df: pd.DataFrame, metric: str, method_order: Sequence[str] | None):
+    """(methods, splits, {(method, split): row}, decimals, max_n) for one metric."""
+    sub = df[df["metric"] == metric]
+    return (_ordered(sub["method"], method_order), _ordered(sub["split"]), _lookup(sub), _decimals(sub),
+            int(sub["n_seeds"].max()))
+
+
+# --------------------------------------------------------------------------- markdown
 
 def _unique(records: list[dict], key: str) -> list[str]:
-    return sorted({str(r[key]) for r in records})
+    return list(dict.fromkeys(str(r.get(key, "unknown")) for r in records))
 
 
-def header(records: list[dict], task: str) -> str:
-    seeds = sorted({r["seed"] for r in records})
-    first = records[0]
+def _seed_phrase(df: pd.DataFrame) -> str:
+    counts = sorted(set(df["n_seeds"].astype(int)))
+    if len(counts) == 1:
+        return f"{counts[0]} seed" + ("s" if counts[0] != 1 else "")
+    return f"{counts[0]}–{counts[-1]} seeds (cells with fewer seeds are marked n=k)"
+
+
+def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
+    """Provenance block: what was run, on what, scored by whom, from which commit."""
+    seeds = sorted({int(r["seed"]) for r in records})
+    cfg = records[0].get("config", {}) or {}
+    versions: dict[str, list[str]] = {}
+    for r in records:
+        for pkg, version in (r.get("versions") or {}).items():
+            versions.setdefault(pkg, [])
+            if version not in versions[pkg]:
+                versions[pkg].append(version)
     lines = [
         f"# Leaderboard: {task}",
         "",
         f"- policy model: {', '.join(_unique(records, 'model'))}",
-        f"- log-likelihood (`logp_ref`) scored by: {', '.join(_unique(records, 'scoring_model'))}",
+        f"- log-likelihood scored by: {', '.join(_unique(records, 'scoring_model'))}",
         f"- data: {', '.join(_unique(records, 'data'))}",
-        f"- profile: {', '.join(_unique(records, 'profile'))}; evaluation samples per question: "
-        f"{first['config'].get('eval_samples')} at T = {first['config'].get('eval_temperature')} "
-        f"(majority vote) unless the method says otherwise; questions per split: "
-        f"{first['config'].get('profile', {}).get('eval_questions')}",
-        f"- seeds: {', '.join(map(str, seeds))}; cells: mean [95% bootstrap CI over seeds, exact enumeration]",
+        f"- profile: {', '.join(_unique(records, 'profile'))}",
+        f"- seeds: {', '.join(map(str, seeds))}",
         f"- git commit(s): {', '.join(_unique(records, 'git_commit'))}",
     ]
+    evaluation = []
+    if cfg.get("eval_samples") is not None:
+        evaluation.append(f"{cfg['eval_samples']} samples per question")
+    if cfg.get("eval_temperature") is not None:
+        evaluation.append(f"temperature {cfg['eval_temperature']}")
+    questions = (cfg.get("profile") or {}).get("eval_questions")
+    evaluation.append(f"{questions if questions else 'all'} questions per split")
+    if evaluation:
+        lines.append(f"- evaluation: {', '.join(evaluation)} (methods may override; see each run's config.json)")
+    if versions:
+        shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
+        lines.append(f"- packages: {shown}")
+    lines.append(f"- cells: mean ± 95% bootstrap CI over {_seed_phrase(df)}, written as mean [lo, hi] "
+                 f"(percentile bootstrap of the mean, exact enumeration for ≤ 6 seeds)")
     return "\n".join(lines) + "\n"
 
 
-def _cell(row) -> str:
-    return f"{row['mean']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}]"
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
 
 
-def pivot(df: pd.DataFrame, metric: str, method_order: list[str]) -> pd.DataFrame:
-    sub = df[df.metric == metric].copy()
-    sub["cell"] = sub.apply(_cell, axis=1)
-    table = sub.pivot(index="method", columns="split", values="cell")
-    return table.reindex([m for m in method_order if m in table.index])
-
-
-def render_markdown(df: pd.DataFrame, records: list[dict], task: str) -> str:
-    order = list(dict.fromkeys(r["method"] for r in records))
-    parts = [header(records, task)]
-    for metric in dict.fromkeys(df.metric):
-        table = pivot(df, metric, order)
-        cols = list(table.columns)
-        parts.append(f"\n## {metric}\n\n| method | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n")
-        parts.append("".join(f"| {m} | " + " | ".join(str(table.loc[m, c]) for c in cols) + " |\n"
-                             for m in table.index))
+def render_markdown(df: pd.DataFrame, records: list[dict], task: str,
+                    method_order: Sequence[str] | None = None) -> str:
+    """Header, then one table per metric: rows = methods, columns = splits."""
+    order = _ordered([r["method"] for r in records], method_order)
+    parts = [header(df, records, task)]
+    for metric in _ordered(df["metric"]):
+        methods, splits, cells, dec, max_n = _metric_table(df, metric, order)
+        lines = [f"## {_md_escape(metric)}", "",
+                 "| method | " + " | ".join(map(_md_escape, splits)) + " |",
+                 "|---|" + "---|" * len(splits)]
+        for m in methods:
+            row = []
+            for s in splits:
+                c = cells.get((m, s))
+                if c is None:
+                    row.append(MISSING)
+                    continue
+                text = format_cell(c.mean, c.lo, c.hi, dec)
+                row.append(text + (f" (n={c.n_seeds})" if c.n_seeds < max_n else ""))
+            lines.append(f"| {_md_escape(m)} | " + " | ".join(row) + " |")
+        parts.append("\n" + "\n".join(lines) + "\n")
     return "".join(parts)
 
 
-def render_latex(df: pd.DataFrame, records: list[dict]) -> str:
-    order = list(dict.fromkeys(r["method"] for r in records))
-    out = []
-    for metric in dict.fromkeys(df.metric):
-        sub = df[df.metric == metric]
-        splits = list(dict.fromkeys(sub.split))
-        out.append(f"% {metric}: mean with 95% bootstrap CI over seeds\n\\begin{{tabular}}{{l" + "c" * len(splits)
-                   + "}\n\\toprule\nmethod & " + " & ".join(s.replace("_", "\\_") for s in splits) + " \\\\\n\\midrule\n")
-        for m in order:
-            cells = []
+# --------------------------------------------------------------------------- csv / latex
+
+def render_csv(df: pd.DataFrame) -> str:
+    """The long table at full precision, for people who want to recompute or re-plot."""
+    return df.to_csv(index=False)
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Method and split names go into text mode; escape what LaTeX would interpret."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def render_latex(df: pd.DataFrame, method_order: Sequence[str] | None = None) -> str:
+    """One booktabs tabular per metric; cells are $mean_{\\,[lo,hi]}$ (^{n=k} if fewer seeds). No jinja2 needed."""
+    out = ["% mean with 95% percentile-bootstrap CI over seeds; requires \\usepackage{booktabs}\n"]
+    for metric in _ordered(df["metric"]):
+        methods, splits, cells, dec, max_n = _metric_table(df, metric, method_order)
+        out.append(f"\n% {latex_escape(metric)}\n\\begin{{tabular}}{{l{'c' * len(splits)}}}\n\\toprule\n")
+        out.append("method & " + " & ".join(latex_escape(s) for s in splits) + " \\\\\n\\midrule\n")
+        for m in methods:
+            row = []
             for s in splits:
-                r = sub[(sub.method == m) & (sub.split == s)]
-                cells.append("--" if r.empty else
-                             f"${r['mean'].iloc[0]:.3f}_{{\\,[{r['lo'].iloc[0]:.3f}, {r['hi'].iloc[0]:.3f}]}}$")
-            out.append(m.replace("_", "\\_") + " & " + " & ".join(cells) + " \\\\\n")
-        out.append("\\bottomrule\n\\end{tabular}\n\n")
+                c = cells.get((m, s))
+                if c is None:
+                    row.append("--")
+                    continue
+                few = f"^{{n={c.n_seeds}}}" if c.n_seeds < max_n else ""
+                row.append(f"${c.mean:.{dec}f}_{{\\,[{c.lo:.{dec}f},\\,{c.hi:.{dec}f}]}}{few}$")
+            out.append(latex_escape(m) + " & " + " & ".join(row) + " \\\\\n")
+        out.append("\\bottomrule\n\\end{tabular}\n")
     return "".join(out)
 
 
-def plot(df: pd.DataFrame, records: list[dict], path: Path, task: str) -> None:
-    """One panel per metric (bars with CI per method and split), plus training curves where runs have them."""
+# --------------------------------------------------------------------------- plot
+
+def _curve_key(curve: list[dict]) -> str | None:
+    """The training log-reward field of a curve ("log_reward" or the first key containing it)."""
+    keys = list(dict.fromkeys(k for point in curve for k in point))
+    if "log_reward" in keys:
+        return "log_reward"
+    return next((k for k in keys if "log_reward" in k), None)
+
+
+def mean_train_curves(records: list[dict]) -> dict[str, pd.Series]:
+    """method -> mean training log reward per step over that method's seeds."""
+    out: dict[str, list[pd.Series]] = {}
+    for r in records:
+        curve = r.get("train_curve") or []
+        key = _curve_key(curve)
+        if key is None:
+            continue
+        frame = pd.DataFrame([p for p in curve if "step" in p and key in p])
+        if frame.empty:
+            continue
+        series = pd.to_numeric(frame[key], errors="coerce").groupby(frame["step"]).mean()
+        out.setdefault(r["method"], []).append(series)
+    return {m: pd.concat(s, axis=1).mean(axis=1).sort_index() for m, s in out.items()}
+
+
+def _bar_panel(ax, df: pd.DataFrame, metric: str, order: Sequence[str]) -> None:
+    methods, splits, cells, _, _ = _metric_table(df, metric, order)
+    width = 0.8 / max(len(splits), 1)
+    x = np.arange(len(methods))
+    for k, split in enumerate(splits):
+        rows = [cells.get((m, split)) for m in methods]
+        mean = np.array([np.nan if c is None else c.mean for c in rows])
+        lo = np.array([np.nan if c is None else c.lo for c in rows])
+        hi = np.array([np.nan if c is None else c.hi for c in rows])
+        ax.bar(x + (k - (len(splits) - 1) / 2) * width, mean, width, yerr=[mean - lo, hi - mean], capsize=2,
+               label=split)
+    ax.set_xticks(x, methods, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} (mean, 95% bootstrap CI)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="split", fontsize=7, title_fontsize=7)
+
+
+def _curve_panel(ax, curves: dict[str, pd.Series], order: Sequence[str]) -> None:
+    for method in _ordered(curves, order):
+        series = curves[method]
+        window = max(1, len(series) // 25)
+        smooth = series.rolling(window, min_periods=1).mean()
+        ax.plot(series.index, smooth.values, label=method)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training log reward (mean over seeds)")
+    ax.set_title("training log reward (rolling mean)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
+         method_order: Sequence[str] | None = None) -> Path:
+    """PNG: one bar panel per metric (method x split, CI error bars), plus training curves when present."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = list(dict.fromkeys(df.metric))
-    curves = [r for r in records if r.get("train_curve")]
-    n = len(metrics) + bool(curves)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
-    order = list(dict.fromkeys(r["method"] for r in records))
-    for ax, metric in zip(axes[0], metrics):
-        sub = df[df.metric == metric]
-        splits = list(dict.fromkeys(sub.split))
-        width = 0.8 / max(len(splits), 1)
-        for k, split in enumerate(splits):
-            s = sub[sub.split == split].set_index("method").reindex(order)
-            x = np.arange(len(order)) + k * width
-            ax.bar(x, s["mean"], width, yerr=[s["mean"] - s["lo"], s["hi"] - s["mean"]], capsize=2, label=split)
-        ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2, order, rotation=45, ha="right")
-        ax.set_title(metric)
-        ax.legend(fontsize=7)
+    path = Path(path)
+    order = _ordered([r["method"] for r in records], method_order)
+    metrics = _ordered(df["metric"])
+    curves = mean_train_curves(records)
+    n_panels = len(metrics) + bool(curves)
+    ncols = min(3, max(n_panels, 1))
+    nrows = max(1, math.ceil(n_panels / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax, metric in zip(flat, metrics):
+        _bar_panel(ax, df, metric, order)
     if curves:
-        ax = axes[0][-1]
-        for method in dict.fromkeys(r["method"] for r in curves):
-            runs = [pd.DataFrame(r["train_curve"]) for r in curves if r["method"] == method]
-            mean = pd.concat(runs).groupby("step")["log_reward"].mean()
-            ax.plot(mean.index, mean.values, label=method)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("mean log reward (untempered)")
-        ax.set_title("training reward")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{task}: {records[0]['model'][:60]}", fontsize=9)
+        _curve_panel(flat[len(metrics)], curves, order)
+    for ax in flat[n_panels:]:
+        ax.set_visible(False)
+    task = ", ".join(_unique(records, "task"))
+    fig.suptitle(f"{task} — policy model: {', '.join(_unique(records, 'model'))}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | None = None) -> list[Path]:
+# --------------------------------------------------------------------------- entry point
+
+def _mixed(records: list[dict], key: str) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        groups.setdefault(str(r.get(key)), []).append(f"{r['method']}/seed{r['seed']}")
+    return groups
+
+
+def check_consistent(records: list[dict], results_dir: str | Path) -> None:
+    """One policy model and one profile per table: mixing them would average incomparable numbers."""
+    for key in ("model", "profile"):
+        groups = _mixed(records, key)
+        if len(groups) > 1:
+            listing = "; ".join(f"{value!r}: {', '.join(runs)}" for value, runs in groups.items())
+            raise ValueError(f"runs under {results_dir} mix {len(groups)} different {key}s ({listing}). "
+                             f"Keep one {key} per results folder: use a different --results_dir for each.")
+
+
+def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | None = None,
+                      method_order: Sequence[str] | None = None) -> list[Path]:
+    """Read the task's runs and write <task>.md, .csv, .tex and .png atomically; returns their paths."""
     records = read_runs(results_dir, task)
     if not records:
-        raise ValueError(f"no run records under {Path(results_dir) / 'runs' / task}: run `gfnbench bench --task "
-                         f"{task}` (or `make bench TASK={task}`) first")
-    for key in ("model", "profile"):
-        if len(_unique(records, key)) > 1:
-            raise ValueError(f"records under {results_dir} mix {key}s {_unique(records, key)}: keep one {key} "
-                             f"per results folder (--results_dir)")
+        raise ValueError(f"no run records under {Path(results_dir) / 'runs' / task}: produce them with "
+                         f"`gfnbench bench --task {task}` (or `gfnbench run --task {task} --method ... --seed ...`)")
+    check_consistent(records, results_dir)
     df = summarize(records)
-    out = Path(out_dir or results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{task}.md", out / f"{task}.csv", out / f"{task}.tex", out / f"{task}.png"]
-    atomic_write_text(paths[0], render_markdown(df, records, task))
-    atomic_write_text(paths[1], df.to_csv(index=False))
-    atomic_write_text(paths[2], render_latex(df, records))
-    plot(df, records, paths[3], task)
-    return paths
+    out = check_writable(out_dir if out_dir is not None else results_dir)
+    md, csv, tex, png = (out / f"{task}{ext}" for ext in (".md", ".csv", ".tex", ".png"))
+    atomic_write_text(md, render_markdown(df, records, task, method_order))
+    atomic_write_text(csv, render_csv(df))
+    atomic_write_text(tex, render_latex(df, method_order))
+    plot(df, records, png, method_order)
+    return [md, csv, tex, png]

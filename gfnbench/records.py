@@ -1,8 +1,32 @@
 """Run records: one folder per (task, method, seed), written atomically and never silently overwritten.
 
-record.json keys: task, method, seed, profile, model (policy model id), scoring_model (who scored the
-log-likelihood), data (data source), metrics {split: {metric: float}}, config, versions, git_commit,
-wall_time_s, created, and optionally train_curve. samples.jsonl holds every evaluation sample.
+Layout: ``<results_dir>/runs/<task>/<method>/seed<seed>/`` holding
+
+- ``samples.jsonl``: one JSON object per evaluation sample;
+- ``config.json``: the run's ``config`` on its own, for quick diffing;
+- ``record.json``: the RunRecord below. It is written last, so its presence means the run is complete.
+
+RunRecord (a plain JSON-serialisable dict):
+
+==================  ==========================================================================================
+key                 value
+==================  ==========================================================================================
+task                str, task name
+method              str, method name (one leaderboard row)
+seed                int
+profile             str, compute profile (smoke / cpu / paper ...)
+model               str, id of the policy model
+scoring_model       str, id of the model that scored the log-likelihood column
+data                str, short description of the data source, e.g. "synthetic (seeded generator)"
+metrics             {split: {metric: finite float}}
+config              dict, JSON-serialisable
+versions            {package: version}, see :func:`package_versions`
+git_commit          str, HEAD hash, "-dirty" suffix if tracked files changed, "unknown" outside git
+wall_time_s         float
+created             str, ISO 8601 UTC; set by :func:`write_run`
+train_curve         optional [{"step": int, <metric>: float, ...}]
+checkpoints         optional [str], names of the evaluated checkpoints
+==================  ==========================================================================================
 """
 from __future__ import annotations
 
@@ -10,18 +34,24 @@ import datetime as _dt
 import importlib.metadata
 import json
 import math
+import numbers
 import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
-REQUIRED = ("task", "method", "seed", "profile", "model", "scoring_model", "data", "metrics", "config",
-            "versions", "git_commit", "wall_time_s")
-PACKAGES = ("torch", "transformers", "peft", "lightning", "torchmetrics", "pandas", "sacrebleu", "bert-score",
-            "evaluate", "gfnbench")
+REQUIRED_KEYS = ("task", "method", "seed", "profile", "model", "scoring_model", "data", "metrics", "config",
+                 "versions", "git_commit", "wall_time_s")
+DEFAULT_PACKAGES = ("torch", "transformers", "peft", "lightning", "torchmetrics", "pandas", "sacrebleu",
+                    "bert-score", "evaluate", "gfnbench")
+RECORD, SAMPLES, CONFIG = "record.json", "samples.jsonl", "config.json"
 
 
-def package_versions(names=PACKAGES) -> dict[str, str]:
+# --------------------------------------------------------------------------- provenance
+
+def package_versions(names: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, str]:
+    """Installed versions, so a table can be traced to the software that produced it."""
     out = {}
     for name in names:
         try:
@@ -31,75 +61,159 @@ def package_versions(names=PACKAGES) -> dict[str, str]:
     return out
 
 
-def git_commit(repo_dir: str | Path | None = None) -> str:
-    """HEAD, with -dirty when tracked files differ from it (the numbers may not match the commit)."""
-    cwd = str(repo_dir or Path(__file__).resolve().parent.parent)
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+def _git(args: list[str], cwd: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
 
+
+def git_commit(repo_dir: str | Path | None = None) -> str:
+    """HEAD hash, "-dirty" when tracked files differ from it (the numbers may not match the commit)."""
+    cwd = str(repo_dir if repo_dir is not None else Path(__file__).resolve().parent.parent)
+    try:
+        head = _git(["rev-parse", "HEAD"], cwd)
+        dirty = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "") if head else "unknown"
+
+
+def utc_now() -> str:
+    """ISO 8601 in UTC, so records made in different time zones sort and compare correctly."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- files
 
 def run_dir(results_dir: str | Path, task: str, method: str, seed: int) -> Path:
+    """The one folder a (task, method, seed) run may occupy."""
     return Path(results_dir) / "runs" / task / method / f"seed{seed}"
 
 
-def check_writable(results_dir: str | Path) -> None:
+def check_writable(results_dir: str | Path) -> Path:
+    """Create the folder and prove we can write there, so a long run never fails at its very end."""
     path = Path(results_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".gfnbench-write-test-"):
             pass
     except OSError as err:
-        raise PermissionError(f"results directory {path} is not writable ({err.strerror}): "
-                              f"pass --results_dir <a writable folder>") from err
+        reason = err.strerror or type(err).__name__
+        raise PermissionError(f"results directory {path} is not writable ({reason}): choose a writable folder "
+                              f"with --results_dir") from err
+    return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Temp file in the same folder, then rename: a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask alone is not thread-safe)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Temp file in the same folder, fsync, then rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """UTF-8 text through :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- validation
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def validate_record(record: dict) -> None:
-    missing = [k for k in REQUIRED if k not in record]
+    """Reject records that would make a wrong or unreadable table, before anything touches the disk."""
+    missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
-        raise ValueError(f"run record lacks {missing}")
-    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
-        raise ValueError(f"seed must be an integer, got {record['seed']!r}")
+        raise ValueError(f"run record lacks required keys {missing}")
+    seed = record["seed"]
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(record["metrics"], dict) or not record["metrics"]:
+        raise ValueError("metrics must be a non-empty dict {split: {metric: float}}")
     for split, values in record["metrics"].items():
+        if not isinstance(values, dict):
+            raise ValueError(f"metrics[{split!r}] must be a dict {{metric: float}}, got {type(values).__name__}")
         for name, value in values.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"metric {name} on split {split} is {value!r}: results must be finite numbers")
+            if not _is_number(value) or not math.isfinite(value):
+                raise ValueError(f"metric {name!r} on split {split!r} is {value!r}: metrics must be finite numbers")
+    if not _is_number(record["wall_time_s"]):
+        raise ValueError(f"wall_time_s must be a number, got {record['wall_time_s']!r}")
 
 
-def write_run(out_dir: str | Path, record: dict, samples: list[dict], overwrite: bool = False) -> Path:
-    """samples.jsonl and config.json first, record.json last: a record exists only for a complete run."""
-    out = Path(out_dir)
-    if (out / "record.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true or delete {out}")
-    record = {**record, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    validate_record(record)
-    samples_text = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
-    record_text = json.dumps(record, indent=2, sort_keys=True)
-    config_text = json.dumps(record["config"], indent=2, sort_keys=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "samples.jsonl", samples_text)
-    atomic_write_text(out / "config.json", config_text)
-    atomic_write_text(out / "record.json", record_text)
+def normalise_record(record: dict) -> dict:
+    """Plain Python types (numpy scalars are not JSON) and a creation time."""
+    out = dict(record)
+    out["seed"] = int(record["seed"])
+    out["wall_time_s"] = float(record["wall_time_s"])
+    out["metrics"] = {str(s): {str(m): float(v) for m, v in vals.items()} for s, vals in record["metrics"].items()}
+    out.setdefault("created", utc_now())
     return out
 
 
+# --------------------------------------------------------------------------- write / read
+
+def write_run(run_dir: str | Path, record: dict, samples: list[dict], overwrite: bool = False) -> Path:
+    """Validate and serialise everything first, then samples.jsonl, config.json and record.json last.
+
+    A record.json therefore exists only for a complete run; with overwrite the old one is removed before the
+    new files go in, so a crash mid-write cannot leave an old record beside new samples.
+    """
+    out = Path(run_dir)
+    record_path = out / RECORD
+    if record_path.exists() and not overwrite:
+        raise FileExistsError(f"{record_path} already exists: pass --overwrite true to replace the run, or "
+                              f"delete {out}")
+    validate_record(record)
+    record = normalise_record(record)
+    samples_text = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
+    config_text = json.dumps(record["config"], indent=2, sort_keys=True) + "\n"
+    record_text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    check_writable(out)
+    record_path.unlink(missing_ok=True)
+    atomic_write_text(out / SAMPLES, samples_text)
+    atomic_write_text(out / CONFIG, config_text)
+    atomic_write_text(record_path, record_text)
+    return out
+
+
+def _seed_key(path: Path) -> tuple:
+    """Sort seed10 after seed2."""
+    name = path.parent.name.removeprefix("seed")
+    return (path.parent.parent.name, 0, int(name), "") if name.lstrip("-").isdigit() else \
+        (path.parent.parent.name, 1, 0, name)
+
+
 def read_runs(results_dir: str | Path, task: str) -> list[dict]:
+    """Every complete run of a task, ordered by (method folder, seed) so tables are deterministic."""
     root = Path(results_dir) / "runs" / task
-    return [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/record.json"))]
+    records = []
+    for path in sorted(root.glob(f"*/seed*/{RECORD}"), key=_seed_key):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}): fix or delete that run folder") from err
+    return records

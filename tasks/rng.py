@@ -48,12 +48,16 @@ class RandomInteger(Task):
     def parse(self, text: str) -> int | None:
         return parse_integer(text, self.low, self.high, self.leading_zeros)
 
-    def log_target(self, value: int) -> float:
-        """Unnormalised log reward of a valid integer."""
+    def log_target(self, value) -> float:
+        """Unnormalised log reward of a valid outcome."""
         return 0.0
 
-    def target_distribution(self) -> dict[int, float]:
-        logs = {x: self.log_target(x) for x in range(self.low, self.high + 1)}
+    def outcomes(self) -> list:
+        """Every valid outcome (what `parse` returns), each spelled by exactly one string."""
+        return list(range(self.low, self.high + 1))
+
+    def target_distribution(self) -> dict:
+        logs = {x: self.log_target(x) for x in self.outcomes()}
         z = math.log(sum(math.exp(v) for v in logs.values()))
         return {x: math.exp(v - z) for x, v in logs.items()}
 

@@ -1,0 +1,105 @@
+"""GFlowNet fine-tuning samples in proportion to the reward: checked exactly on an enumerable toy task."""
+import re
+
+import pytest
+import torch
+
+from gfnbench.gflownet import GFlowNetConfig, GFlowNetModule, fit_module, gold_trajectory
+from gfnbench.methods import RunContext
+from gfnbench.models import build_tiny
+from gfnbench.profiles import PROFILES
+from gfnbench.tasks import get_task
+from gfnbench.tasks.rng import RandomInteger
+
+
+class DigitStrings(RandomInteger):
+    """Outcomes: every string of 1-2 digits, each spelled one way; log R = -|int - 30| / 10 - (1 if 1 digit)."""
+
+    name = "digit_strings"
+
+    def __init__(self):
+        super().__init__(max_len=2)
+
+    def parse(self, text):
+        return text if re.fullmatch(r"\d{1,2}", text) else None
+
+    def outcomes(self):
+        return [str(d) for d in range(10)] + [f"{a}{b}" for a in range(10) for b in range(10)]
+
+    def log_target(self, value):
+        return -abs(int(value) - 30) / 10 - (1.0 if len(value) == 1 else 0.0)
+
+
+@pytest.mark.parametrize("loss", ["subtb", "tb"])
+def test_gflownet_matches_an_enumerable_target(loss):
+    torch.manual_seed(0)
+    task = DigitStrings()
+    lm = build_tiny("llama")
+    cfg = GFlowNetConfig(loss=loss, lr=3e-2, logz_lr=0.1, warmup_steps=5, samples_per_prompt=32,
+                         behaviour_mix=(0.5, 0.5, 0.0), lora_rank=16, lora_alpha=32, lora_targets="all-linear",
+                         buffer_sampling="uniform")
+    module = GFlowNetModule(task, lm, cfg, task.examples("train"), seed=0)
+    prompt = task.prompt(task.examples("test")[0])
+    before = task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
+    fit_module(module, 1, RunContext(seed=0, profile=PROFILES["smoke"]), accumulate=1, steps=300)
+    after = task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
+    assert before > 0.3, before
+    assert after < 0.05, (before, after)
+
+
+def test_exact_distribution_sums_to_one_and_matches_sampling(tiny):
+    from collections import Counter
+
+    from gfnbench.sampling import sample
+
+    task = get_task("rng")
+    prompt = task.prompt(task.examples("test")[0])
+    dist = task.exact_distribution(tiny.model, tiny.tokenizer, prompt)
+    assert abs(sum(dist.values()) - 1) < 1e-5
+    traj = sample(tiny.model, tiny.tokenizer, [prompt], 3000, task.sampling(train=False),
+                  stop_id=task.stop_id(tiny.tokenizer), allowed=task.allowed_tokens(tiny.tokenizer),
+                  generator=torch.Generator().manual_seed(0))
+    counts = Counter(traj.texts)
+    for text, p in sorted(dist.items(), key=lambda kv: -kv[1])[:5]:
+        assert abs(counts[text] / 3000 - p) < 4 * (p * (1 - p) / 3000) ** 0.5 + 1e-3
+
+
+def test_rng_reward_per_prefix(tiny):
+    from gfnbench.trajectories import from_rows
+
+    task = get_task("rng")
+    tok = tiny.tokenizer
+    digits = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    states = [digits("4") + digits("2"), digits("1") + digits("0") + digits("0"), digits("0") + digits("7")]
+    traj = from_rows(["p"] * 3, [0] * 3, [[1]] * 3, states, [[True] * len(s) for s in states], [True] * 3,
+                     [[0.0] * len(s) for s in states], [[0.0] * (len(s) + 1) for s in states], ["", "", ""], 0)
+    r = task.log_reward(None, tok, traj, task.examples("test"))
+    inf = float("-inf")
+    assert r[0].tolist() == [inf, 0.0, 0.0]          # "", "4", "42"
+    assert r[1].tolist() == [inf, 0.0, 0.0, 0.0]     # "", "1", "10", "100"
+    assert r[2].tolist() == [inf, 0.0, inf, 0.0]     # "", "0", "07" (leading zero: invalid)
+
+
+def test_gold_trajectory_splits_actions_and_tool_outputs(tiny):
+    task = get_task("arith")
+    tokens, is_action = gold_trajectory(task, tiny.tokenizer, " 7 + 9 = 16, 16 + 3 = 19")
+    assert tiny.tokenizer.decode(tokens) == " 7 + 9 = 16, 16 + 3 = 19"
+    tool_text = tiny.tokenizer.decode([t for t, a in zip(tokens, is_action) if not a])
+    assert tool_text == " 16 19"
+
+
+def test_nan_reward_is_rejected_with_task_and_step(tiny):
+    class NaNTask(RandomInteger):
+        name = "nan_task"
+
+        def log_reward(self, model, tokenizer, traj, examples):
+            out = super().log_reward(model, tokenizer, traj, examples)
+            out[0, -1] = float("nan")
+            return out
+
+    lm = build_tiny("llama")
+    task = NaNTask(max_len=2)
+    module = GFlowNetModule(task, lm, GFlowNetConfig(samples_per_prompt=4, behaviour_mix=(1.0, 0.0, 0.0)),
+                            task.examples("train"))
+    with pytest.raises(ValueError, match="task nan_task, step 0"):
+        module.draw(task.examples("train")[0])

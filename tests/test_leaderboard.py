@@ -1,0 +1,223 @@
+"""Leaderboard: exact bootstrap on small samples, tables that match it, and refusal to mix incomparable runs."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gfnbench.leaderboard import (
+    bootstrap_ci,
+    format_cell,
+    render_csv,
+    render_latex,
+    render_markdown,
+    summarize,
+    write_leaderboard,
+)
+from gfnbench.records import run_dir, write_run
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+def test_exact_bootstrap_three_values():
+    values = [1.0, 2.0, 3.0]
+    means = []
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                means.append((values[i] + values[j] + values[k]) / 3)
+    assert len(means) == 27
+    mean, lo, hi = bootstrap_ci(values)
+    assert mean == pytest.approx(2.0)
+    assert lo == pytest.approx(np.quantile(means, 0.025, method="linear"))
+    assert hi == pytest.approx(np.quantile(means, 0.975, method="linear"))
+    assert bootstrap_ci(values, seed=123) == (mean, lo, hi)  # exact: the seed plays no part
+
+
+def test_two_values_by_hand():
+    # resamples of [0, 1]: means 0, .5, .5, 1 -> sorted positions 0..3; linear quantile at q is at position 3q
+    mean, lo, hi = bootstrap_ci([0.0, 1.0])
+    assert mean == 0.5
+    assert lo == pytest.approx(0.5 * (3 * 0.025))  # between 0 and .5 at 0.075 of the way
+    assert hi == pytest.approx(1 - 0.5 * (3 * 0.025))
+    assert bootstrap_ci([0.0, 1.0], level=0.5) == pytest.approx((0.5, 0.375, 0.625))
+
+
+def test_constant_and_single():
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == (0.3, 0.3, 0.3)
+    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    mean, lo, hi = bootstrap_ci([0.1] * 9)  # Monte-Carlo branch
+    assert lo == hi == mean == pytest.approx(0.1)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+    with pytest.raises(ValueError):
+        bootstrap_ci([1.0, float("nan")])
+    with pytest.raises(ValueError):
+        bootstrap_ci([1.0, 2.0], level=1.0)
+
+
+def test_exact_matches_itertools_enumeration_up_to_six():
+    rng = np.random.default_rng(5)
+    for n in (4, 5, 6):
+        x = rng.normal(size=n)
+        means = np.array([x[list(idx)].mean() for idx in itertools.product(range(n), repeat=n)])
+        expected = np.quantile(means, [0.025, 0.975], method="linear")
+        _, lo, hi = bootstrap_ci(x)
+        assert (lo, hi) == pytest.approx(tuple(expected), abs=1e-12)
+
+
+def test_monte_carlo_branch_close_to_reference_and_reproducible():
+    x = np.array([0.12, 0.35, 0.31, 0.28, 0.5, 0.05, 0.22, 0.4])  # 8**8 > 100000: Monte Carlo
+    ref_means = x[np.random.default_rng(2024).integers(0, 8, size=(400_000, 8))].mean(axis=1)
+    ref_lo, ref_hi = np.quantile(ref_means, [0.025, 0.975])
+    mean, lo, hi = bootstrap_ci(x, seed=7)
+    assert mean == pytest.approx(x.mean())
+    assert lo == pytest.approx(ref_lo, abs=0.01)
+    assert hi == pytest.approx(ref_hi, abs=0.01)
+    assert bootstrap_ci(x, seed=7) == (mean, lo, hi)
+    assert bootstrap_ci(x, seed=8) != (mean, lo, hi)
+
+
+# --------------------------------------------------------------------------- fake runs
+
+METHODS = {"greedy": [0.30, 0.35, 0.25], "gfn_tb": [0.50, 0.42, 0.61]}
+SEEDS = [0, 1, 2]
+
+
+def fake_record(method: str, seed: int, accuracy: float, **overrides) -> dict:
+    record = {
+        "task": "arith", "method": method, "seed": seed, "profile": "cpu", "model": "SmolLM2-135M",
+        "scoring_model": "SmolLM2-135M, adapters off", "data": "synthetic (seeded generator)",
+        "metrics": {"test_3op": {"accuracy": accuracy, "logp_ref": -10.0 - seed},
+                    "test_4op": {"accuracy": accuracy / 2, "logp_ref": -20.0 + seed}},
+        "config": {"eval_samples": 4}, "versions": {"torch": "2.x"}, "git_commit": "abc123",
+        "wall_time_s": 2.0,
+    }
+    if method.startswith("gfn"):
+        record["train_curve"] = [{"step": s, "loss": 1.0 / (s + 1), "log_reward": -5 + s + seed} for s in range(5)]
+    record.update(overrides)
+    return record
+
+
+def write_fake_runs(root, **overrides) -> list[dict]:
+    records = []
+    for method, values in METHODS.items():
+        for seed, value in zip(SEEDS, values):
+            record = fake_record(method, seed, value, **overrides)
+            write_run(run_dir(root, "arith", method, seed), record, [{"text": "x"}])
+            records.append(record)
+    return records
+
+
+def test_summarize_long_format():
+    records = [fake_record(m, s, v) for m, vals in METHODS.items() for s, v in zip(SEEDS, vals)]
+    df = summarize(records)
+    assert list(df.columns) == ["method", "split", "metric", "mean", "lo", "hi", "n_seeds", "seeds"]
+    assert len(df) == 2 * 2 * 2
+    row = df[(df.method == "gfn_tb") & (df.split == "test_3op") & (df.metric == "accuracy")].iloc[0]
+    assert (row["mean"], row["lo"], row["hi"]) == bootstrap_ci(METHODS["gfn_tb"])
+    assert row["n_seeds"] == 3 and row["seeds"] == "0 1 2"
+    with pytest.raises(ValueError, match="two records"):
+        summarize(records + records[:1])
+
+
+def test_markdown_order_and_missing_cells():
+    records = [fake_record("zeta", 0, 0.1), fake_record("alpha", 0, 0.2), fake_record("zeta", 1, 0.3)]
+    records[1]["metrics"] = {"test_3op": {"accuracy": 0.2}}
+    df = summarize(records)
+    md = render_markdown(df, records, "arith")
+    acc = md.split("## accuracy")[1].split("##")[0]
+    assert acc.index("| zeta |") < acc.index("| alpha |")  # first appearance
+    assert "(n=1)" in acc and "–" in acc
+    md2 = render_markdown(df, records, "arith", method_order=["alpha", "zeta"])
+    acc2 = md2.split("## accuracy")[1].split("##")[0]
+    assert acc2.index("| alpha |") < acc2.index("| zeta |")
+
+
+def test_latex_escapes_and_needs_no_jinja():
+    records = [fake_record("gfn_tb", s, v) for s, v in zip(SEEDS, METHODS["gfn_tb"])]
+    tex = render_latex(summarize(records))
+    assert tex.count("\\begin{tabular}") == 2
+    assert "gfn\\_tb &" in tex and "test\\_3op" in tex
+    mean, lo, hi = bootstrap_ci(METHODS["gfn_tb"])
+    assert f"${mean:.3f}_{{\\,[{lo:.3f},\\,{hi:.3f}]}}$" in tex
+
+
+# --------------------------------------------------------------------------- end to end
+
+def test_write_leaderboard_end_to_end(tmp_path):
+    write_fake_runs(tmp_path)
+    paths = write_leaderboard(tmp_path, "arith")
+    assert [p.name for p in paths] == ["arith.md", "arith.csv", "arith.tex", "arith.png"]
+    assert all(p.parent == tmp_path and p.stat().st_size > 0 for p in paths)
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    md = paths[0].read_text()
+    assert "log-likelihood scored by: SmolLM2-135M, adapters off" in md
+    assert "policy model: SmolLM2-135M" in md and "synthetic (seeded generator)" in md
+    assert "profile: cpu" in md and "seeds: 0, 1, 2" in md and "abc123" in md
+    assert "mean ± 95% bootstrap CI over 3 seeds" in md
+    acc = md.split("## accuracy")[1].split("## logp_ref")[0]
+    assert acc.index("| gfn_tb |") < acc.index("| greedy |")  # runs are read in folder (name) order
+    for method, values in METHODS.items():
+        mean, lo, hi = bootstrap_ci(values)
+        assert f"| {method} | {format_cell(mean, lo, hi)} |" in acc
+        assert format_cell(mean, lo, hi) == f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+        half = bootstrap_ci([v / 2 for v in values])
+        assert f"{format_cell(*half)} |\n" in acc.split(f"| {method} |")[1]
+
+    csv = pd.read_csv(paths[1])
+    for method, values in METHODS.items():
+        row = csv[(csv.method == method) & (csv.split == "test_3op") & (csv.metric == "accuracy")].iloc[0]
+        assert (row["mean"], row["lo"], row["hi"]) == pytest.approx(bootstrap_ci(values), abs=1e-12)
+        assert row["n_seeds"] == 3
+
+    logp = csv[(csv.method == "greedy") & (csv.split == "test_3op") & (csv.metric == "logp_ref")].iloc[0]
+    assert (logp["mean"], logp["lo"], logp["hi"]) == pytest.approx(bootstrap_ci([-10.0, -11.0, -12.0]))
+
+    out = tmp_path / "tables"
+    assert [p.parent for p in write_leaderboard(tmp_path, "arith", out_dir=out)] == [out] * 4
+    assert (out / "arith.md").read_text() == md  # deterministic
+
+    write_leaderboard(tmp_path, "arith", out_dir=out, method_order=["greedy"])
+    acc = (out / "arith.md").read_text().split("## accuracy")[1]
+    assert acc.index("| greedy |") < acc.index("| gfn_tb |")
+    tex = (out / "arith.tex").read_text()
+    assert tex.index("greedy &") < tex.index("gfn\\_tb &")
+
+
+def test_write_leaderboard_without_curves(tmp_path):
+    for seed, value in zip(SEEDS, METHODS["greedy"]):
+        write_run(run_dir(tmp_path, "arith", "greedy", seed), fake_record("greedy", seed, value), [])
+    assert write_leaderboard(tmp_path, "arith")[3].exists()
+
+
+def test_empty_results_error(tmp_path):
+    with pytest.raises(ValueError, match="gfnbench bench --task arith"):
+        write_leaderboard(tmp_path, "arith")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key, other", [("model", "Qwen2.5-0.5B"), ("profile", "paper")])
+def test_mixed_models_or_profiles_error(tmp_path, key, other):
+    write_fake_runs(tmp_path)
+    write_run(run_dir(tmp_path, "arith", "beam", 0), fake_record("beam", 0, 0.3, **{key: other}), [])
+    with pytest.raises(ValueError, match=f"{key}s") as err:
+        write_leaderboard(tmp_path, "arith")
+    assert other in str(err.value) and "beam/seed0" in str(err.value) and "--results_dir" in str(err.value)
+    assert not (tmp_path / "arith.md").exists()
+
+
+def test_render_csv_roundtrip():
+    records = [fake_record("greedy", s, v) for s, v in zip(SEEDS, METHODS["greedy"])]
+    df = summarize(records)
+    from io import StringIO
+
+    back = pd.read_csv(StringIO(render_csv(df)), dtype={"seeds": str})
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
