@@ -57,9 +57,11 @@ def leaderboard(task: str = "arith", profile: str = "cpu", results_dir: str | No
         results_dir: folder holding runs/<task>/...
     """
     from gfnbench.leaderboard import write_leaderboard
+    from gfnbench.methods import methods_for
     from gfnbench.profiles import get_profile
 
-    for path in write_leaderboard(results_dir or get_profile(profile).results_dir, task):
+    root = results_dir or get_profile(profile).results_dir
+    for path in write_leaderboard(root, task, method_order=methods_for(task)):
         print(f"[gfnbench] wrote {path}")
 
 

@@ -106,6 +106,11 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
 
+# HF's default init (std 0.02) gives a random model near-uniform logits that LoRA cannot sharpen: RMSNorm fixes
+# the hidden norm and the output layer is frozen, so one sequence's log-prob stalled at -0.67 under MLE.
+TINY_INIT_RANGE = 0.3
+
+
 def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
     """A 2-layer randomly initialised model: trains in milliseconds, exercises the same code paths."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -117,10 +122,12 @@ def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, **ids)
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                          initializer_range=TINY_INIT_RANGE, **ids)
         model = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=512, **ids)
+        cfg = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=512,
+                         initializer_range=TINY_INIT_RANGE, **ids)
         model = GPT2LMHeadModel(cfg)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama' or 'gpt2'")

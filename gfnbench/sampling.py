@@ -236,6 +236,24 @@ def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block
     return (prefix_part[None] | suffix_part) & key_valid[:, None, :]
 
 
+def _context_then_rest_logits(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, bias: Tensor,
+                              pos: Tensor) -> Tensor:
+    """Logits from the last context position on. When every row shares the context (a GFlowNet batch: one
+    prompt x n samples; arithmetic's 3-shot context is ~170 tokens) it is run once and its cache copied."""
+    C = ctx_ids.shape[1]
+    B = ctx_ids.shape[0]
+    keep = rest_ids.shape[1] + 1
+    shared = B > 1 and bool((ctx_ids == ctx_ids[:1]).all()) and bool((ctx_mask == ctx_mask[:1]).all())
+    if not shared:
+        return _forward_tail(model, torch.cat([ctx_ids, rest_ids], dim=1), bias, pos, keep)
+    out = model(input_ids=ctx_ids[:1], attention_mask=ctx_mask[:1], position_ids=pos[:1, :C], use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(B)
+    rest = model(input_ids=rest_ids, attention_mask=bias[:, :, C:, :], position_ids=pos[:, C:],
+                 past_key_values=cache, use_cache=True).logits.float()
+    return torch.cat([out.logits[:, -1:].float().expand(B, 1, -1), rest], dim=1)
+
+
 def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
                             suffix_ids: list[list[int]]) -> Tensor:
     """[B, L+1] log p(s_j, suffix | context) for every prefix state s_j, in one teacher-forced pass.
@@ -258,11 +276,10 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
                      ctx_len[:, None] + torch.arange(S)[None, :],
                      (ctx_len[:, None, None] + ends[:, :, None] + torch.arange(M)[None, None, :]).reshape(B, -1)],
                     dim=1)
-    input_ids = torch.cat([ctx_ids, traj.state_ids, suffix.repeat(1, J)], dim=1)
+    rest_ids = torch.cat([traj.state_ids, suffix.repeat(1, J)], dim=1)
     dtype = next(model.parameters()).dtype
     bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    keep = S + J * M + 1
-    logp = torch.log_softmax(_forward_tail(model, input_ids, bias, pos, keep), dim=-1)
+    logp = torch.log_softmax(_context_then_rest_logits(model, ctx_ids, ctx_mask, rest_ids, bias, pos), dim=-1)
     # logp[:, k] predicts the token at sequence position C + k (k = 0: first state token).
     state_lp = logp[:, :S].gather(-1, traj.state_ids[:, :, None]).squeeze(-1) * traj.state_mask
     cum = torch.cat([torch.zeros(B, 1), state_lp.cumsum(-1)], dim=1)       # [B, S+1] sum over first e tokens

@@ -116,3 +116,23 @@ def test_state_token_log_probs_match_forward(tiny):
             full = torch.log_softmax(tiny.model(torch.tensor([ids + st])).logits[0], -1)
             want = sum(float(full[len(ids) + i - 1, t]) for i, t in enumerate(st))
             assert abs(float(lp[b].sum()) - want) < 1e-4
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt2"])
+def test_shared_context_reward_equals_per_row_context(fixture, request):
+    """A GFlowNet batch shares one context: the cached-context path must give the same rewards."""
+    lm = request.getfixturevalue(fixture)
+    tok, model = lm.tokenizer, lm.model
+    traj = sample(model, tok, ["Question: 3 - 1 = ? Answer:"], 4, SamplingConfig(max_len=7),
+                  stop_id=lm.eos_id, allowed=_digit_mask(tok), tool=_add_tool,
+                  generator=torch.Generator().manual_seed(2))
+    ctx = "Q: 1 + 1 = ? A: 2.\\nQuestion: 3 - 1 = ? Answer:"
+    ctx_ids, ctx_mask = left_pad([tok(ctx, add_special_tokens=False)["input_ids"]] * 4, tok.pad_token_id)
+    suffix_ids = [tok(". The answer is 2.", add_special_tokens=False)["input_ids"]] * 4
+    with torch.no_grad():
+        shared = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
+        one_row = torch.cat([every_prefix_log_reward(model, ctx_ids[:1], ctx_mask[:1], traj.select([b]),
+                                                     suffix_ids[:1]) for b in range(4)])
+    L = shared.shape[1]
+    torch.testing.assert_close(shared, torch.cat([one_row, torch.zeros(4, L - one_row.shape[1])], 1)[:, :L],
+                               atol=1e-4, rtol=1e-4)
