@@ -84,9 +84,9 @@ def test_rng_reward_per_prefix(tiny):
                      [[0.0] * len(s) for s in states], [[0.0] * (len(s) + 1) for s in states], ["", "", ""], 0)
     r = task.log_reward(None, tok, traj, task.examples("test"))
     inf = float("-inf")
-    assert r[0].tolist() == [inf, 0.0, 0.0]          # "", "4", "42"
-    assert r[1].tolist() == [inf, 0.0, 0.0, 0.0]     # "", "1", "10", "100"
-    assert r[2].tolist() == [inf, 0.0, inf, 0.0]     # "", "0", "07" (leading zero: invalid)
+    assert r[0, :3].tolist() == [inf, 0.0, 0.0]          # "", "4", "42"
+    assert r[1, :4].tolist() == [inf, 0.0, 0.0, 0.0]     # "", "1", "10", "100"
+    assert r[2, :3].tolist() == [inf, 0.0, inf]          # "", "0", "07" (leading zero: invalid)
 
 
 def test_gold_trajectory_splits_actions_and_tool_outputs(tiny):
