@@ -321,10 +321,8 @@ def fit_ppo(module: PPOModule, ctx, iterations: int) -> None:
     trainer.fit(module, train_dataloaders=loader)
 
 
-# Not yet registered for arith: on the embedded model one PPO iteration takes ~25 s (4 epochs, value head,
-# reference passes), so the cpu profile's 60 iterations x 3 seeds would add ~75 min to `make bench TASK=arith`.
 @register_method("ppo", "PPO (LoRA, value head, adaptive KL penalty to the base model, terminal task log reward)",
-                 tasks=("rng", "rng_peaked"), trains=True)
+                 trains=True)
 class PPOMethod(Method):
     trains = True
 

@@ -153,7 +153,7 @@ def test_ppo_is_registered_for_every_task_and_runs_through_the_harness(tmp_path)
     from gfnbench.harness import run
 
     spec = get_method("ppo")
-    assert spec.trains and all(spec.applies_to(t) for t in ("arith", "rng", "rng_peaked"))
+    assert spec.trains and all(spec.applies_to(t) for t in ("arith", "rng", "rng_peaked"))  # every task
     out = run("rng", "ppo", 0, profile="smoke", results_dir=str(tmp_path))
     record = json.loads((out / "record.json").read_text())
     steps = round(SMOKE.train_steps * get_task("rng").training.steps_multiplier)
