@@ -4,10 +4,16 @@ The support is tiny, so the policy's probability of every answer is computed exa
 token sequence over the allowed (digit) tokens up to max_len, with the stop action, and summing the sequences
 that spell the same integer. `rng` targets the uniform distribution over 0..100; `rng_peaked` targets
 R(x) ∝ exp(-|x - 30| / 10), so matching a shape is tested, not just flattening.
+
+The prompt is fixed, so there is nothing to generalise to: the train and val splits of the registered tasks are
+`gold_samples` (and half as many) seeded draws from the target itself, each a gold answer for SFT, which is
+then "maximum likelihood on samples of the target", the best a sampler-free learner can do with that data.
+Reward-driven methods (GFlowNet, PPO) see only the prompt and the reward; the test split is the prompt alone.
 """
 from __future__ import annotations
 
 import math
+import random
 import re
 
 import torch
@@ -36,6 +42,7 @@ class RandomInteger(Task):
     eval_max_len = 3
     eval_temperature = 1.0
     eval_samples = 256
+    gold_samples = 0          # train answers drawn from the target for SFT (val: half as many); 0 = none
     training = TrainingDefaults(reward_temperature=(1.0, 1.0, 0), behaviour_mix=(0.5, 0.5, 0.0),
                                 buffer_capacity=50, buffer_sampling="uniform", steps_multiplier=4.0)
 
@@ -64,7 +71,19 @@ class RandomInteger(Task):
     def examples(self, split: str) -> list[Example]:
         if split not in ("train", "val", "test"):
             raise ValueError(f"{self.name} has splits train, val, test; got {split!r}")
-        return [Example(id="rng", question=self.text, answer="")]
+        if split == "test" or not self.gold_samples:
+            return [Example(id="rng", question=self.text, answer="")]
+        n = self.gold_samples if split == "train" else max(1, self.gold_samples // 2)
+        return [Example(id=f"rng-{split}-{i}", question=self.text, answer=str(v))
+                for i, v in enumerate(self.target_samples(n, seed=0 if split == "train" else 1))]
+
+    def target_samples(self, n: int, seed: int) -> list[int]:
+        """n seeded draws from the target distribution."""
+        target = self.target_distribution()
+        return random.Random(seed).choices(list(target), weights=list(target.values()), k=n)
+
+    def target(self, ex: Example) -> str | None:
+        return ex.answer or None
 
     def prompt(self, ex: Example) -> str:
         return ex.question
@@ -151,12 +170,13 @@ class RandomInteger(Task):
 
 @register_task("rng")
 class UniformInteger(RandomInteger):
-    pass
+    gold_samples = 64
 
 
 @register_task("rng_peaked")
 class PeakedInteger(RandomInteger):
     description = "a random integer in [0, 100] with target ∝ exp(-|x - 30| / 10): exact TV/KL"
+    gold_samples = 64
 
     def log_target(self, value: int) -> float:
         return -abs(value - 30) / 10
