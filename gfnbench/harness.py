@@ -47,6 +47,14 @@ def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:
     return {k: mean([p[k] for p in per]) for k in per[0]}
 
 
+def model_scores(method: Method, task: Task, texts: list[str], ex: Example) -> dict:
+    """Metrics that need a model (e.g. subj's label predicted from each rationale): the base model, adapters off."""
+    if not hasattr(task, "score_with_model"):
+        return {}
+    with torch.no_grad(), adapters_off(method.policy) as base:
+        return task.score_with_model(base, method.lm.tokenizer, texts, ex)
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
@@ -67,8 +75,11 @@ def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Gene
             ref = reference_log_likelihood(method, task, traj, batch)
             for i, ex in enumerate(batch):
                 rows = (traj.group == i).nonzero().flatten().tolist()
-                scores = task.score([traj.texts[r] for r in rows], ex)
+                texts = [traj.texts[r] for r in rows]
+                scores = {**task.score(texts, ex), **model_scores(method, task, texts, ex)}
                 scores["logp_ref"] = mean([float(ref[r]) for r in rows])
+                if task.report_logp_ref_max:
+                    scores["logp_ref_max"] = max(float(ref[r]) for r in rows)
                 per_question.append(scores)
                 samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], "answer": ex.answer,
                              "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),

@@ -55,6 +55,7 @@ class Task(ABC):
     eval_temperature: ClassVar[float] = 1.0
     eval_samples: ClassVar[int] = 10
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
+    report_logp_ref_max: ClassVar[bool] = False    # also report the best sample's logp_ref (continuation, §2.6)
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:
