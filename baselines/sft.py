@@ -218,8 +218,8 @@ def fit_sft(module: SFTModule, ctx, steps: int) -> None:
 
 
 @register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
-                 "outputs; rng: draws from the target), early-stopped on val NLL",
-                 tasks=("arith", "rng", "rng_peaked"), trains=True)
+                 "outputs; rng: draws from the target; infill: gold middles), early-stopped on val NLL",
+                 tasks=("arith", "rng", "rng_peaked", "infill"), trains=True)
 class SFTMethod(Method):
     """Imitates the task's gold targets (train split); tasks without any are refused (see the module doc)."""
 
