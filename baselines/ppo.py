@@ -10,7 +10,7 @@ probability is the sampler's: the masked log-softmax at temperature 1, with the 
 away) before min_len actions, so the importance ratios are those of the distribution that sampled. The reward
 of action t is -kl_coef * (log q_old(a_t) - log p_ref(a_t)) (sampled per-token KL to the base model, which is
 the policy with adapters off), plus, on the last action, the task's terminal log reward floored at
-`min_log_reward` (-inf, an invalid answer, becomes -99) and whitened over the batch. Tool-inserted tokens are
+`min_log_reward` (-inf, an invalid answer, becomes -99; finite rewards are not clamped) and whitened over the batch. Tool-inserted tokens are
 state, not actions: they get no reward, no log-prob and no value of their own.
 
 Value head: a linear map of the policy's last-layer hidden state (adapters on) at the state each action is taken
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from gfnbench.baselines.sft import lora_policy, sample_policy
-from gfnbench.losses import check_log_reward
+from gfnbench.losses import check_log_reward, floor_log_reward
 from gfnbench.methods import Method, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.sampling import positions_from_mask, sample
@@ -225,7 +225,7 @@ class PPOModule(L.LightningModule):
                       tool=self.task.tool if self.task.has_tool else None, context=self.context,
                       generator=self.generator)
         traj.log_reward = self.log_reward(traj, examples)
-        score = traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1).clamp(min=cfg.min_log_reward)
+        score = floor_log_reward(traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1), cfg.min_log_reward)
         old = self.forward_actions(traj, hidden=True)
         values = self.value_head(old.hidden)
         with adapters_off(self.policy) as base:

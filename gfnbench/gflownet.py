@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 
 from gfnbench.buffer import BufferItem, ReplayBuffer
 from gfnbench.methods import Method, register_method
-from gfnbench.losses import check_log_reward, reward_temperature, subtb_loss, tb_loss
+from gfnbench.losses import check_log_reward, floor_log_reward, reward_temperature, subtb_loss, tb_loss
 from gfnbench.models import LanguageModel, adapters_off, add_lora
 from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task
@@ -216,7 +216,7 @@ class GFlowNetModule(L.LightningModule):
         traj, mode = self.draw(ex)
         loss = self.loss(traj)
         final = traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1)
-        final = final.clamp(min=self.cfg.min_log_reward)
+        final = floor_log_reward(final, self.cfg.min_log_reward)
         self.train_loss.update(loss.detach())
         self.train_log_reward.update(final.mean())
         self.log_dict({"train/loss": self.train_loss, "train/log_reward": self.train_log_reward},

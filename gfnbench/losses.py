@@ -35,8 +35,10 @@ def check_log_reward(log_reward: Tensor, where: str, lengths: Tensor | None = No
 
 
 def floor_log_reward(log_reward: Tensor, min_log_reward: float = -99.0) -> Tensor:
-    """-inf becomes the paper's floor (-99), so impossible states give large but finite residuals."""
-    return log_reward.clamp(min=min_log_reward)
+    """-inf (an impossible or invalid state) becomes the paper's floor (-99), so such states give large but finite
+    residuals. Finite rewards stay as they are, however low: clamping them too would erase the differences
+    between poor samples (an arithmetic rationale easily scores below -99 once tempered)."""
+    return torch.where(torch.isneginf(log_reward), torch.full_like(log_reward, min_log_reward), log_reward)
 
 
 def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, where: str) -> None:

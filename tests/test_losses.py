@@ -13,7 +13,7 @@ def brute_force_subtb(log_pf, log_pterm, log_r, lengths, lam, floor=-99.0):
         n = int(lengths[b])
         for i in range(n + 1):
             for j in range(i + 1, n + 1):
-                ri, rj = max(float(log_r[b, i]), floor), max(float(log_r[b, j]), floor)
+                ri, rj = (floor if float(x) == -math.inf else float(x) for x in (log_r[b, i], log_r[b, j]))
                 path = sum(float(log_pf[b, k - 1]) for k in range(i + 1, j + 1))
                 res = ri + path + float(log_pterm[b, j]) - rj - float(log_pterm[b, i])
                 w = lam ** (j - i - 1)
@@ -158,3 +158,11 @@ def test_reward_temperature_schedule():
     assert reward_temperature(150, 1.1, 0.5, 150) == pytest.approx(0.5)
     assert reward_temperature(999, 1.1, 0.5, 150) == pytest.approx(0.5)
     assert reward_temperature(3, 1.0, 0.7, 0) == pytest.approx(0.7)
+
+
+def test_finite_rewards_below_the_floor_are_kept():
+    """Only -inf is floored: a finite log reward of -150 must keep its distance from one of -120."""
+    from gfnbench.losses import floor_log_reward
+
+    x = torch.tensor([[-150.0, -120.0, float("-inf"), 0.0]])
+    assert floor_log_reward(x, -99.0).tolist() == [[-150.0, -120.0, -99.0, 0.0]]
