@@ -122,7 +122,7 @@ def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
                           initializer_range=TINY_INIT_RANGE, **ids)
         model = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
