@@ -128,13 +128,19 @@ class RandomInteger(Task):
         for depth in range(self.max_len + 1):
             if not frontier:
                 break
+            if depth == self.max_len:                 # forced stop: no forward pass needed (most of the tree)
+                for s, lp in frontier:
+                    text = tokenizer.decode(s)
+                    outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp)
+                break
             seqs = [base + s for s, _ in frontier]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
             mask = torch.zeros_like(ids)
             for r, s in enumerate(seqs):
                 ids[r, width - len(s):], mask[r, width - len(s):] = torch.tensor(s), 1
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[:, -1]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                           logits_to_keep=1).logits[:, -1]
             logp = masked_log_softmax(logits / temperature, allowed)
             nxt = []
             for r, (s, lp) in enumerate(frontier):
@@ -142,10 +148,6 @@ class RandomInteger(Task):
                 if depth < self.min_len:              # the sampler blocks the stop here: renormalise without it
                     row[stop] = float("-inf")
                     row = row - torch.logsumexp(row, 0)
-                if depth == self.max_len:             # forced stop
-                    text = tokenizer.decode(s)
-                    outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp)
-                    continue
                 if depth >= self.min_len:
                     text = tokenizer.decode(s)
                     outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp + float(row[stop]))
