@@ -259,3 +259,17 @@ def adapters_off(model: torch.nn.Module):
             yield model
     else:
         yield model
+
+
+class ScalarHead(torch.nn.Module):
+    """A zero-initialised linear map from a hidden state to one number (TB's log Z, PPO's value), so training
+    starts from 0 instead of a random offset."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features.float()).squeeze(-1)

@@ -11,15 +11,6 @@ from gfnbench.profiles import PROFILES
 from gfnbench.tasks import get_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A long benchmark shares the 2 cores; one thread keeps these tests from oversubscribing them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def plain_nll(model, tokenizer, items) -> float:
     """Token-mean NLL of the gold targets, by an explicit full forward pass (independent of token_nll)."""
     total, count = 0.0, 0
