@@ -43,6 +43,9 @@ class RandomInteger(Task):
     eval_temperature = 1.0
     eval_samples = 256
     gold_samples = 0          # train answers drawn from the target for SFT (val: half as many); 0 = none
+    # Rows that say nothing about matching a distribution: zero_shot samples exactly as `temperature` does here
+    # (same prompt, T = 1), and beam search returns the n most likely strings, not samples.
+    excluded_methods = ("zero_shot", "beam", "diverse_beam")
     training = TrainingDefaults(reward_temperature=(1.0, 1.0, 0), behaviour_mix=(0.5, 0.5, 0.0),
                                 buffer_capacity=50, buffer_sampling="uniform", steps_multiplier=4.0)
 
