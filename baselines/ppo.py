@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gfnbench.baselines.sft import lora_policy, sample_policy
 from gfnbench.losses import check_log_reward, floor_log_reward
 from gfnbench.methods import Method, register_method
-from gfnbench.models import LanguageModel, adapters_off
+from gfnbench.models import LanguageModel, ScalarHead, adapters_off
 from gfnbench.sampling import positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -66,17 +66,8 @@ class PPOConfig:
 
 # ---------------------------------------------------------------------------------------------- pieces
 
-class ValueHead(nn.Module):
+class ValueHead(ScalarHead):
     """V(s) from a hidden state; zero-initialised so every value starts at the whitened scores' mean, 0."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.proj = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.proj(features.float()).squeeze(-1)
 
 
 class KLController:

@@ -1,5 +1,11 @@
 """Prompting baselines (paper §4.4): zero-shot and k-shot chain of thought, 10 samples at the task's evaluation
-temperature with majority vote, exactly as trained methods are evaluated."""
+temperature with majority vote, exactly as trained methods are evaluated.
+
+A classification task with a latent rationale (subj) defines `prompted_classifier`: there the paper's prompting
+rows are direct classifiers (the base LM's preferred label after a k-shot prompt, no rationale), so these
+methods return that label as their one sample and score it themselves (the harness prefers a method's
+`score_with_model` to the task's, which would read the label as a rationale). Such a task may set
+`few_shot_k` (subj: all n labelled examples, as the paper's 10/20/50-shot rows)."""
 from __future__ import annotations
 
 from gfnbench.methods import register_method
@@ -9,8 +15,25 @@ from gfnbench.baselines.decoding import DecodingBaseline
 class ShotsPrompting(DecodingBaseline):
     shots = 0
 
+    @property
+    def k(self) -> int:
+        return getattr(self.task, "few_shot_k", self.shots) if self.shots else 0
+
     def prompt_for(self, ex):
-        return self.task.shots_prompt(ex, self.shots)
+        if hasattr(self.task, "prompted_classifier"):
+            return self.task.classifier_prompt(ex, self.k)
+        return self.task.shots_prompt(ex, self.k)
+
+    def sample(self, examples, n, generator):
+        if hasattr(self.task, "prompted_classifier"):
+            return self.task.prompted_classifier(self.lm, examples, self.k)
+        return super().sample(examples, n, generator)
+
+    def score_with_model(self, model, tokenizer, texts, ex) -> dict:
+        if hasattr(self.task, "prompted_classifier"):
+            return {"accuracy": float(texts[0].strip() == ex.answer)}
+        hook = getattr(self.task, "score_with_model", None)
+        return hook(model, tokenizer, texts, ex) if hook else {}
 
     @property
     def exact_temperature(self):
@@ -20,7 +43,9 @@ class ShotsPrompting(DecodingBaseline):
         return self.task.sampling(train=False)
 
     def config(self) -> dict:
-        return {"shots": self.shots, "temperature": self.task.eval_temperature}
+        if hasattr(self.task, "prompted_classifier"):
+            return {"shots": self.k, "classifier": "argmax of the label's log-likelihood after the prompt"}
+        return {"shots": self.k, "temperature": self.task.eval_temperature}
 
 
 @register_method("zero_shot", "zero-shot prompting of the base model (task prompt only)")
@@ -28,6 +53,8 @@ class ZeroShot(ShotsPrompting):
     shots = 0
 
 
-@register_method("few_shot", "3-shot chain-of-thought prompting of the base model", tasks=("arith",))
+@register_method("few_shot", "3-shot prompting of the base model (arith: chain of thought; infill: gold middles; "
+                 "subj: all n labelled examples, direct classifier)",
+                 tasks=("arith", "infill", "subj", "subj20", "subj50"))
 class FewShot(ShotsPrompting):
     shots = 3

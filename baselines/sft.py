@@ -8,9 +8,9 @@ distribution the sampler draws from. The target is tokenised the way the sampler
 the same token sequences. Early stopping on the validation NLL keeps the best adapter weights in memory, with
 no checkpoint on disk.
 
-SFT only applies to tasks with gold targets. `rng` has none: its target is a distribution over integers, not a
-string to imitate (imitating samples of it would need a data set the task does not define), so `sft` is
-registered for `arith` only.
+SFT only applies to tasks with gold targets: arith's labelled rationales; for `rng`/`rng_peaked`, whose target
+is a distribution rather than a string, seeded draws from that distribution (tasks/rng.py), so SFT there is
+maximum likelihood on a finite sample of the exact target.
 """
 from __future__ import annotations
 
@@ -217,10 +217,11 @@ def fit_sft(module: SFTModule, ctx, steps: int) -> None:
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
 
 
-@register_method("sft", "supervised fine-tuning (LoRA) on the labelled rationales incl. tool outputs, early-stopped "
-                 "on val NLL", tasks=("arith",), trains=True)
+@register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
+                 "outputs; rng: draws from the target; infill: gold middles), early-stopped on val NLL",
+                 tasks=("arith", "rng", "rng_peaked", "infill"), trains=True)
 class SFTMethod(Method):
-    """Imitates the task's gold targets (train split); needs targets, hence arith only (see the module doc)."""
+    """Imitates the task's gold targets (train split); tasks without any are refused (see the module doc)."""
 
     trains = True
 

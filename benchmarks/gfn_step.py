@@ -5,9 +5,10 @@ Same batch, same model (embedded SmolLM2 + LoRA by default), same arithmetic rew
   copies under a 4D mask), one teacher-forced policy pass + SubTB backward + AdamW step.
 - naive: HF `generate`, then the reward of every prefix as its own sequence (context + prefix + answer),
   then the same teacher-forced training pass.
-The calculator tool is off in both (HF `generate` cannot call it), so both do the same work.
+The calculator tool is off in both (HF `generate` cannot call it), and both sample exactly `--length` action
+tokens (the stop is blocked until then and forced there), so both process batches of the same shape.
 
-    .venv/bin/python benchmarks/gfn_step.py [--model embedded] [--samples 8] [--repeats 3]
+    .venv/bin/python benchmarks/gfn_step.py [--model embedded] [--samples 8] [--length 24] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--length", type=int, default=24, help="action tokens per sample, both pipelines")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     lm = load_model(args.model)
@@ -103,7 +105,7 @@ def main() -> None:
     policy = add_lora(lm.model, rank=16, alpha=16)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
     allowed, stop_id = task.allowed_tokens(tok), task.stop_id(tok)
-    cfg = SamplingConfig(temperature=1.0, min_len=task.min_len, max_len=task.max_len)
+    cfg = SamplingConfig(temperature=1.0, min_len=args.length, max_len=args.length)
     gen = torch.Generator().manual_seed(0)
     times = {"gfnbench": [], "naive": []}
     for rep in range(args.repeats + 1):            # the first round warms up and is not counted
@@ -117,7 +119,7 @@ def main() -> None:
             if rep:
                 times[name].append(time.perf_counter() - t0)
     mean = {k: sum(v) / len(v) for k, v in times.items()}
-    print(f"model: {lm.model_id}; batch: 1 prompt x {args.samples} samples, max {task.max_len} actions, "
+    print(f"model: {lm.model_id}; batch: 1 prompt x {args.samples} samples x {args.length} actions, "
           f"arithmetic reward (3-shot context); {args.repeats} timed steps each, interleaved")
     for k, v in times.items():
         print(f"  {k:9s} mean {mean[k]:.2f} s/step  ({', '.join(f'{x:.2f}' for x in v)})")

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
-        model: str | None = None, overwrite: bool = False) -> None:
+        model: str | None = None, overwrite: bool = False, data: str | None = None) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
@@ -21,16 +21,18 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         results_dir: where runs and tables go (default: the profile's, results/ for cpu).
         model: override the profile's model: embedded, tiny, an HF name or a local directory.
         overwrite: replace an existing run record instead of refusing.
+        data: the task's examples from this file instead of its built-in set (continuation: prompts .txt or
+            .jsonl; infill: a ROCStories CSV).
     """
     from gfnbench.harness import run as run_one
 
-    out = run_one(task, method, seed, profile, results_dir, model, overwrite)
+    out = run_one(task, method, seed, profile, results_dir, model, overwrite, data)
     print(f"[gfnbench] wrote {out}")
 
 
 def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2],  # noqa: B006
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
-          overwrite: bool = False) -> None:
+          overwrite: bool = False, data: str | None = None) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
@@ -41,10 +43,11 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         results_dir: where runs and tables go (default: the profile's).
         model: override the profile's model.
         overwrite: re-run methods that already have a record.
+        data: the task's examples from this file instead of its built-in set (see `run`).
     """
     from gfnbench.harness import bench as run_bench
 
-    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite):
+    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data):
         print(f"[gfnbench] wrote {path}")
 
 

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.buffer import BufferItem, ReplayBuffer
 from gfnbench.methods import Method, register_method
 from gfnbench.losses import check_log_reward, floor_log_reward, reward_temperature, subtb_loss, tb_loss
-from gfnbench.models import LanguageModel, adapters_off, add_lora
+from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
 from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories, from_rows, left_pad, right_pad
@@ -86,17 +86,8 @@ def trajectories_from_states(prompt: str, prompt_ids: list[int], states: list[tu
                      [tokenizer.decode(s, skip_special_tokens=True) for s, _, _ in states], tokenizer.pad_token_id)
 
 
-class LogZHead(nn.Module):
+class LogZHead(ScalarHead):
     """Prompt-conditioned log Z for TB: a linear map of the frozen base model's last prompt hidden state."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.proj = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.proj(features).squeeze(-1)
 
 
 class GFlowNetModule(L.LightningModule):

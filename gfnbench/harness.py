@@ -47,6 +47,17 @@ def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:
     return {k: mean([p[k] for p in per]) for k in per[0]}
 
 
+def model_scores(method: Method, task: Task, texts: list[str], ex: Example) -> dict:
+    """Metrics that need a model (e.g. subj's label predicted from each rationale): the base model, adapters off.
+
+    A method's own hook wins over the task's (subj's prompting baselines sample a label, not a rationale)."""
+    hook = getattr(method, "score_with_model", None) or getattr(task, "score_with_model", None)
+    if hook is None:
+        return {}
+    with torch.no_grad(), adapters_off(method.policy) as base:
+        return hook(base, method.lm.tokenizer, texts, ex)
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
@@ -67,8 +78,11 @@ def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Gene
             ref = reference_log_likelihood(method, task, traj, batch)
             for i, ex in enumerate(batch):
                 rows = (traj.group == i).nonzero().flatten().tolist()
-                scores = task.score([traj.texts[r] for r in rows], ex)
+                texts = [traj.texts[r] for r in rows]
+                scores = {**task.score(texts, ex), **model_scores(method, task, texts, ex)}
                 scores["logp_ref"] = mean([float(ref[r]) for r in rows])
+                if task.report_logp_ref_max:
+                    scores["logp_ref_max"] = max(float(ref[r]) for r in rows)
                 per_question.append(scores)
                 samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], "answer": ex.answer,
                              "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),
@@ -78,11 +92,23 @@ def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Gene
     return metrics, samples
 
 
+def load_task(task: str, data: str | None = None) -> Task:
+    """The task, reading its examples from `data` (a file path) when given; tasks without data files refuse it."""
+    if data is None:
+        return get_task(task)
+    try:
+        return get_task(task, data=data)
+    except TypeError as err:
+        if "unexpected keyword argument 'data'" not in str(err):
+            raise
+        raise ValueError(f"task {task} does not read a data file (--data)") from None
+
+
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
-        model: str | None = None, overwrite: bool = False) -> Path:
+        model: str | None = None, overwrite: bool = False, data: str | None = None) -> Path:
     """Train (if the method trains), evaluate and write one run record. Returns the record's folder."""
     prof = get_profile(profile)
-    task_obj = get_task(task)
+    task_obj = load_task(task, data)
     spec = get_method(method)
     if not spec.applies_to(task_obj.name):
         raise ValueError(f"method {method!r} does not apply to task {task_obj.name!r}; "
@@ -103,7 +129,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
-        "data": task_obj.data_source, "metrics": metrics,
+        "data": task_obj.data_source, "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
                    "eval_samples": prof.eval_samples or task_obj.eval_samples,
                    "eval_temperature": task_obj.eval_temperature},
@@ -115,12 +141,13 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
 
 
 def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
-          results_dir: str | None = None, model: str | None = None, overwrite: bool = False) -> list[Path]:
+          results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
+          data: str | None = None) -> list[Path]:
     """Every method registered for the task x seeds (runs that already have a record are kept), then tables."""
     from gfnbench.leaderboard import write_leaderboard
 
     prof = get_profile(profile)
-    task_obj = get_task(task)
+    task_obj = load_task(task, data)
     names = methods or methods_for(task_obj.name)
     for name in names:
         get_method(name)
@@ -132,6 +159,6 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
                 print(f"[gfnbench] keeping existing run {task_obj.name}/{name}/seed{seed}")
                 continue
             t0 = time.time()
-            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite)
+            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data)
             print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
     return write_leaderboard(root, task_obj.name, method_order=names)

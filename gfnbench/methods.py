@@ -28,6 +28,10 @@ class MethodSpec:
     trains: bool = False
 
     def applies_to(self, task: str) -> bool:
+        from gfnbench.tasks.base import TASKS
+
+        if self.name in getattr(TASKS.get(task), "excluded_methods", ()):
+            return False
         return self.tasks is None or task in self.tasks
 
 

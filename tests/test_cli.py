@@ -78,3 +78,17 @@ def test_same_seed_same_numbers(tmp_path):
     assert read("a")["metrics"] == read("b")["metrics"]
     samples = lambda d: (tmp_path / d / "runs/arith/temperature/seed1/samples.jsonl").read_text()  # noqa
     assert samples("a") == samples("b")
+
+
+def test_a_task_can_exclude_registered_methods(tmp_path):
+    """rng drops rows that cannot say anything about matching a distribution; running one is refused."""
+    from gfnbench.harness import run
+    from gfnbench.methods import methods_for
+
+    rng_methods = methods_for("rng")
+    assert "temperature" in rng_methods and "gflownet" in rng_methods
+    assert not {"zero_shot", "beam", "diverse_beam"} & set(rng_methods)
+    assert "zero_shot" in methods_for("arith")
+    with pytest.raises(ValueError, match="does not apply to task 'rng'"):
+        run("rng", "beam", 0, profile="smoke", results_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())

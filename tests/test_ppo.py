@@ -15,15 +15,6 @@ from gfnbench.tasks.rng import RandomInteger
 SMOKE = PROFILES["smoke"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A long benchmark shares the 2 cores; one thread keeps these tests from oversubscribing them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class BestDigit(RandomInteger):
     """One digit then a forced stop; log R = 0 for "7", -5 for any other digit: the optimum is known."""
 

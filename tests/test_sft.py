@@ -11,15 +11,6 @@ from gfnbench.profiles import PROFILES
 from gfnbench.tasks import get_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A long benchmark shares the 2 cores; one thread keeps these tests from oversubscribing them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def plain_nll(model, tokenizer, items) -> float:
     """Token-mean NLL of the gold targets, by an explicit full forward pass (independent of token_nll)."""
     total, count = 0.0, 0
@@ -111,13 +102,13 @@ def test_same_seed_same_numbers():
     assert all(math.isfinite(x) for x in runs[0][0])
 
 
-def test_sft_method_is_registered_for_arith_only_and_runs_through_the_harness(tmp_path):
+def test_sft_method_is_registered_for_tasks_with_targets_and_runs_through_the_harness(tmp_path):
     import json
 
     from gfnbench.harness import run
 
     spec = get_method("sft")
-    assert spec.trains and spec.applies_to("arith") and not spec.applies_to("rng")
+    assert spec.trains and all(spec.applies_to(t) for t in ("arith", "rng", "rng_peaked"))
     out = run("arith", "sft", 0, profile="smoke", results_dir=str(tmp_path))
     record = json.loads((out / "record.json").read_text())
     assert record["train_curve"] and "loss" in record["train_curve"][0]
@@ -125,8 +116,28 @@ def test_sft_method_is_registered_for_arith_only_and_runs_through_the_harness(tm
     assert record["config"]["method"]["sft"]["lr"] == pytest.approx(PROFILES["smoke"].learning_rate * 10)
 
 
+def test_rng_gold_targets_are_seeded_draws_from_the_target():
+    from collections import Counter
+
+    task = get_task("rng_peaked")
+    train, val = task.examples("train"), task.examples("val")
+    assert len(train) == task.gold_samples and len(val) == task.gold_samples // 2
+    assert [e.answer for e in train] == [e.answer for e in get_task("rng_peaked").examples("train")]
+    assert [e.answer for e in train] != [e.answer for e in val][: len(train)]
+    assert all(task.target(e) == e.answer and task.parse(e.answer) is not None for e in train + val)
+    assert task.examples("test")[0].answer == "" and task.target(task.examples("test")[0]) is None
+    # many draws follow the target: the mode 30 is drawn about p(30) = 0.0512 of the time
+    draws = Counter(task.target_samples(20000, seed=3))
+    assert abs(draws[30] / 20000 - task.target_distribution()[30]) < 0.006
+
+
 def test_a_task_without_targets_is_refused():
-    task = get_task("rng")
+    from gfnbench.tasks.rng import UniformInteger
+
+    class NoGold(UniformInteger):
+        gold_samples = 0
+
+    task = NoGold()
     lm = build_tiny("llama")
     with pytest.raises(ValueError, match="nothing to imitate"):
         SFTMethod(task, lm, RunContext(seed=0, profile=PROFILES["smoke"]))

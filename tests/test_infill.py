@@ -1,0 +1,147 @@
+"""Story infilling: the paper's reward p(Z Y | X) for every prefix, prompt/target/mask, CSV data, splits, scores."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfnbench.tasks import Example, get_task
+from gfnbench.trajectories import from_rows
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STORIES = FIXTURES / "rocstories_12.csv"
+HEADER = "storyid,storytitle,sentence1,sentence2,sentence3,sentence4,sentence5\n"
+
+
+def task(**kw):
+    return get_task("infill", data=str(STORIES), **kw)
+
+
+def raw_stories() -> dict[str, dict]:
+    with open(STORIES, newline="") as f:
+        return {row["storyid"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("stop", [".", "eos"])
+def test_reward_of_every_prefix_is_log_p_of_prefix_then_ending_given_the_beginning(tiny, stop):
+    tok, model = tiny.tokenizer, tiny.model
+    t = task(stop=stop)
+    exs = t.examples("train")[:2]
+    rows = raw_stories()
+    states = [tok(" the dog ran home to the cat", add_special_tokens=False)["input_ids"],
+              tok(" she sat with the big dog", add_special_tokens=False)["input_ids"]]
+    traj = from_rows([t.prompt(e) for e in exs], [0, 1], [tok(t.prompt(e), add_special_tokens=False)["input_ids"]
+                                                          for e in exs],
+                     states, [[True] * len(s) for s in states], [True, True], [[0.0] * len(s) for s in states],
+                     [[0.0] * (len(s) + 1) for s in states], [tok.decode(s) for s in states], tok.pad_token_id)
+    with torch.no_grad():
+        got = t.log_reward(model, tok, traj, exs)
+    for b, ex in enumerate(exs):
+        row = rows[ex.id]
+        ctx = tok(f"{row['sentence1']} {row['sentence2']} {row['sentence3']}", add_special_tokens=False)["input_ids"]
+        ending = (". " if stop == "." else " ") + row["sentence5"]
+        suffix = tok(ending, add_special_tokens=False)["input_ids"]
+        for j in range(len(states[b]) + 1):
+            if j < t.min_len:
+                assert got[b, j] == float("-inf")
+                continue
+            seq = ctx + states[b][:j] + suffix
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([seq])).logits[0], -1)
+            want = sum(float(lp[i - 1, seq[i]]) for i in range(len(ctx), len(seq)))
+            assert abs(float(got[b, j]) - want) < 1e-3, (b, j)
+
+
+def test_prompt_target_lengths_and_stop(tiny):
+    tok = tiny.tokenizer
+    rows = raw_stories()
+    t, paper = task(), task(stop="eos")
+    ex = next(e for s in ("train", "val", "test") for e in t.examples(s) if e.id == "s01")
+    assert t.prompt(ex) == ("Beginning: The cat sat at home. It was a good day. She was very happy.\n"
+                            "Ending: The cat ran from the dog.\nMiddle:")
+    assert t.target(ex) == " " + rows["s01"]["sentence4"][:-1] and paper.target(ex) == " " + rows["s01"]["sentence4"]
+    assert (t.min_len, t.max_len, paper.min_len, paper.max_len) == (4, 24, 5, 25)
+    assert t.stop_id(tok) == tok.convert_tokens_to_ids(".") and paper.stop_id(tok) == tok.eos_token_id
+    # with "." as the stop, a gold middle is a trajectory only if its one period is the last character
+    for s4 in ["He won!", "It was 5 p.m. there.", "Why?"]:
+        assert t.target(Example("x", "q", "a", s4)) is None and paper.target(Example("x", "q", "a", s4)) == f" {s4}"
+    mask = t.allowed_tokens(tok)
+    assert mask[t.stop_id(tok)] and not mask[tok.eos_token_id]
+    assert all("." not in tok.decode([i]) for i in mask.nonzero().flatten().tolist() if i != t.stop_id(tok))
+    assert not mask[tok("\n", add_special_tokens=False)["input_ids"][0]]
+    assert mask[tok(" the", add_special_tokens=False)["input_ids"][0]] and paper.allowed_tokens(tok) is None
+    with pytest.raises(ValueError, match="stop must be"):
+        task(stop="newline")
+
+
+def test_demonstrations_make_a_three_shot_prompt():
+    from gfnbench.methods import methods_for
+
+    t = task()
+    ex = t.examples("test")[0]
+    prompt = t.shots_prompt(ex, 3)
+    demos = t.demonstrations()
+    assert len(demos) == 3 and all(d in t.examples("train") for d in demos)
+    assert prompt.endswith("\n\n" + t.prompt(ex)) and prompt.count("Middle:") == 4
+    assert f"Middle: {demos[0].rationale}\n\nBeginning:" in prompt
+    assert "few_shot" in methods_for("infill") and "zero_shot" in methods_for("infill")
+
+
+def test_splits_are_disjoint_deterministic_and_deduplicated(tmp_path):
+    a, b = task(), task()
+    stories = {s: [(e.question, e.rationale, e.answer) for e in a.examples(s)] for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in stories.items()} == {"train": 9, "val": 1, "test": 2}
+    assert not set(stories["train"]) & set(stories["val"]) and not set(stories["train"]) & set(stories["test"])
+    assert not set(stories["val"]) & set(stories["test"])
+    assert sorted(e.id for s in stories for e in a.examples(s)) == sorted(raw_stories())
+    for s in stories:
+        assert a.examples(s) == b.examples(s)
+    lines = STORIES.read_text().splitlines()
+    dup = tmp_path / "dup.csv"
+    dup.write_text("\n".join(lines + [lines[1].replace("s01,", "s99,", 1), lines[5]]) + "\n")
+    d = get_task("infill", data=str(dup))
+    assert sum(len(d.examples(s)) for s in stories) == 12
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (HEADER.encode(), "no stories"),
+    (b"storyid,storytitle,sentence1,sentence2,sentence3,sentence4\ns1,T,A.,B.,C.,D.\n", "missing column sentence5"),
+    ((HEADER + "s1,T,A.,B.,C.,D.,E.\ns2,T,A.,B.,C.,D.,\n").encode(), "line 3: story 's2' has an empty sentence5"),
+    ((HEADER + "s1,T,A.,B.,C.,D.,E.\ns2,T,A.,B.,C.,D.\n").encode(), "line 3: story 's2' has an empty sentence5"),
+    ((HEADER + "s1,T,A.,B.,C.,D.,E.\n").encode() + b"s2,T,A.,B.,Caf\xe9.,D.,E.\n", "line 3: not UTF-8"),
+])
+def test_bad_csv_files_give_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "stories.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as err:
+        get_task("infill", data=str(path))
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        get_task("infill", data=str(tmp_path / "nope.csv"))
+
+
+def test_score_against_the_reference_middle():
+    t = task()
+    ex = Example("x", "q", "a", "The dog ran in to the cat.")
+    same = t.score([" The dog ran in to the cat", " The dog ran in to the cat."], ex)
+    assert set(same) == {"bleu4", "gleu", "bertscore_f1", "diversity"}
+    assert same["bleu4"] == pytest.approx(100.0) and same["gleu"] == pytest.approx(1.0)
+    assert same["bertscore_f1"] == pytest.approx(1.0, abs=1e-4) and same["diversity"] == pytest.approx(0.0, abs=1e-5)
+    other = t.score([" She sat at home with a big cat", " The dog ran in to the cat"], ex)
+    assert other["bleu4"] < 60 and other["gleu"] < 0.6 and other["bertscore_f1"] < same["bertscore_f1"]
+    assert "tok:13a" in t.metric_info["bleu4"]
+
+
+def test_smoke_run_through_the_harness(tmp_path):
+    from gfnbench.harness import run
+
+    out = run("infill", "zero_shot", 0, profile="smoke", results_dir=str(tmp_path), data=str(STORIES))
+    rec = json.loads((out / "record.json").read_text())
+    assert set(rec["metrics"]["test"]) == {"bleu4", "gleu", "bertscore_f1", "diversity", "logp_ref"}
+    assert str(STORIES) in rec["data"] and "version" in rec["metric_info"]["bleu4"]
+    assert all("." not in json.loads(line)["text"] for line in (out / "samples.jsonl").read_text().splitlines())
