@@ -10,8 +10,8 @@ probability is the sampler's: the masked log-softmax at temperature 1, with the 
 away) before min_len actions, so the importance ratios are those of the distribution that sampled. The reward
 of action t is -kl_coef * (log q_old(a_t) - log p_ref(a_t)) (sampled per-token KL to the base model, which is
 the policy with adapters off), plus, on the last action, the task's terminal log reward floored at
-`min_log_reward` (-inf, an invalid answer, becomes -99; finite rewards are not clamped) and whitened over the batch. Tool-inserted tokens are
-state, not actions: they get no reward, no log-prob and no value of their own.
+`min_log_reward` (-inf, an invalid answer, becomes -99; finite rewards are not clamped) and whitened over the
+batch. Tool-inserted tokens are state, not actions: they get no reward, no log-prob and no value of their own.
 
 Value head: a linear map of the policy's last-layer hidden state (adapters on) at the state each action is taken
 from, sharing the LoRA body with the policy (as TRL's value-head model). Advantages: GAE (gamma 1, lambda 0.95),
@@ -320,10 +320,12 @@ class PPOMethod(Method):
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
         prof = ctx.profile
-        self.iterations = max(1, round(prof.train_steps * task.training.steps_multiplier))
+        hparams = dict(ctx.hparams)
+        default_iterations = max(1, round(prof.train_steps * task.training.steps_multiplier))
+        self.iterations = int(hparams.pop("iterations", default_iterations))
         defaults = dict(samples_per_prompt=prof.samples_per_prompt, prompts_per_step=prof.prompts_per_step,
                         lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha)
-        self.cfg = PPOConfig(**{**defaults, **ctx.hparams})     # explicit hparams win over profile defaults
+        self.cfg = PPOConfig(**{**defaults, **hparams})     # explicit hparams win over profile defaults
         self.module = PPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
     @property

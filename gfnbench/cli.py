@@ -10,7 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
-        model: str | None = None, overwrite: bool = False, data: str | None = None) -> None:
+        model: str | None = None, overwrite: bool = False, data: str | None = None,
+        hparams: dict | None = None) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
@@ -23,16 +24,18 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         overwrite: replace an existing run record instead of refusing.
         data: the task's examples from this file instead of its built-in set (continuation: prompts .txt or
             .jsonl; infill: a ROCStories CSV).
+        hparams: method settings that override the profile's, e.g. '{"lr": 3e-4}' (PPO also takes
+            "iterations"); they are stored in the record's config.
     """
     from gfnbench.harness import run as run_one
 
-    out = run_one(task, method, seed, profile, results_dir, model, overwrite, data)
+    out = run_one(task, method, seed, profile, results_dir, model, overwrite, data, hparams)
     print(f"[gfnbench] wrote {out}")
 
 
 def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2],  # noqa: B006
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
-          overwrite: bool = False, data: str | None = None) -> None:
+          overwrite: bool = False, data: str | None = None, hparams: dict | None = None) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
@@ -44,10 +47,11 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         model: override the profile's model.
         overwrite: re-run methods that already have a record.
         data: the task's examples from this file instead of its built-in set (see `run`).
+        hparams: method settings that override the profile's (see `run`).
     """
     from gfnbench.harness import bench as run_bench
 
-    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data):
+    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data, hparams):
         print(f"[gfnbench] wrote {path}")
 
 

@@ -105,7 +105,8 @@ def load_task(task: str, data: str | None = None) -> Task:
 
 
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
-        model: str | None = None, overwrite: bool = False, data: str | None = None) -> Path:
+        model: str | None = None, overwrite: bool = False, data: str | None = None,
+        hparams: dict | None = None) -> Path:
     """Train (if the method trains), evaluate and write one run record. Returns the record's folder."""
     prof = get_profile(profile)
     task_obj = load_task(task, data)
@@ -123,7 +124,8 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     generator = seed_everything(seed)
     lm: LanguageModel = load_model(model or prof.model)
     started = time.time()
-    impl = spec.factory(task_obj, lm, RunContext(seed=seed, profile=prof, log_dir=out / "train"))
+    ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", hparams=dict(hparams or {}))
+    impl = spec.factory(task_obj, lm, ctx)
     extra = impl.fit()
     metrics, samples = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
     record = {
@@ -142,7 +144,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
 
 def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
-          data: str | None = None) -> list[Path]:
+          data: str | None = None, hparams: dict | None = None) -> list[Path]:
     """Every method registered for the task x seeds (runs that already have a record are kept), then tables."""
     from gfnbench.leaderboard import write_leaderboard
 
@@ -159,6 +161,6 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
                 print(f"[gfnbench] keeping existing run {task_obj.name}/{name}/seed{seed}")
                 continue
             t0 = time.time()
-            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data)
+            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data, hparams)
             print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
     return write_leaderboard(root, task_obj.name, method_order=names)

@@ -152,12 +152,31 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
     evaluation.append(f"{questions if questions else 'all'} questions per split")
     if evaluation:
         lines.append(f"- evaluation: {', '.join(evaluation)} (methods may override; see each run's config.json)")
+    budget = training_budget(records)
+    if budget:
+        lines.append(f"- training budget (reward evaluations = steps x samples): {budget}")
     if versions:
         shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
         lines.append(f"- packages: {shown}")
     lines.append(f"- cells: mean ± 95% bootstrap CI over {_seed_phrase(df)}, written as mean [lo, hi] "
                  f"(percentile bootstrap of the mean, exact enumeration for ≤ 6 seeds)")
     return "\n".join(lines) + "\n"
+
+
+def training_budget(records: list[dict]) -> str:
+    """What each trained method was given, read from its run config, so unequal budgets are visible."""
+    parts = {}
+    for r in records:
+        m = (r.get("config") or {}).get("method") or {}
+        if "train_steps" in m:
+            parts[r["method"]] = f"{m['train_steps']} steps x {m['gflownet']['samples_per_prompt']} samples"
+        elif "iterations" in m:
+            parts[r["method"]] = (f"{m['iterations']} iterations x {m['ppo']['samples_per_prompt']} samples, "
+                                  f"{m['ppo']['ppo_epochs']} PPO epochs each")
+        elif "max_train_steps" in m:
+            parts[r["method"]] = (f"<= {m['max_train_steps']} steps x {m['sft']['batch_size']} gold targets, "
+                                  f"no reward, early-stopped on val NLL")
+    return "; ".join(f"{k}: {v}" for k, v in parts.items())
 
 
 def _md_escape(text: str) -> str:

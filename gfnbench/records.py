@@ -67,11 +67,12 @@ def _git(args: list[str], cwd: str) -> str:
 
 
 def git_commit(repo_dir: str | Path | None = None) -> str:
-    """HEAD hash, "-dirty" when tracked files differ from it (the numbers may not match the commit)."""
+    """HEAD hash, "-dirty" when tracked files other than results/ differ from it (the numbers may not match the
+    commit); regenerated tables under results/ say nothing about the code."""
     cwd = str(repo_dir if repo_dir is not None else Path(__file__).resolve().parent.parent)
     try:
         head = _git(["rev-parse", "HEAD"], cwd)
-        dirty = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+        dirty = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"], cwd)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "") if head else "unknown"

@@ -151,3 +151,14 @@ def test_ppo_is_registered_for_every_task_and_runs_through_the_harness(tmp_path)
     assert [p["step"] for p in record["train_curve"]] == list(range(steps))
     assert record["config"]["method"]["iterations"] == steps
     assert (out / "train" / "metrics.csv").is_file()
+
+
+def test_hparams_override_iterations_and_settings(tmp_path):
+    import json
+
+    from gfnbench.harness import run
+
+    out = run("rng", "ppo", 0, profile="smoke", results_dir=str(tmp_path), hparams={"iterations": 2, "ppo_epochs": 1})
+    record = json.loads((out / "record.json").read_text())
+    assert record["config"]["method"]["iterations"] == 2 and len(record["train_curve"]) == 2
+    assert record["config"]["method"]["ppo"]["ppo_epochs"] == 1

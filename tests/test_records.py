@@ -238,3 +238,20 @@ def test_git_commit(tmp_path):
     git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "y")
     (tmp_path / "untracked.txt").write_text("changed")
     assert git_commit(tmp_path) == git(tmp_path, "rev-parse", "HEAD") + "-dirty"
+
+
+def test_regenerated_results_do_not_make_the_commit_dirty(tmp_path):
+    try:
+        git(tmp_path, "init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git not available")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "arith.md").write_text("table")
+    (tmp_path / "code.py").write_text("x = 1")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "x")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    (tmp_path / "results" / "arith.md").write_text("a newer table")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path) == head + "-dirty"
