@@ -294,3 +294,14 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
     total = prefix_lp + suffix_lp
     j = torch.arange(J)[None, :]
     return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
+
+
+def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: list[str],
+                              suffix_ids: list[list[int]], min_len: int) -> Tensor:
+    """[B, L+1] log p(s_j, suffix | context) per row, -inf for prefixes shorter than min_len (the sampler cannot
+    stop there): the reward shape of arith, continuation and infill, built once."""
+    ctx = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
+    ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id)
+    log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
+    too_short = torch.arange(log_r.shape[1])[None, :] < min_len
+    return log_r.masked_fill(too_short, float("-inf"))

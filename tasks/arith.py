@@ -13,12 +13,10 @@ import random
 import re
 from functools import lru_cache
 
-import torch
 from torch import Tensor
 
 from gfnbench.metrics import majority_vote
-from gfnbench.sampling import every_prefix_log_reward
-from gfnbench.trajectories import left_pad
+from gfnbench.sampling import context_suffix_log_reward
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
 
 ALLOWED_CHARS = set(" 0123456789+-=,.")
@@ -169,12 +167,9 @@ class Arithmetic(Task):
 
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
         rows = [examples[g] for g in traj.group.tolist()]
-        ctx = [tokenizer(self.reward_context(e), add_special_tokens=False)["input_ids"] for e in rows]
-        ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id)
         suffix = [tokenizer(self.answer_suffix(e), add_special_tokens=False)["input_ids"] for e in rows]
-        log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix)
-        too_short = torch.arange(log_r.shape[1])[None, :] < self.min_len
-        return log_r.masked_fill(too_short, float("-inf"))
+        return context_suffix_log_reward(model, tokenizer, traj, [self.reward_context(e) for e in rows], suffix,
+                                         self.min_len)
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         preds = [extract_answer(t) for t in texts]

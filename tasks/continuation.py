@@ -33,12 +33,10 @@ import re
 import string
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from gfnbench.sampling import every_prefix_log_reward
+from gfnbench.sampling import context_suffix_log_reward
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
-from gfnbench.trajectories import left_pad
 
 BUILTIN = Path(__file__).parent / "data" / "continuation_prompts.txt"
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}       # train gets the rest
@@ -169,11 +167,8 @@ class Continuation(Task):
 
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
         rows = [examples[g] for g in traj.group.tolist()]
-        ctx = [tokenizer(self.prompt(e), add_special_tokens=False)["input_ids"] for e in rows]
-        ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id)
-        log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, [[self.stop_id(tokenizer)]] * len(rows))
-        too_short = torch.arange(log_r.shape[1])[None, :] < self.min_len
-        return log_r.masked_fill(too_short, float("-inf"))
+        return context_suffix_log_reward(model, tokenizer, traj, [self.prompt(e) for e in rows],
+                                         [[self.stop_id(tokenizer)]] * len(rows), self.min_len)
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         from gfnbench.metrics import distinct_n, diversity

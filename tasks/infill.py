@@ -29,13 +29,11 @@ import csv
 import io
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from gfnbench.sampling import every_prefix_log_reward
+from gfnbench.sampling import context_suffix_log_reward
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
 from gfnbench.tasks.continuation import period_id, read_utf8, seeded_splits
-from gfnbench.trajectories import left_pad
 
 BUILTIN = Path(__file__).parent / "data" / "stories.csv"
 SENTENCES = [f"sentence{i}" for i in range(1, 6)]
@@ -147,12 +145,8 @@ class Infill(Task):
 
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
         rows = [examples[g] for g in traj.group.tolist()]
-        ctx = [tokenizer(e.question, add_special_tokens=False)["input_ids"] for e in rows]
-        ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id)
         suffix = [tokenizer(self.reward_suffix(e), add_special_tokens=False)["input_ids"] for e in rows]
-        log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix)
-        too_short = torch.arange(log_r.shape[1])[None, :] < self.min_len
-        return log_r.masked_fill(too_short, float("-inf"))
+        return context_suffix_log_reward(model, tokenizer, traj, [e.question for e in rows], suffix, self.min_len)
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         from gfnbench.metrics import bertscore_f1, bleu4, diversity, gleu
