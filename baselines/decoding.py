@@ -57,6 +57,16 @@ class Temperature(DecodingBaseline):
     temperature = 1.0
 
 
+@register_method("tempered", "ancestral sampling of the base model at the task's final reward temperature "
+                 "(continuation: T = 0.8, the paper's 'LM tempered')", opt_in=True)
+class Tempered(DecodingBaseline):
+    """The untrained answer to "sample p^(1/T)": temper each token, which is not the same as tempering Z."""
+
+    @property
+    def temperature(self) -> float:
+        return self.task.training.reward_temperature[1]
+
+
 @register_method("nucleus", "nucleus (top-p = 0.95) sampling of the base model")
 class Nucleus(DecodingBaseline):
     top_p = 0.95

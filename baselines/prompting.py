@@ -55,6 +55,6 @@ class ZeroShot(ShotsPrompting):
 
 @register_method("few_shot", "3-shot prompting of the base model (arith: chain of thought; infill: gold middles; "
                  "subj: all n labelled examples, direct classifier)",
-                 tasks=("arith", "infill", "subj", "subj20", "subj50"))
+                 opt_in=True)
 class FewShot(ShotsPrompting):
     shots = 3

@@ -217,9 +217,20 @@ def fit_sft(module: SFTModule, ctx, steps: int) -> None:
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
 
 
-@register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
-                 "outputs; rng: draws from the target; infill: gold middles), early-stopped on val NLL",
-                 tasks=("arith", "rng", "rng_peaked", "infill"), trains=True)
+def make_sft(task, lm, ctx) -> Method:
+    """Label tasks (subj) get the label classifier of baselines/label_sft.py; the rest imitate gold targets."""
+    if hasattr(task, "prompted_classifier"):
+        from gfnbench.baselines.label_sft import LabelSFTMethod
+
+        return LabelSFTMethod(task, lm, ctx)
+    return SFTMethod(task, lm, ctx)
+
+
+register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
+                "outputs; rng: draws from the target; infill: gold middles; early-stopped on val NLL) or, for "
+                "label tasks (subj), on the labels as a direct classifier", trains=True, opt_in=True)(make_sft)
+
+
 class SFTMethod(Method):
     """Imitates the task's gold targets (train split); tasks without any are refused (see the module doc)."""
 

@@ -90,8 +90,9 @@ def methods(task: str | None = None) -> None:
 
     specs = all_methods()
     for name in methods_for(task) if task else specs:
-        scope = ", ".join(specs[name].tasks) if specs[name].tasks else "all tasks"
-        print(f"{name:14s} {specs[name].description} [{scope}]")
+        spec = specs[name]
+        scope = ("tasks that opt in" if spec.opt_in else ", ".join(spec.tasks) if spec.tasks else "all tasks")
+        print(f"{name:14s} {spec.description} [{scope}]")
 
 
 def _registry_epilog() -> str:

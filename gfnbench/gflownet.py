@@ -263,13 +263,15 @@ class GFlowNetMethod(Method):
         super().__init__(task, lm, ctx)
         prof = ctx.profile
         t = task.training
+        self.steps = max(1, round(prof.train_steps * t.steps_multiplier))
+        start, end, horizon = t.reward_temperature
+        ramp = (start, end, min(horizon, self.steps)) if t.anneal_within_budget else t.reward_temperature
         defaults = dict(loss=self.loss, lr=prof.learning_rate, samples_per_prompt=prof.samples_per_prompt,
-                        reward_temperature=t.reward_temperature, behaviour_mix=t.behaviour_mix,
+                        reward_temperature=ramp, behaviour_mix=t.behaviour_mix,
                         buffer_capacity=t.buffer_capacity, buffer_sampling=t.buffer_sampling,
-                        lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
+                        dedup_tol=t.dedup_tol, lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
                         warmup_steps=min(20, max(1, prof.train_steps // 5)))
         self.cfg = GFlowNetConfig(**{**defaults, **ctx.hparams})     # explicit hparams win over profile defaults
-        self.steps = max(1, round(prof.train_steps * t.steps_multiplier))
         self.module = GFlowNetModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
     @property

@@ -142,6 +142,16 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     return out
 
 
+def default_methods(task: Task, prof: Profile) -> list[str]:
+    """Every method for the task, less its `costly_methods` on profiles that skip them (said on stdout)."""
+    names = methods_for(task.name)
+    skipped = [m for m in names if prof.skip_costly and m in task.costly_methods]
+    if skipped:
+        print(f"[gfnbench] the {prof.name} profile skips {', '.join(skipped)} on {task.name} (too slow for its "
+              f"time budget); run them with --methods {','.join(skipped)}")
+    return [m for m in names if m not in skipped]
+
+
 def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
           data: str | None = None, hparams: dict | None = None) -> list[Path]:
@@ -150,7 +160,7 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
 
     prof = get_profile(profile)
     task_obj = load_task(task, data)
-    names = methods or methods_for(task_obj.name)
+    names = methods or default_methods(task_obj, prof)
     for name in names:
         get_method(name)
     root = Path(results_dir or prof.results_dir)

@@ -301,9 +301,39 @@ def _curve_panel(ax, curves: dict[str, pd.Series], order: Sequence[str]) -> None
     ax.legend(fontsize=7)
 
 
+TRADEOFF_X = ("logp_ref_max", "logp_ref")     # the first one present is the x axis
+TRADEOFF_Y = "diversity"
+
+
+def tradeoff_axes(df: pd.DataFrame) -> tuple[str, str] | None:
+    """(x, y) metrics of the likelihood-vs-diversity panel, or None when a table lacks either."""
+    metrics = set(df["metric"])
+    x = next((m for m in TRADEOFF_X if m in metrics), None)
+    return (x, TRADEOFF_Y) if x and TRADEOFF_Y in metrics else None
+
+
+def _tradeoff_panel(ax, df: pd.DataFrame, x: str, y: str, order: Sequence[str]) -> None:
+    """One point per (method, split) at its mean, with the 95% CI of each coordinate as error bars."""
+    xs, ys = _lookup(df[df["metric"] == x]), _lookup(df[df["metric"] == y])
+    splits = _ordered(df[df["metric"] == x]["split"])
+    markers = "osD^v<>"
+    for i, method in enumerate(m for m in order if any((m, s) in xs and (m, s) in ys for s in splits)):
+        for k, split in enumerate(s for s in splits if (method, s) in xs and (method, s) in ys):
+            px, py = xs[(method, split)], ys[(method, split)]
+            ax.errorbar(px.mean, py.mean, xerr=[[px.mean - px.lo], [px.hi - px.mean]],
+                        yerr=[[py.mean - py.lo], [py.hi - py.mean]], fmt=markers[k % len(markers)],
+                        color=f"C{i % 10}", capsize=3, label=method if len(splits) == 1 else f"{method} ({split})")
+    ax.set_xlabel(f"{x} (log-likelihood under the scoring model)")
+    ax.set_ylabel(y)
+    ax.set_title(f"{y} vs {x} (mean, 95% bootstrap CI); up-right is better", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
          method_order: Sequence[str] | None = None) -> Path:
-    """PNG: one bar panel per metric (method x split, CI error bars), plus training curves when present."""
+    """PNG: a diversity-vs-likelihood panel when both are measured, one bar panel per metric (method x split,
+    CI error bars), plus training curves when present."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,11 +343,15 @@ def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
     order = _ordered([r["method"] for r in records], method_order)
     metrics = _ordered(df["metric"])
     curves = mean_train_curves(records)
-    n_panels = len(metrics) + bool(curves)
+    tradeoff = tradeoff_axes(df)
+    n_panels = bool(tradeoff) + len(metrics) + bool(curves)
     ncols = min(3, max(n_panels, 1))
     nrows = max(1, math.ceil(n_panels / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
     flat = list(axes.ravel())
+    if tradeoff:
+        _tradeoff_panel(flat.pop(0), df, *tradeoff, order)
+        n_panels -= 1
     for ax, metric in zip(flat, metrics):
         _bar_panel(ax, df, metric, order)
     if curves:

@@ -26,12 +26,17 @@ class MethodSpec:
     description: str
     tasks: tuple[str, ...] | None = None    # None: every task
     trains: bool = False
+    opt_in: bool = False                    # applies only to tasks that list it in `opt_in_methods`
 
     def applies_to(self, task: str) -> bool:
+        """Tasks choose too: `excluded_methods` drops a method, `opt_in_methods` adds an opt-in one."""
         from gfnbench.tasks.base import TASKS
 
-        if self.name in getattr(TASKS.get(task), "excluded_methods", ()):
+        task_cls = TASKS.get(task)
+        if self.name in getattr(task_cls, "excluded_methods", ()):
             return False
+        if self.opt_in:
+            return self.name in getattr(task_cls, "opt_in_methods", ())
         return self.tasks is None or task in self.tasks
 
 
@@ -75,11 +80,12 @@ class Method:
         return self.lm.model
 
 
-def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False):
+def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False,
+                    opt_in: bool = False):
     def wrap(factory):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, factory, description, tasks, trains)
+        METHODS[name] = MethodSpec(name, factory, description, tasks, trains, opt_in)
         return factory
     return wrap
 

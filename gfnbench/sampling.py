@@ -305,3 +305,21 @@ def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: li
     log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
     too_short = torch.arange(log_r.shape[1])[None, :] < min_len
     return log_r.masked_fill(too_short, float("-inf"))
+
+
+def continuation_log_probs(model, pairs: list[tuple[list[int], list[int]]]) -> list[Tensor]:
+    """Per-token log p(continuation | prefix) of each (prefix ids, continuation ids) pair, one batched pass.
+
+    Left padding puts every continuation at the end, so only the last K positions' logits are materialised
+    (a 50-shot prompt is ~2,000 tokens; its full logits would be ~0.4 GB per row at SmolLM2's vocabulary).
+    """
+    ids, mask = left_pad([p + c for p, c in pairs], 0)
+    keep = max(len(c) for _, c in pairs) + 1
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                   logits_to_keep=keep).logits[:, -keep:].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    out = []
+    for b, (_, c) in enumerate(pairs):
+        rows = logp[b, keep - 1 - len(c): keep - 1]          # the position before each continuation token
+        out.append(rows.gather(-1, torch.tensor(c)[:, None]).squeeze(-1))
+    return out

@@ -126,6 +126,7 @@ class Arithmetic(Task):
     max_len = 32          # SmolLM2 spends 2 tokens per number: a 4-operand rationale is ~20 actions
     eval_max_len = 40     # 5 operands need ~27 actions
     default_shots = 3
+    opt_in_methods = ("few_shot", "sft")
     eval_temperature = 0.1   # paper: 10 samples at T = 0.1, majority vote
     eval_samples = 10
     training = TrainingDefaults(reward_temperature=(1.1, 0.5, 150), behaviour_mix=(0.25, 0.5, 0.25),

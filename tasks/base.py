@@ -40,6 +40,8 @@ class TrainingDefaults:
     buffer_capacity: int = 50
     buffer_sampling: str = "reward"
     steps_multiplier: float = 1.0     # train this task for profile.train_steps * multiplier steps
+    dedup_tol: float = 0.25           # replay buffer: relative edit distance below which samples are duplicates
+    anneal_within_budget: bool = False  # end the temperature ramp by the last step when a run is shorter
 
 
 class Task(ABC):
@@ -57,6 +59,9 @@ class Task(ABC):
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
     report_logp_ref_max: ClassVar[bool] = False    # also report the best sample's logp_ref (continuation, §2.6)
     excluded_methods: ClassVar[tuple[str, ...]] = ()   # registered methods that make no sense for this task
+    opt_in_methods: ClassVar[tuple[str, ...]] = ()     # opt-in methods (e.g. "tempered") this task wants
+    # Methods the cpu profile's `bench` leaves out unless named with --methods (too slow for its time limit).
+    costly_methods: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:

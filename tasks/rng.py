@@ -46,6 +46,7 @@ class RandomInteger(Task):
     # Rows that say nothing about matching a distribution: zero_shot samples exactly as `temperature` does here
     # (same prompt, T = 1), and beam search returns the n most likely strings, not samples.
     excluded_methods = ("zero_shot", "beam", "diverse_beam")
+    opt_in_methods = ("sft",)     # trained on `gold_samples` draws from the target
     training = TrainingDefaults(reward_temperature=(1.0, 1.0, 0), behaviour_mix=(0.5, 0.5, 0.0),
                                 buffer_capacity=50, buffer_sampling="uniform", steps_multiplier=4.0)
 

@@ -20,7 +20,10 @@ Prompting baselines: the paper's zero-/few-shot rows are direct classifiers, not
 `Classify ...: "{text}" It is` after k demos (`... It is {label}.`, one per line; few-shot k = all n labelled,
 as the paper's 10/20/50), comparing log p(" objective") with log p(" subjective"). `prompted_classifier`
 does this; baselines/prompting.py calls it for tasks that have it and scores the label it returns.
-No gold rationales, so no SFT row and no "wishful" buffer seeding (paper §4.3); no M-step.
+Label-only rows (baselines/label_sft.py, baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
+the n labels; `gflownet_mstep` adds the paper's M-step (a classifier fine-tuned on X + GFlowNet rationales).
+Not implemented: the paper's "wishful" buffer seeding (20 rationales per example sampled after
+" {label} because it is"); the buffer starts empty. Its dedup tolerance is the paper's 0.1.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from gfnbench.metrics import majority_vote
-from gfnbench.sampling import PromptTooLong, encode, every_prefix_log_reward, positions_from_mask
+from gfnbench.sampling import PromptTooLong, continuation_log_probs, encode, every_prefix_log_reward
 from gfnbench.trajectories import Trajectories, from_rows, left_pad
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task
 
@@ -94,24 +97,6 @@ def vote(predictions: list[str]) -> str | None:
     return majority_vote(sorted(predictions, key=lambda p: p != "subjective"))
 
 
-def continuation_log_probs(model, pairs: list[tuple[list[int], list[int]]]) -> list[Tensor]:
-    """Per-token log p(continuation | prefix) of each (prefix ids, continuation ids) pair, one batched pass.
-
-    Left padding puts every continuation at the end, so only the last K positions' logits are materialised
-    (a 50-shot prompt is ~2,000 tokens; its full logits would be ~0.4 GB per row at SmolLM2's vocabulary).
-    """
-    ids, mask = left_pad([p + c for p, c in pairs], 0)
-    keep = max(len(c) for _, c in pairs) + 1
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                   logits_to_keep=keep).logits[:, -keep:].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    out = []
-    for b, (_, c) in enumerate(pairs):
-        rows = logp[b, keep - 1 - len(c): keep - 1]          # the position before each continuation token
-        out.append(rows.gather(-1, torch.tensor(c)[:, None]).squeeze(-1))
-    return out
-
-
 @register_task("subj")
 class Subjectivity(Task):
     description = "SUBJ objective/subjective with a 1-5 token latent rationale, 10 labelled examples"
@@ -122,8 +107,14 @@ class Subjectivity(Task):
     eval_max_len = 5
     eval_temperature = 1.0    # paper: 10 rationales at T = 1, majority vote
     eval_samples = 10
+    labels = LABELS
+    opt_in_methods = ("few_shot", "sft", "gflownet_mstep")
+    # Decoding variants of a 1-5 token rationale are not the paper's baselines; `temperature` (base-model
+    # rationales at T = 1, majority vote) stays as the untrained version of the GFlowNet row.
+    excluded_methods = ("greedy", "nucleus", "beam", "diverse_beam")
+    costly_methods = ("ppo",)
     training = TrainingDefaults(reward_temperature=(1.2, 1.0, 150), behaviour_mix=(0.25, 0.25, 0.5),
-                                buffer_capacity=100, buffer_sampling="reward")
+                                buffer_capacity=100, buffer_sampling="reward", dedup_tol=0.1)
 
     def __init__(self, data: str | None = None, seed: int = 0, n_labelled: int | None = None):
         self.n_labelled = self.default_labelled if n_labelled is None else n_labelled

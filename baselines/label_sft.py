@@ -1,0 +1,143 @@
+"""Supervised fine-tuning of a label classifier: subj's "SFT on labels" row and the M-step of GFlowNet-EM.
+
+A task with a fixed label set (it defines `labels`, `classifier_prompt` and `prompted_classifier`, as subj does)
+has no gold rationales to imitate, so its SFT row is the paper's classifier: a fresh LoRA on the base LM trained
+with the softmax over the labels' log-likelihoods after a prompt, cross-entropy against the gold label
+(reference-paper.md §4.4: lr 1e-3, 20 warm-up steps, linear decay, 100 steps; here the profile's step count).
+A label's log-likelihood is the sum over its tokens, so multi-token labels compare fairly; labels that share
+leading tokens (", so it is objective." / ", so it is subjective.") differ only where they differ.
+
+The M-step (§4.3) is the same loss on prompts X + Z where Z are rationales sampled from the trained GFlowNet,
+so that the classifier learns to read the rationales the E-step writes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from gfnbench.baselines.sft import SFT_LR_MULTIPLIER, lora_policy
+from gfnbench.methods import Method
+from gfnbench.models import LanguageModel
+from gfnbench.sampling import continuation_log_probs, encode
+from gfnbench.trajectories import Trajectories
+
+
+@dataclass(frozen=True)
+class LabelSFTConfig:
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    batch_size: int = 8                # (prompt, gold label) items per optimizer step
+    max_grad_norm: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] | str | None = None
+
+
+def label_log_likelihoods(model, tokenizer, prompts: list[str], label_texts: list[str]) -> Tensor:
+    """[B, L] log p(label text | prompt), summed over the label's tokens, in one batched pass."""
+    ids, labels = encode(tokenizer, prompts), encode(tokenizer, label_texts)
+    per_token = continuation_log_probs(model, [(p, lab) for p in ids for lab in labels])
+    return torch.stack([lp.sum() for lp in per_token]).view(len(prompts), len(labels))
+
+
+def label_loss(model, tokenizer, prompts: list[str], label_texts: list[str], gold: list[int]) -> Tensor:
+    """Mean cross-entropy of the softmax over the labels' log-likelihoods (the paper's two-label loss)."""
+    scores = label_log_likelihoods(model, tokenizer, prompts, label_texts)
+    return torch.nn.functional.cross_entropy(scores, torch.tensor(gold))
+
+
+class LabelClassifierModule(L.LightningModule):
+    """LoRA on the base LM trained on (prompt, gold label index) items with `label_loss`."""
+
+    def __init__(self, lm: LanguageModel, cfg: LabelSFTConfig, items: list[tuple[str, int]],
+                 label_texts: list[str], steps: int, seed: int = 0):
+        super().__init__()
+        if not items:
+            raise ValueError("label SFT needs at least one labelled (prompt, label) item")
+        self.tokenizer, self.cfg, self.items, self.label_texts, self.steps = lm.tokenizer, cfg, items, label_texts, steps
+        self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
+        self.curve: list[dict] = []
+
+    def training_step(self, batch, batch_idx):
+        self.policy.train()
+        prompts, gold = [self.items[int(i)][0] for i in batch], [self.items[int(i)][1] for i in batch]
+        loss = label_loss(self.policy, self.tokenizer, prompts, self.label_texts, gold)
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=len(gold))
+        self.curve.append({"step": int(self.global_step), "loss": float(loss.detach())})
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr)
+        warmup, total = max(self.cfg.warmup_steps, 1), max(self.steps, 1)
+
+        def schedule(step: int) -> float:      # linear warm-up, then linear decay to 0 at the last step
+            return min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def fit_label_classifier(module: LabelClassifierModule, ctx) -> None:
+    """`module.steps` optimizer steps over seeded shuffles of the items (batches wrap around the epoch)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, RandomSampler
+
+    n, batch = len(module.items), min(module.cfg.batch_size, len(module.items))
+    sampler = RandomSampler(range(n), replacement=False, num_samples=math.ceil(module.steps * batch / n) * n,
+                            generator=torch.Generator().manual_seed(ctx.seed))
+    loader = DataLoader(list(range(n)), batch_size=batch, sampler=sampler, drop_last=True)
+    trainer = L.Trainer(max_steps=module.steps, accelerator="cpu", devices=1, gradient_clip_val=module.cfg.max_grad_norm,
+                        logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, deterministic=False, log_every_n_steps=1)
+    trainer.fit(module, train_dataloaders=loader)
+
+
+def label_config(ctx, lr: float) -> LabelSFTConfig:
+    prof = ctx.profile
+    defaults = dict(lr=lr, lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
+                    warmup_steps=min(20, max(1, prof.train_steps // 5)))
+    return LabelSFTConfig(**{**defaults, **ctx.hparams})
+
+
+class LabelSFTMethod(Method):
+    """SFT on labels: the fine-tuned LM is a direct classifier (zero-shot classifier prompt, argmax label)."""
+
+    trains = True
+
+    def __init__(self, task, lm, ctx):
+        super().__init__(task, lm, ctx)
+        self.cfg = label_config(ctx, ctx.profile.learning_rate * SFT_LR_MULTIPLIER)
+        self.steps = max(1, ctx.profile.train_steps)
+        labels = list(task.labels)
+        items = [(task.classifier_prompt(ex, 0), labels.index(ex.answer)) for ex in task.examples("train")]
+        self.module = LabelClassifierModule(lm, self.cfg, items, [f" {lab}" for lab in labels], self.steps,
+                                            seed=ctx.seed)
+
+    @property
+    def policy(self):
+        return self.module.policy
+
+    def fit(self) -> dict:
+        fit_label_classifier(self.module, self.ctx)
+        return {"train_curve": self.module.curve}
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        self.policy.eval()
+        return self.task.prompted_classifier(replace(self.lm, model=self.policy), examples, 0)
+
+    def score_with_model(self, model, tokenizer, texts, ex) -> dict:
+        return {"accuracy": float(texts[0].strip() == ex.answer)}
+
+    @property
+    def exact_temperature(self):
+        return None
+
+    def config(self) -> dict:
+        return {"label_sft": asdict(self.cfg), "train_steps": self.steps, "train_items": len(self.module.items),
+                "prompt": "the zero-shot classifier prompt; loss: softmax over the labels' log-likelihoods"}
