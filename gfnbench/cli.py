@@ -23,7 +23,8 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         model: override the profile's model: embedded, tiny, an HF name or a local directory.
         overwrite: replace an existing run record instead of refusing.
         data: the task's examples from this file instead of its built-in set (continuation: prompts .txt or
-            .jsonl; infill: a ROCStories CSV).
+            .jsonl; infill: a ROCStories CSV; subj: the folder with SUBJ's two files). Without --results_dir,
+            such runs go to <profile results>/data-<name>-<sha256[:8]>/, apart from the built-in-data runs.
         hparams: method settings that override the profile's, e.g. '{"lr": 3e-4}' (PPO also takes
             "iterations"); they are stored in the record's config.
     """
@@ -46,7 +47,7 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         results_dir: where runs and tables go (default: the profile's).
         model: override the profile's model.
         overwrite: re-run methods that already have a record.
-        data: the task's examples from this file instead of its built-in set (see `run`).
+        data: the task's examples from this file or folder instead of its built-in set (see `run`).
         hparams: method settings that override the profile's (see `run`).
     """
     from gfnbench.harness import bench as run_bench

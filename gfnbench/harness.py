@@ -17,7 +17,8 @@ from gfnbench.methods import Method, RunContext, get_method, methods_for
 from gfnbench.metrics import mean
 from gfnbench.models import LanguageModel, adapters_off, load_model
 from gfnbench.profiles import Profile, get_profile
-from gfnbench.records import check_writable, git_commit, package_versions, run_dir, write_run
+from gfnbench.records import (check_writable, data_fingerprint, data_results_dir, git_commit, package_versions,
+                              run_dir, write_run)
 from gfnbench.sampling import state_token_log_probs
 from gfnbench.tasks import Example, Task, get_task
 from gfnbench.trajectories import Trajectories
@@ -104,6 +105,13 @@ def load_task(task: str, data: str | None = None) -> Task:
         raise ValueError(f"task {task} does not read a data file (--data)") from None
 
 
+def results_root(prof: Profile, results_dir: str | None, data: str | None) -> Path:
+    """--results_dir if given; runs on --data get their own folder, so they never mix with built-in-data runs."""
+    if results_dir:
+        return Path(results_dir)
+    return data_results_dir(prof.results_dir, data) if data else Path(prof.results_dir)
+
+
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
         hparams: dict | None = None) -> Path:
@@ -116,7 +124,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
                          f"methods for it: {', '.join(methods_for(task_obj.name))}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    root = Path(results_dir or prof.results_dir)
+    root = results_root(prof, results_dir, data)
     check_writable(root)
     out = run_dir(root, task_obj.name, method, seed)
     if (out / "record.json").exists() and not overwrite:
@@ -131,7 +139,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
-        "data": task_obj.data_source, "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
+        "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None, "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
                    "eval_samples": prof.eval_samples or task_obj.eval_samples,
                    "eval_temperature": task_obj.eval_temperature},
@@ -163,8 +171,9 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
     names = methods or default_methods(task_obj, prof)
     for name in names:
         get_method(name)
-    root = Path(results_dir or prof.results_dir)
+    root = results_root(prof, results_dir, data)
     check_writable(root)
+    print(f"[gfnbench] runs and tables go to {root}")
     for name in names:
         for seed in seeds:
             if (run_dir(root, task_obj.name, name, seed) / "record.json").exists() and not overwrite:

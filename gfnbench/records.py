@@ -85,6 +85,24 @@ def utc_now() -> str:
 
 # --------------------------------------------------------------------------- files
 
+def data_fingerprint(path: str | Path) -> str:
+    """sha256 of a data file, or of a folder's files (sorted names and bytes): which data a table was made from."""
+    import hashlib
+
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() if root.is_dir() else b"")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def data_results_dir(profile_dir: str | Path, data: str | Path) -> Path:
+    """Where runs on a user's data go by default: beside the built-in tables, never mixed with them."""
+    return Path(profile_dir) / f"data-{Path(data).name}-{data_fingerprint(data)[:8]}"
+
+
 def run_dir(results_dir: str | Path, task: str, method: str, seed: int) -> Path:
     """The one folder a (task, method, seed) run may occupy."""
     return Path(results_dir) / "runs" / task / method / f"seed{seed}"

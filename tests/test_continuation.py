@@ -1,4 +1,5 @@
 """Sentence continuation: the reward of every prefix, the stop token and mask, data files, splits, scores, harness."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -164,6 +165,7 @@ def test_smoke_run_through_the_harness(tmp_path):
     assert set(rec["metrics"]["test"]) >= {"diversity", "distinct_1", "distinct_2", "mean_words", "logp_ref",
                                            "logp_ref_max"}
     assert str(PROMPTS) in rec["data"] and "diversity" in rec["metric_info"]
+    assert rec["data_sha256"] == hashlib.sha256(PROMPTS.read_bytes()).hexdigest()
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all("." not in s["text"] for s in samples)    # greedy: 1 sample x 2 test prompts
 

@@ -221,3 +221,41 @@ def test_render_csv_roundtrip():
 
     back = pd.read_csv(StringIO(render_csv(df)), dtype={"seeds": str})
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
+
+
+def test_tradeoff_panel_plots_each_method_at_its_means_with_ci_bars(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gfnbench.leaderboard import _tradeoff_panel, tradeoff_axes
+
+    records = []
+    for method, (lps, divs) in {"beam": ([-5.0, -6.0, -7.0], [0.1, 0.2, 0.3]),
+                                "gflownet": ([-8.0, -8.5, -9.0], [0.5, 0.6, 0.4])}.items():
+        for seed, lp, div in zip(SEEDS, lps, divs):
+            records.append(fake_record(method, seed, 0.0, task="continuation", metrics={
+                "test": {"logp_ref": lp - 3, "logp_ref_max": lp, "diversity": div}}))
+    df = summarize(records)
+    assert tradeoff_axes(df) == ("logp_ref_max", "diversity")
+    assert tradeoff_axes(df[df.metric != "logp_ref_max"]) == ("logp_ref", "diversity")
+    assert tradeoff_axes(df[df.metric != "diversity"]) is None
+    fig, ax = plt.subplots()
+    _tradeoff_panel(ax, df, "logp_ref_max", "diversity", ["gflownet", "beam"])
+    points = {c.get_label(): c for c in ax.containers}
+    assert list(points) == ["gflownet", "beam"]
+    for method, (lps, divs) in {"beam": ([-5.0, -6.0, -7.0], [0.1, 0.2, 0.3])}.items():
+        container = points[method]
+        x_mean, x_lo, x_hi = bootstrap_ci(lps)
+        y_mean, y_lo, y_hi = bootstrap_ci(divs)
+        line = container.lines[0]
+        assert (line.get_xdata()[0], line.get_ydata()[0]) == pytest.approx((x_mean, y_mean))
+        x_bar, y_bar = (np.asarray(c.get_segments()[0]) for c in container.lines[2])
+        assert sorted(x_bar[:, 0]) == pytest.approx([x_lo, x_hi]) and sorted(y_bar[:, 1]) == pytest.approx([y_lo, y_hi])
+    plt.close(fig)
+    for seed in SEEDS:
+        for r in records:
+            if r["seed"] == seed:
+                write_run(run_dir(tmp_path, "continuation", r["method"], seed), r, [])
+    assert write_leaderboard(tmp_path, "continuation")[3].read_bytes()[:4] == b"\x89PNG"

@@ -255,3 +255,27 @@ def test_regenerated_results_do_not_make_the_commit_dirty(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2")
     assert git_commit(tmp_path) == head + "-dirty"
+
+
+def test_data_fingerprint_and_the_folder_for_runs_on_user_data(tmp_path):
+    import hashlib
+
+    from gfnbench.harness import results_root
+    from gfnbench.profiles import get_profile
+    from gfnbench.records import data_fingerprint
+
+    file = tmp_path / "prompts.txt"
+    file.write_text("A first prompt.\nA second one.\n")
+    assert data_fingerprint(file) == hashlib.sha256(file.read_bytes()).hexdigest()
+    folder = tmp_path / "subj"
+    folder.mkdir()
+    (folder / "a").write_text("x")
+    (folder / "b").write_text("y")
+    before = data_fingerprint(folder)
+    assert before == hashlib.sha256(b"ax" + b"by").hexdigest()
+    (folder / "b").write_text("z")
+    assert data_fingerprint(folder) != before
+    prof = get_profile("cpu")
+    assert results_root(prof, None, None) == Path("results")
+    assert results_root(prof, "elsewhere", str(file)) == Path("elsewhere")
+    assert results_root(prof, None, str(file)) == Path("results") / f"data-prompts.txt-{data_fingerprint(file)[:8]}"
