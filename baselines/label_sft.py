@@ -58,7 +58,8 @@ class LabelClassifierModule(L.LightningModule):
         super().__init__()
         if not items:
             raise ValueError("label SFT needs at least one labelled (prompt, label) item")
-        self.tokenizer, self.cfg, self.items, self.label_texts, self.steps = lm.tokenizer, cfg, items, label_texts, steps
+        self.tokenizer, self.cfg, self.steps = lm.tokenizer, cfg, steps
+        self.items, self.label_texts = items, label_texts
         self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
         self.curve: list[dict] = []
 
@@ -91,7 +92,8 @@ def fit_label_classifier(module: LabelClassifierModule, ctx) -> None:
     sampler = RandomSampler(range(n), replacement=False, num_samples=math.ceil(module.steps * batch / n) * n,
                             generator=torch.Generator().manual_seed(ctx.seed))
     loader = DataLoader(list(range(n)), batch_size=batch, sampler=sampler, drop_last=True)
-    trainer = L.Trainer(max_steps=module.steps, accelerator="cpu", devices=1, gradient_clip_val=module.cfg.max_grad_norm,
+    trainer = L.Trainer(max_steps=module.steps, accelerator="cpu", devices=1,
+                        gradient_clip_val=module.cfg.max_grad_norm,
                         logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, deterministic=False, log_every_n_steps=1)

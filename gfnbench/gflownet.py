@@ -44,7 +44,7 @@ class GFlowNetConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None   # None: the architecture's defaults (models.py)
-    seed_buffer_with_gold: bool = True
+    seed_buffer_with_gold: bool = True   # gold targets and the task's `buffer_seeds` start in the buffer
 
     def __post_init__(self):
         if self.loss not in ("subtb", "tb"):
@@ -117,16 +117,18 @@ class GFlowNetModule(L.LightningModule):
         return log_r
 
     def seed_buffer(self) -> int:
-        """Gold trajectories (e.g. the labelled rationales) go into the buffer with their rewards."""
+        """Gold trajectories (e.g. the labelled rationales) and the task's other seeds (subj's "wishful"
+        rationales) go into the buffer with their rewards."""
         added = 0
         for ex in self.examples:
-            target = self.task.target(ex)
-            if target is None:
+            texts = [t for t in [self.task.target(ex)] if t is not None]
+            with torch.no_grad(), adapters_off(self.policy) as base:
+                texts += self.task.buffer_seeds(base, self.tokenizer, ex, self.generator)
+            if not texts:
                 continue
-            tokens, acts = gold_trajectory(self.task, self.tokenizer, target)
             prompt = self.task.prompt(ex)
-            traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0], [(tokens, acts, True)],
-                                            self.tokenizer)
+            rows = [(*gold_trajectory(self.task, self.tokenizer, text), True) for text in texts]
+            traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0], rows, self.tokenizer)
             traj.log_reward = self.log_reward(traj, [ex])
             added += self._remember(prompt, traj)
         return added

@@ -139,8 +139,10 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
-        "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None, "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
+        "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
+        "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
+                   "task_settings": task_obj.config(),
                    "eval_samples": prof.eval_samples or task_obj.eval_samples,
                    "eval_temperature": task_obj.eval_temperature},
         "versions": package_versions(), "git_commit": git_commit(), "wall_time_s": time.time() - started,

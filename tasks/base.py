@@ -109,6 +109,15 @@ class Task(ABC):
     def has_tool(self) -> bool:
         return type(self).tool is not Task.tool
 
+    def buffer_seeds(self, model, tokenizer, ex: Example, generator: torch.Generator | None = None) -> list[str]:
+        """Extra replay-buffer seeds for one training example besides its gold target, e.g. drawn from the base
+        model (`model`, adapters off) under a helpful prompt; each must be a valid trajectory's text."""
+        return []
+
+    def config(self) -> dict:
+        """Task settings worth keeping in the run record beyond its class name (read after training)."""
+        return {}
+
     def sampling(self, *, train: bool, temperature: float | None = None, **kw) -> SamplingConfig:
         return SamplingConfig(temperature=temperature or (1.0 if train else self.eval_temperature),
                               min_len=self.min_len, max_len=self.max_len if train else self.eval_max_len, **kw)

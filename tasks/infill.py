@@ -7,7 +7,8 @@ X = s1 s2 s3 (beginning), Y = s5 (ending), Z = s4 (the middle, the latent). The 
 The reward is the PAPER's, not the official script's: log R(Z) = log p(Z Y | X) under the base LM (adapters off)
 with X given as plain story text "s1 s2 s3", i.e. context "s1 s2 s3", then the prefix, then the ending, for
 every prefix in one pass (`every_prefix_log_reward`). The paper's reward LM is GPT-2 Large first fine-tuned on
-the training stories; that variant is NOT implemented here (the reward is the untuned base LM).
+the training stories: that is the `infill_tuned` task (a full fine-tune of a copy of the base LM, 5 epochs on
+CPU, the paper's lr 1e-4; the paper ran 50); `infill` scores with the untuned base LM.
 
 Stop rule (choice): by default the stop action is the "." token, as in `continuation`: Z is exactly one
 sentence, the sampled text holds it without its period, and the period is scored as the first token of the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import asdict
 from pathlib import Path
 
 from torch import Tensor
@@ -34,6 +36,7 @@ from torch import Tensor
 from gfnbench.sampling import context_suffix_log_reward
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
 from gfnbench.tasks.continuation import period_id, read_utf8, seeded_splits
+from gfnbench.text_finetune import TextFinetuneConfig, finetune_on_texts
 
 BUILTIN = Path(__file__).parent / "data" / "stories.csv"
 SENTENCES = [f"sentence{i}" for i in range(1, 6)]
@@ -157,3 +160,37 @@ class Infill(Task):
         n = len(hyps)
         return {"bleu4": sum(bleu4(h, ref) for h in hyps) / n, "gleu": sum(gleu(h, ref) for h in hyps) / n,
                 "bertscore_f1": sum(bertscore_f1(hyps, [ref] * n)) / n, "diversity": diversity(hyps)}
+
+
+@register_task("infill_tuned")
+class InfillTunedReward(Infill):
+    """The paper's reward LM: the base LM first fully fine-tuned on the training stories (as plain 5-sentence text),
+    once per run, on a copy; the policy still starts from the untuned base, and logp_ref stays the base's."""
+
+    description = "story infilling with the reward LM first fine-tuned on the training stories (paper §4.2)"
+    reward_finetune = TextFinetuneConfig()
+
+    def __init__(self, data: str | None = None, seed: int = 0, stop: str = "."):
+        super().__init__(data, seed, stop)
+        self.tuned_reward_lm = None
+        self.reward_finetune_curve: list[float] = []
+
+    def training_texts(self) -> list[str]:
+        return [f"{e.question} {e.rationale} {e.answer}" for e in self.splits["train"]]
+
+    def reward_lm(self, base, tokenizer):
+        """The tuned copy, made from the first model the reward is asked of (the base: adapters are dropped)."""
+        if self.tuned_reward_lm is None:
+            self.tuned_reward_lm, self.reward_finetune_curve = finetune_on_texts(base, tokenizer,
+                                                                                 self.training_texts(),
+                                                                                 self.reward_finetune)
+        return self.tuned_reward_lm
+
+    def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
+        return super().log_reward(self.reward_lm(model, tokenizer), tokenizer, traj, examples)
+
+    def config(self) -> dict:
+        curve = self.reward_finetune_curve
+        return {"reward_lm": "the base LM fully fine-tuned on the training stories (a copy)",
+                "reward_finetune": asdict(self.reward_finetune), "reward_finetune_steps": len(curve),
+                "reward_finetune_loss_first_last": [curve[0], curve[-1]] if curve else None}

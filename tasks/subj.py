@@ -22,8 +22,8 @@ as the paper's 10/20/50), comparing log p(" objective") with log p(" subjective"
 does this; baselines/prompting.py calls it for tasks that have it and scores the label it returns.
 Label-only rows (baselines/label_sft.py, baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
 the n labels; `gflownet_mstep` adds the paper's M-step (a classifier fine-tuned on X + GFlowNet rationales).
-Not implemented: the paper's "wishful" buffer seeding (20 rationales per example sampled after
-" {label} because it is"); the buffer starts empty. Its dedup tolerance is the paper's 0.1.
+The replay buffer starts with the paper's "wishful" rationales (`buffer_seeds`: 20 base-LM continuations of
+`X {gold} because it is` per labelled example) and de-duplicates at the paper's tolerance, 0.1.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from gfnbench.metrics import majority_vote
-from gfnbench.sampling import PromptTooLong, continuation_log_probs, encode, every_prefix_log_reward
+from gfnbench.sampling import PromptTooLong, continuation_log_probs, encode, every_prefix_log_reward, sample
 from gfnbench.trajectories import Trajectories, from_rows, left_pad
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task
 
@@ -44,6 +44,7 @@ DEFAULT_DATA = Path(__file__).parent / "data" / "subj"
 QUERY = 'Classify this movie review as objective or subjective: "{}"'
 WRONG_PREDICTION_PENALTY = -50.0
 MAX_TRAIN_WORDS = 25          # training sentences have fewer words than this (paper)
+WISHFUL_SEEDS = 20            # "wishful" rationales sampled per labelled example to seed the buffer (paper)
 
 
 def read_label_file(path: Path) -> list[tuple[int, str]]:
@@ -143,6 +144,28 @@ class Subjectivity(Task):
 
     def demonstration(self, ex: Example) -> str:
         return f"{QUERY.format(ex.question)} It is {ex.answer}."
+
+    def buffer_seeds(self, model, tokenizer, ex: Example, generator: torch.Generator | None = None) -> list[str]:
+        """The paper's "wishful" rationales: the base LM continues `X {gold} because it is` (T = 1, <= 5 tokens),
+        each cut before its first token holding anything but letters, digits and spaces (punctuation, newline,
+        eos); distinct ones with a word are kept."""
+        traj = sample(model, tokenizer, [f"{self.prompt(ex)} {ex.answer} because it is"], WISHFUL_SEEDS,
+                      self.sampling(train=True, temperature=1.0), stop_id=self.stop_id(tokenizer),
+                      generator=generator)
+        seeds = []
+        for b in range(len(traj)):
+            words = []
+            for token in traj.state_ids[b, : int(traj.lengths[b])].tolist():
+                piece = tokenizer.decode([token])
+                if not piece or not all(c.isalnum() or c == " " for c in piece):
+                    break
+                words.append(piece)
+            while words and not words[-1].strip():
+                words.pop()                      # no trailing lone-space token
+            text = "".join(words)
+            if text and text not in seeds and len(encode(tokenizer, [text])[0]) <= self.max_len:
+                seeds.append(text)
+        return seeds
 
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
         rows = [examples[g] for g in traj.group.tolist()]

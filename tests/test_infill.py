@@ -145,3 +145,50 @@ def test_smoke_run_through_the_harness(tmp_path):
     assert set(rec["metrics"]["test"]) == {"bleu4", "gleu", "bertscore_f1", "diversity", "logp_ref"}
     assert str(STORIES) in rec["data"] and "version" in rec["metric_info"]["bleu4"]
     assert all("." not in json.loads(line)["text"] for line in (out / "samples.jsonl").read_text().splitlines())
+
+
+def test_tuned_reward_lm_is_a_fine_tuned_copy_and_the_reward_uses_it():
+    from gfnbench.models import adapters_off, add_lora, build_tiny
+    from gfnbench.tasks.infill import Infill, InfillTunedReward
+    from gfnbench.text_finetune import TextFinetuneConfig, mean_token_nll
+
+    lm = build_tiny("llama")
+    tok = lm.tokenizer
+    policy = add_lora(lm.model, rank=4, alpha=8)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    t = InfillTunedReward(data=str(STORIES))
+    t.reward_finetune = TextFinetuneConfig(epochs=4, lr=1e-3, batch_size=4)
+    exs = t.examples("train")[:2]
+    states = [tok(" the dog ran home", add_special_tokens=False)["input_ids"],
+              tok(" she sat with the big dog", add_special_tokens=False)["input_ids"]]
+    traj = from_rows([t.prompt(e) for e in exs], [0, 1], [tok(t.prompt(e), add_special_tokens=False)["input_ids"]
+                                                          for e in exs],
+                     states, [[True] * len(s) for s in states], [True, True], [[0.0] * len(s) for s in states],
+                     [[0.0] * (len(s) + 1) for s in states], [tok.decode(s) for s in states], tok.pad_token_id)
+    with torch.no_grad(), adapters_off(policy) as base:
+        got = t.log_reward(base, tok, traj, exs)
+        untuned = Infill.log_reward(t, base, tok, traj, exs)
+        tuned = t.tuned_reward_lm
+        assert t.log_reward(base, tok, traj, exs).equal(got) and t.tuned_reward_lm is tuned   # made once
+        want = Infill.log_reward(t, tuned, tok, traj, exs)
+        texts = t.training_texts()
+        assert mean_token_nll(tuned, tok, texts) < mean_token_nll(base, tok, texts) - 0.5
+    assert got.equal(want) and not got[:, t.min_len:].equal(untuned[:, t.min_len:])
+    assert len(t.reward_finetune_curve) == 4 * -(-len(texts) // 4)
+    assert not hasattr(tuned, "peft_config") and not any(p.requires_grad for p in tuned.parameters())
+    assert all(torch.equal(policy.state_dict()[k], v) for k, v in before.items())     # the policy is untouched
+
+
+def test_mean_token_nll_by_explicit_forward(tiny):
+    from gfnbench.text_finetune import mean_token_nll
+
+    tok, model = tiny.tokenizer, tiny.model
+    texts = ["the dog ran home", "she sat with the big dog and the cat"]
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        total -= sum(float(lp[i - 1, ids[i]]) for i in range(1, len(ids)))
+        count += len(ids) - 1
+    assert mean_token_nll(model, tok, texts) == pytest.approx(total / count, abs=1e-4)

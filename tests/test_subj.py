@@ -226,3 +226,41 @@ def test_harness_gflownet_row(tmp_path):
     out = run("subj", "gflownet", 0, profile="smoke", results_dir=str(tmp_path))
     metrics = json.loads((out / "record.json").read_text())["metrics"]["test"]
     assert {"accuracy", "rationale_accuracy", "rationale_words", "logp_ref"} <= set(metrics)
+
+
+def test_wishful_seeds_are_cut_at_the_first_non_word_token(tiny, task, monkeypatch):
+    import gfnbench.tasks.subj as subj
+
+    tok = tiny.tokenizer
+    # the tiny tokenizer splits words into pieces (" very" -> " ", "v", "er", "y"), as SmolLM2 splits " 3"
+    texts = [" very good, fun", ". nice", " great", " great", " a b c ", " x\ny"]
+    states = [ids(tok, t) for t in texts]
+    fake = from_rows(["x"] * 6, [0] * 6, [[1]] * 6, states, [[True] * len(s) for s in states], [True] * 6,
+                     [[0.0] * len(s) for s in states], [[0.0] * (len(s) + 1) for s in states],
+                     [tok.decode(s) for s in states], tok.pad_token_id)
+    asked = {}
+    monkeypatch.setattr(subj, "sample", lambda model, tk, prompts, n, cfg, **kw: asked.update(p=prompts, n=n) or fake)
+    ex = task.examples("train")[0]
+    assert task.buffer_seeds(tiny.model, tok, ex) == [" very good", " great", " a b c", " x"]
+    assert asked == {"p": [f"{task.prompt(ex)} {ex.answer} because it is"], "n": subj.WISHFUL_SEEDS}
+
+
+def test_gflownet_buffer_starts_with_scored_wishful_rationales(task):
+    from gfnbench.gflownet import GFlowNetConfig, GFlowNetModule
+    from gfnbench.models import build_tiny
+
+    lm = build_tiny("llama")
+    exs = task.examples("train")[:2]
+    module = GFlowNetModule(task, lm, GFlowNetConfig(samples_per_prompt=4, dedup_tol=0.1), exs, seed=0)
+    added = module.seed_buffer()
+    items = [(ex, item) for ex in exs for item in module.buffer.items(task.prompt(ex))]
+    assert added == len(items) > 0
+    for ex, item in items[:4]:
+        tokens, acts, stopped, log_r = item.payload
+        assert stopped and all(acts) and 1 <= len(tokens) <= task.max_len
+        traj = from_rows([task.prompt(ex)], [0], [ids(lm.tokenizer, task.prompt(ex))], [tokens], [acts], [True],
+                         [[0.0] * len(tokens)], [[0.0] * (len(tokens) + 1)], [lm.tokenizer.decode(tokens)],
+                         lm.tokenizer.pad_token_id)
+        with torch.no_grad():
+            want = task.log_reward(lm.model, lm.tokenizer, traj, [ex])[0, len(tokens)]
+        assert item.log_reward == pytest.approx(float(want), abs=1e-4)
