@@ -18,6 +18,14 @@ def task(**kw):
     return get_task("infill", data=str(STORIES), **kw)
 
 
+def stopped_trajectories(t, tok, exs, states):
+    """One stopped trajectory per example with the given action tokens (log-probs unused: zeros)."""
+    prompts = [t.prompt(e) for e in exs]
+    return from_rows(prompts, list(range(len(exs))), [tok(p, add_special_tokens=False)["input_ids"] for p in prompts],
+                     states, [[True] * len(s) for s in states], [True] * len(states), [[0.0] * len(s) for s in states],
+                     [[0.0] * (len(s) + 1) for s in states], [tok.decode(s) for s in states], tok.pad_token_id)
+
+
 def raw_stories() -> dict[str, dict]:
     with open(STORIES, newline="") as f:
         return {row["storyid"]: row for row in csv.DictReader(f)}
@@ -31,10 +39,7 @@ def test_reward_of_every_prefix_is_log_p_of_prefix_then_ending_given_the_beginni
     rows = raw_stories()
     states = [tok(" the dog ran home to the cat", add_special_tokens=False)["input_ids"],
               tok(" she sat with the big dog", add_special_tokens=False)["input_ids"]]
-    traj = from_rows([t.prompt(e) for e in exs], [0, 1], [tok(t.prompt(e), add_special_tokens=False)["input_ids"]
-                                                          for e in exs],
-                     states, [[True] * len(s) for s in states], [True, True], [[0.0] * len(s) for s in states],
-                     [[0.0] * (len(s) + 1) for s in states], [tok.decode(s) for s in states], tok.pad_token_id)
+    traj = stopped_trajectories(t, tok, exs, states)
     with torch.no_grad():
         got = t.log_reward(model, tok, traj, exs)
     for b, ex in enumerate(exs):
@@ -161,10 +166,7 @@ def test_tuned_reward_lm_is_a_fine_tuned_copy_and_the_reward_uses_it():
     exs = t.examples("train")[:2]
     states = [tok(" the dog ran home", add_special_tokens=False)["input_ids"],
               tok(" she sat with the big dog", add_special_tokens=False)["input_ids"]]
-    traj = from_rows([t.prompt(e) for e in exs], [0, 1], [tok(t.prompt(e), add_special_tokens=False)["input_ids"]
-                                                          for e in exs],
-                     states, [[True] * len(s) for s in states], [True, True], [[0.0] * len(s) for s in states],
-                     [[0.0] * (len(s) + 1) for s in states], [tok.decode(s) for s in states], tok.pad_token_id)
+    traj = stopped_trajectories(t, tok, exs, states)
     with torch.no_grad(), adapters_off(policy) as base:
         got = t.log_reward(base, tok, traj, exs)
         untuned = Infill.log_reward(t, base, tok, traj, exs)
