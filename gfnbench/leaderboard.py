@@ -168,8 +168,14 @@ def training_budget(records: list[dict]) -> str:
     parts = {}
     for r in records:
         m = (r.get("config") or {}).get("method") or {}
-        if "train_steps" in m:
+        if "gflownet" in m:
             parts[r["method"]] = f"{m['train_steps']} steps x {m['gflownet']['samples_per_prompt']} samples"
+            if "mstep" in m:
+                parts[r["method"]] += (f", then an M-step of {m['mstep_steps']} steps on "
+                                       f"{m['rationales_per_example']} rationales per labelled example")
+        elif "label_sft" in m:
+            parts[r["method"]] = (f"{m['train_steps']} steps x {m['label_sft']['batch_size']} labelled examples, "
+                                  f"no reward")
         elif "iterations" in m:
             parts[r["method"]] = (f"{m['iterations']} iterations x {m['ppo']['samples_per_prompt']} samples, "
                                   f"{m['ppo']['ppo_epochs']} PPO epochs each")

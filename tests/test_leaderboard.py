@@ -259,3 +259,21 @@ def test_tradeoff_panel_plots_each_method_at_its_means_with_ci_bars(tmp_path):
             if r["seed"] == seed:
                 write_run(run_dir(tmp_path, "continuation", r["method"], seed), r, [])
     assert write_leaderboard(tmp_path, "continuation")[3].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_budget_names_every_trained_row():
+    from gfnbench.leaderboard import training_budget
+
+    gfn = {"train_steps": 40, "gflownet": {"samples_per_prompt": 8}}
+    configs = {
+        "gflownet": gfn,
+        "gflownet_mstep": {**gfn, "mstep": {}, "mstep_steps": 40, "rationales_per_example": 8},
+        "sft": {"label_sft": {"batch_size": 8}, "train_steps": 40},
+        "ppo": {"iterations": 20, "ppo": {"samples_per_prompt": 8, "ppo_epochs": 4}},
+        "greedy": {"shots": 0},
+    }
+    records = [{"method": k, "config": {"method": v}} for k, v in configs.items()]
+    assert training_budget(records) == (
+        "gflownet: 40 steps x 8 samples; gflownet_mstep: 40 steps x 8 samples, then an M-step of 40 steps on 8 "
+        "rationales per labelled example; sft: 40 steps x 8 labelled examples, no reward; ppo: 20 iterations x 8 "
+        "samples, 4 PPO epochs each")
