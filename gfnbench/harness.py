@@ -63,13 +63,21 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
 
+def eval_questions(profile: Profile, task: Task) -> int | None:
+    """Questions per evaluation split: the profile's cap, raised to the task's floor on profiles that honour it
+    (cpu); None means all."""
+    if profile.eval_questions is None or not profile.task_eval_floor:
+        return profile.eval_questions
+    return max(profile.eval_questions, task.min_eval_questions)
+
+
 def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Generator,
              label: str = "") -> tuple[dict, list[dict]]:
     """Metrics per evaluation split (means over questions) and every sample drawn."""
     n = profile.eval_samples or task.eval_samples
     metrics, samples = {}, []
     for split in task.eval_splits:
-        examples = task.examples(split)[: profile.eval_questions]
+        examples = task.examples(split)[: eval_questions(profile, task)]
         if not examples:
             raise ValueError(f"split {split!r} of task {task.name} has no examples")
         per_question = []
@@ -144,6 +152,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
                    "task_settings": task_obj.config(),
                    "eval_samples": prof.eval_samples or task_obj.eval_samples,
+                   "eval_questions": eval_questions(prof, task_obj),
                    "eval_temperature": task_obj.eval_temperature},
         "versions": package_versions(), "git_commit": git_commit(), "wall_time_s": time.time() - started,
         **extra,

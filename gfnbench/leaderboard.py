@@ -148,7 +148,7 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
         evaluation.append(f"{cfg['eval_samples']} samples per question")
     if cfg.get("eval_temperature") is not None:
         evaluation.append(f"temperature {cfg['eval_temperature']}")
-    questions = (cfg.get("profile") or {}).get("eval_questions")
+    questions = cfg["eval_questions"] if "eval_questions" in cfg else (cfg.get("profile") or {}).get("eval_questions")
     evaluation.append(f"{questions if questions else 'all'} questions per split")
     if evaluation:
         lines.append(f"- evaluation: {', '.join(evaluation)} (methods may override; see each run's config.json)")

@@ -19,6 +19,7 @@ class Profile:
     learning_rate: float
     results_dir: str
     skip_costly: bool = False       # `bench` leaves out each task's `costly_methods` unless --methods names them
+    task_eval_floor: bool = False   # raise eval_questions to a task's `min_eval_questions` (smoke stays tiny)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -30,7 +31,7 @@ PROFILES = {
                      results_dir="results/smoke"),
     "cpu": Profile("cpu", model="embedded", eval_questions=8, eval_samples=None, eval_batch=8, train_steps=40,
                    prompts_per_step=1, samples_per_prompt=8, lora_rank=16, lora_alpha=16, learning_rate=1e-4,
-                   results_dir="results", skip_costly=True),
+                   results_dir="results", skip_costly=True, task_eval_floor=True),
     "paper": Profile("paper", model="EleutherAI/gpt-j-6b", eval_questions=None, eval_samples=None, eval_batch=16,
                      train_steps=2000, prompts_per_step=32, samples_per_prompt=16, lora_rank=64, lora_alpha=16,
                      learning_rate=1e-4, results_dir="results/paper"),

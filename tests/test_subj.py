@@ -264,3 +264,14 @@ def test_gflownet_buffer_starts_with_scored_wishful_rationales(task):
         with torch.no_grad():
             want = task.log_reward(lm.model, lm.tokenizer, traj, [ex])[0, len(tokens)]
         assert item.log_reward == pytest.approx(float(want), abs=1e-4)
+
+
+def test_subj_evaluates_at_least_40_questions_per_split():
+    from gfnbench.harness import eval_questions
+    from gfnbench.profiles import get_profile
+    from gfnbench.tasks.arith import Arithmetic
+
+    subj = Subjectivity()
+    assert eval_questions(get_profile("cpu"), subj) == 40 == len(subj.examples("test"))   # the built-in test split
+    assert eval_questions(get_profile("cpu"), Arithmetic()) == 8
+    assert eval_questions(get_profile("paper"), subj) is None and eval_questions(get_profile("smoke"), subj) == 3
