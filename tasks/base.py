@@ -60,8 +60,8 @@ class Task(ABC):
     report_logp_ref_max: ClassVar[bool] = False    # also report the best sample's logp_ref (continuation, §2.6)
     excluded_methods: ClassVar[tuple[str, ...]] = ()   # registered methods that make no sense for this task
     opt_in_methods: ClassVar[tuple[str, ...]] = ()     # opt-in methods (e.g. "tempered") this task wants
-    # Evaluate at least this many questions per split even when the profile caps fewer (None: all), for tasks
-    # whose metric is too coarse on a handful of questions and whose evaluation is cheap (subj's accuracy).
+    # Evaluate at least this many questions per split on profiles that cap fewer (cpu), for tasks whose metric is
+    # too coarse on a handful of questions and whose evaluation is cheap (subj's accuracy).
     min_eval_questions: ClassVar[int] = 0
     # Methods the cpu profile's `bench` leaves out unless named with --methods (too slow for its time limit).
     costly_methods: ClassVar[tuple[str, ...]] = ()
