@@ -101,6 +101,8 @@ def test_tasks_choose_their_methods():
     cpu, smoke = get_profile("cpu"), get_profile("smoke")
     assert "ppo" not in default_methods(Continuation(), cpu) and "ppo" in default_methods(Continuation(), smoke)
     assert "ppo" in default_methods(Arithmetic(), cpu)
+    subj_cpu = default_methods(Subjectivity(), cpu)
+    assert "sft" in subj_cpu and "gflownet" in subj_cpu and not {"ppo", "gflownet_mstep"} & set(subj_cpu)
 
 
 def test_tempered_baseline_samples_at_the_final_reward_temperature():
