@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gfnbench.baselines.sft import SFT_LR_MULTIPLIER, lora_policy
-from gfnbench.methods import Method
+from gfnbench.methods import Method, cpu_trainer
 from gfnbench.models import LanguageModel
 from gfnbench.sampling import continuation_log_probs, encode
 from gfnbench.trajectories import Trajectories
@@ -85,18 +85,14 @@ class LabelClassifierModule(L.LightningModule):
 
 def fit_label_classifier(module: LabelClassifierModule, ctx) -> None:
     """`module.steps` optimizer steps over seeded shuffles of the items (batches wrap around the epoch)."""
-    from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader, RandomSampler
 
     n, batch = len(module.items), min(module.cfg.batch_size, len(module.items))
     sampler = RandomSampler(range(n), replacement=False, num_samples=math.ceil(module.steps * batch / n) * n,
                             generator=torch.Generator().manual_seed(ctx.seed))
     loader = DataLoader(list(range(n)), batch_size=batch, sampler=sampler, drop_last=True)
-    trainer = L.Trainer(max_steps=module.steps, accelerator="cpu", devices=1,
-                        gradient_clip_val=module.cfg.max_grad_norm,
-                        logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
-                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, deterministic=False, log_every_n_steps=1)
+    trainer = cpu_trainer(ctx, max_steps=module.steps, gradient_clip_val=module.cfg.max_grad_norm,
+                          limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)
 
 

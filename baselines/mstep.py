@@ -11,7 +11,6 @@ Budget: the E-step costs what the gflownet row costs; the M-step adds profile.tr
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, replace
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from gfnbench.baselines.label_sft import LabelClassifierModule, fit_label_classifier, label_config
 from gfnbench.gflownet import GFlowNetSubTB
 from gfnbench.methods import register_method
+from gfnbench.text_finetune import plain_copy
 
 RATIONALES_PER_EXAMPLE = 8      # the paper samples 100 per example; 8 x 10 examples fit the CPU budget
 
@@ -27,7 +27,6 @@ RATIONALES_PER_EXAMPLE = 8      # the paper samples 100 per example; 8 x 10 exam
                  trains=True, opt_in=True)
 class GFlowNetMStep(GFlowNetSubTB):
     def __init__(self, task, lm, ctx):
-        self.clean_lm = replace(lm, model=copy.deepcopy(lm.model))     # before the E-step's LoRA goes in
         hparams = dict(ctx.hparams)
         self.rationales_per_example = int(hparams.pop("rationales_per_example", RATIONALES_PER_EXAMPLE))
         super().__init__(task, lm, replace(ctx, hparams=hparams))
@@ -43,7 +42,8 @@ class GFlowNetMStep(GFlowNetSubTB):
         items = [(self.task.prompt(train[g]) + text, list(self.task.labels).index(train[g].answer))
                  for g, text in zip(traj.group.tolist(), traj.texts)]
         labels = [self.task.answer_suffix(label) for label in self.task.labels]
-        module = LabelClassifierModule(self.clean_lm, self.mstep_cfg, items, labels,
+        clean_lm = replace(self.lm, model=plain_copy(self.policy))     # base weights, E-step adapters dropped
+        module = LabelClassifierModule(clean_lm, self.mstep_cfg, items, labels,
                                        max(1, self.ctx.profile.train_steps), seed=self.ctx.seed)
         fit_label_classifier(module, replace(self.ctx, log_dir=self.ctx.log_dir and self.ctx.log_dir / "mstep"))
         self.classifier = module.policy.eval()

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from gfnbench.baselines.sft import lora_policy, sample_policy
 from gfnbench.losses import check_log_reward, floor_log_reward
-from gfnbench.methods import Method, register_method
+from gfnbench.methods import Method, cpu_trainer, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
 from gfnbench.sampling import positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task
@@ -297,7 +297,6 @@ class PPOModule(L.LightningModule):
 
 def fit_ppo(module: PPOModule, ctx, iterations: int) -> None:
     """`iterations` rollout batches, each of `prompts_per_step` random training prompts (seeded)."""
-    from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader, RandomSampler
 
     per = module.cfg.prompts_per_step
@@ -305,10 +304,7 @@ def fit_ppo(module: PPOModule, ctx, iterations: int) -> None:
     sampler = RandomSampler(range(n), replacement=True, num_samples=iterations * per,
                             generator=torch.Generator().manual_seed(ctx.seed))
     loader = DataLoader(list(range(n)), batch_size=per, sampler=sampler)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1,
-                        logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
-                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        deterministic=False, log_every_n_steps=1, limit_val_batches=0)
+    trainer = cpu_trainer(ctx, max_epochs=1, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)
 
 

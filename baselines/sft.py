@@ -24,7 +24,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.gflownet import gold_trajectory
-from gfnbench.methods import Method, register_method
+from gfnbench.methods import Method, cpu_trainer, register_method
 from gfnbench.models import LanguageModel, add_lora
 from gfnbench.sampling import encode, masked_log_softmax, positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task
@@ -198,20 +198,16 @@ class SFTModule(L.LightningModule):
 def fit_sft(module: SFTModule, ctx, steps: int) -> None:
     """`steps` optimizer steps over shuffled gold sequences, validating every `val_every` steps (and at step 0)."""
     from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger
 
     cfg = module.cfg
     train = module.loader(module.train_items, cfg.batch_size, shuffle=True, seed=ctx.seed)
     val = module.loader(module.val_items, cfg.val_batch_size, shuffle=False) if module.val_items else None
-    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1,
-                        val_check_interval=max(1, min(cfg.val_every, steps)), check_val_every_n_epoch=None,
-                        limit_val_batches=1.0 if val is not None else 0,
-                        callbacks=[EarlyStopping("val/nll", patience=cfg.patience, mode="min")] if val else [],
-                        gradient_clip_val=cfg.max_grad_norm,
-                        logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
-                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        deterministic=False, log_every_n_steps=1,
-                        inference_mode=False)   # metric states made under inference mode break the next update
+    trainer = cpu_trainer(ctx, max_steps=steps, max_epochs=-1,
+                          val_check_interval=max(1, min(cfg.val_every, steps)), check_val_every_n_epoch=None,
+                          limit_val_batches=1.0 if val is not None else 0,
+                          callbacks=[EarlyStopping("val/nll", patience=cfg.patience, mode="min")] if val else [],
+                          gradient_clip_val=cfg.max_grad_norm,
+                          inference_mode=False)   # metric states made under inference mode break the next update
     if val is not None:
         trainer.validate(module, dataloaders=val, verbose=False)   # step 0: the base model is a candidate too
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)

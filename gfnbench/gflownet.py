@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.buffer import BufferItem, ReplayBuffer
-from gfnbench.methods import Method, register_method
+from gfnbench.methods import Method, cpu_trainer, register_method
 from gfnbench.losses import check_log_reward, floor_log_reward, reward_temperature, subtb_loss, tb_loss
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
 from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
@@ -244,16 +244,12 @@ class GFlowNetModule(L.LightningModule):
 
 def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int, steps: int) -> None:
     """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
-    from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader, RandomSampler
 
     sampler = RandomSampler(range(n_examples), replacement=True, num_samples=steps * accumulate,
                             generator=torch.Generator().manual_seed(ctx.seed))
     loader = DataLoader(list(range(n_examples)), batch_size=1, sampler=sampler)
-    trainer = L.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, accelerator="cpu", devices=1,
-                        logger=CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False,
-                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        deterministic=False, log_every_n_steps=1)
+    trainer = cpu_trainer(ctx, max_steps=steps, accumulate_grad_batches=accumulate)
     trainer.fit(module, train_dataloaders=loader)
 
 

@@ -80,6 +80,18 @@ class Method:
         return self.lm.model
 
 
+def cpu_trainer(ctx: RunContext, **settings):
+    """The Lightning Trainer every trained method uses: CPU, CSV logs in the run's train/ folder (when it has
+    one), every step logged, no checkpoints or sanity validation; `settings` add the method's own."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False
+    return L.Trainer(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, log_every_n_steps=1,
+                     **settings)
+
+
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False,
                     opt_in: bool = False):
     def wrap(factory):

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from gfnbench.metrics import majority_vote
-from gfnbench.sampling import PromptTooLong, continuation_log_probs, encode, every_prefix_log_reward, sample
-from gfnbench.trajectories import Trajectories, from_rows, left_pad
+from gfnbench.sampling import PromptTooLong, context_suffix_log_reward, continuation_log_probs, encode, sample
+from gfnbench.trajectories import Trajectories, from_rows
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task
 
 LABELS = ("objective", "subjective")
@@ -172,17 +172,16 @@ class Subjectivity(Task):
 
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
         rows = [examples[g] for g in traj.group.tolist()]
-        ctx_ids, ctx_mask = left_pad(encode(tokenizer, [self.prompt(e) for e in rows]), tokenizer.pad_token_id)
-        per_label = {label: every_prefix_log_reward(model, ctx_ids, ctx_mask, traj,
-                                                    encode(tokenizer, [self.answer_suffix(label)]) * len(rows))
+        contexts = [self.prompt(e) for e in rows]
+        per_label = {label: context_suffix_log_reward(model, tokenizer, traj, contexts,
+                                                      encode(tokenizer, [self.answer_suffix(label)]) * len(rows),
+                                                      self.min_len)
                      for label in LABELS}
         predicts_objective = per_label["objective"] > per_label["subjective"]   # a tie predicts subjective
         gold_objective = torch.tensor([e.answer == "objective" for e in rows])[:, None]
         gold = torch.where(gold_objective, per_label["objective"], per_label["subjective"])
         wrong = (predicts_objective != gold_objective) & (torch.arange(gold.shape[1]) <= traj.lengths[:, None])
-        log_r = gold + WRONG_PREDICTION_PENALTY * wrong
-        too_short = torch.arange(log_r.shape[1])[None, :] < self.min_len
-        return log_r.masked_fill(too_short, float("-inf"))
+        return gold + WRONG_PREDICTION_PENALTY * wrong     # -inf (too short) stays -inf
 
     def predict(self, model, tokenizer, ex: Example, texts: list[str]) -> list[str]:
         """The base LM's label after each rationale: log p(Y_objective | X Z) vs log p(Y_subjective | X Z)."""
