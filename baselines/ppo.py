@@ -31,6 +31,7 @@ from torch import Tensor
 
 from gfnbench.baselines.sft import lora_policy, sample_policy
 from gfnbench.losses import check_log_reward, floor_log_reward
+from gfnbench.curves import learning_curve
 from gfnbench.methods import Method, cpu_trainer, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
 from gfnbench.sampling import positions_from_mask, sample
@@ -295,7 +296,7 @@ class PPOModule(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.cfg.lr)
 
 
-def fit_ppo(module: PPOModule, ctx, iterations: int) -> None:
+def fit_ppo(module: PPOModule, ctx, iterations: int, callbacks: list | None = None) -> None:
     """`iterations` rollout batches, each of `prompts_per_step` random training prompts (seeded)."""
     from torch.utils.data import DataLoader, RandomSampler
 
@@ -304,7 +305,7 @@ def fit_ppo(module: PPOModule, ctx, iterations: int) -> None:
     sampler = RandomSampler(range(n), replacement=True, num_samples=iterations * per,
                             generator=torch.Generator().manual_seed(ctx.seed))
     loader = DataLoader(list(range(n)), batch_size=per, sampler=sampler)
-    trainer = cpu_trainer(ctx, max_epochs=1, limit_val_batches=0)
+    trainer = cpu_trainer(ctx, max_epochs=1, limit_val_batches=0, callbacks=callbacks or [])
     trainer.fit(module, train_dataloaders=loader)
 
 
@@ -329,8 +330,10 @@ class PPOMethod(Method):
         return self.module.policy
 
     def fit(self) -> dict:
-        fit_ppo(self.module, self.ctx, self.iterations)
-        return {"train_curve": self.module.curve}
+        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.iterations,
+                               self.cfg.prompts_per_step * self.cfg.samples_per_prompt)
+        fit_ppo(self.module, self.ctx, self.iterations, callbacks=[curve] if curve else [])
+        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
 
     def sample(self, examples, n, generator) -> Trajectories:
         return sample_policy(self, examples, n, generator)

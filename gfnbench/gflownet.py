@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from gfnbench.curves import learning_curve
 from gfnbench.buffer import BufferItem, ReplayBuffer
 from gfnbench.methods import Method, cpu_trainer, register_method
-from gfnbench.losses import check_log_reward, floor_log_reward, reward_temperature, subtb_loss, tb_loss
+from gfnbench.losses import check_log_reward, floor_log_reward, reward_temperature, subtb_pairs, tb_loss, balance_penalty
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
 from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task
@@ -31,8 +32,10 @@ class GFlowNetConfig:
     loss: str = "subtb"                  # "subtb" (paper) or "tb"
     lam: float = 1.0                     # SubTB sub-trajectory weight lambda^(length - 1)
     lr: float = 1e-4
-    logz_lr: float = 1e-2                # TB only
+    logz_lr: float = 0.1                 # the learned log Z (TB; SubTB root when the prompt cannot stop)
     warmup_steps: int = 20
+    decay_to: float = 1.0                # lr multiplier reached at the last step, linearly after warm-up (1 = constant)
+    total_steps: int = 0                 # optimizer steps of the run (set by the method; needed when decay_to < 1)
     samples_per_prompt: int = 8
     reward_temperature: tuple[float, float, int] = (1.0, 1.0, 0)
     behaviour_mix: tuple[float, float, float] = (0.25, 0.5, 0.25)   # on-policy, tempered, replay
@@ -41,6 +44,7 @@ class GFlowNetConfig:
     buffer_sampling: str = "reward"
     dedup_tol: float = 0.25
     min_log_reward: float = -99.0
+    huber_delta: float | None = 1.0      # None: squared residuals (the paper); see losses.balance_penalty
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None   # None: the architecture's defaults (models.py)
@@ -86,8 +90,36 @@ def trajectories_from_states(prompt: str, prompt_ids: list[int], states: list[tu
                      [tokenizer.decode(s, skip_special_tokens=True) for s, _, _ in states], tokenizer.pad_token_id)
 
 
+def lr_multiplier(step: int, warmup: int, total: int, decay_to: float) -> float:
+    """Linear warm-up to 1, then (when decay_to < 1) linear decay to decay_to at the last step: a constant step
+    leaves a noise floor (rng: exact TV hovering at 0.04-0.06 from step 160 to 240 at lr 1e-3)."""
+    warmup = max(warmup, 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay_to >= 1.0 or total <= warmup:
+        return 1.0
+    return 1.0 + (decay_to - 1.0) * min(1.0, (step - warmup) / max(total - 1 - warmup, 1))
+
+
+def invalid_pair_share(terms: Tensor, log_r: Tensor) -> Tensor:
+    """Share of the SubTB loss carried by pairs whose end state has zero reward (-inf, floored in the loss)."""
+    invalid_end = torch.isneginf(log_r)[:, None, :].expand_as(terms)
+    return terms[invalid_end].sum() / terms.sum().clamp(min=1e-30)
+
+
 class LogZHead(ScalarHead):
-    """Prompt-conditioned log Z for TB: a linear map of the frozen base model's last prompt hidden state."""
+    """Prompt-conditioned log Z: a linear map of the frozen base model's last prompt hidden state, scaled to unit
+    L1 norm first.
+
+    Why the scaling: Adam moves every weight by about lr per step, so on raw features the output moves by
+    lr * ||h||_1 per step. SmolLM2's final hidden state has ||h||_1 = 587, so at lr 1e-2 log Z jumped by ~6 a
+    step (measured on rng: 0 -> -28.6 -> 6.6 -> 1.9 within 80 steps against the true log 101 = 4.6), and every
+    wrong log Z turns the root pairs into a push up (or down) on whatever was sampled: a collapse. On unit-L1
+    features the output moves by at most ~2 lr per step, whatever the model's width or hidden scale."""
+
+    def forward(self, features: Tensor) -> Tensor:
+        features = features.float()
+        return super().forward(features / features.abs().sum(-1, keepdim=True).clamp(min=1e-6))
 
 
 class GFlowNetModule(L.LightningModule):
@@ -108,6 +140,7 @@ class GFlowNetModule(L.LightningModule):
         self.generator = torch.Generator().manual_seed(seed)
         self.train_loss, self.train_log_reward = MeanMetric(), MeanMetric()
         self.curve: list[dict] = []
+        self.diagnostics: dict = {}
 
     # ------------------------------------------------------------------ rewards and behaviour policy
     def log_reward(self, traj: Trajectories, examples: list[Example]) -> Tensor:
@@ -198,10 +231,16 @@ class GFlowNetModule(L.LightningModule):
         if self.log_z is not None:
             log_z = self.log_z(self.prompt_features(traj)).expand(len(traj))
             self.log("train/log_z", log_z.mean(), on_step=True)
+        self.diagnostics = {"log_z": float(log_z.detach().mean()) if log_z is not None else None}
         if self.cfg.loss == "tb":
-            return tb_loss(log_pf, log_pterm, log_r, traj.lengths, log_z, min_log_reward=self.cfg.min_log_reward)
-        return subtb_loss(log_pf, log_pterm, log_r, traj.lengths, lam=self.cfg.lam,
-                          min_log_reward=self.cfg.min_log_reward, min_len=self.task.min_len, log_root_flow=log_z)
+            return tb_loss(log_pf, log_pterm, log_r, traj.lengths, log_z, min_log_reward=self.cfg.min_log_reward,
+                           huber_delta=self.cfg.huber_delta)
+        residual, weight = subtb_pairs(log_pf, log_pterm, log_r, traj.lengths, lam=self.cfg.lam,
+                                       min_log_reward=self.cfg.min_log_reward, min_len=self.task.min_len,
+                                       log_root_flow=log_z)
+        terms = weight * balance_penalty(residual, self.cfg.huber_delta)
+        self.diagnostics["invalid_pair_share"] = float(invalid_pair_share(terms.detach(), log_r))
+        return terms.sum() / weight.sum()
 
     def training_step(self, batch, batch_idx):
         started = time.time()
@@ -217,7 +256,7 @@ class GFlowNetModule(L.LightningModule):
         self.log_dict({"train/reward_temperature": self.reward_temperature(), "train/buffer_size": len(self.buffer),
                        "train/step_time_s": time.time() - started}, on_step=True)
         self.curve.append({"step": int(self.global_step), "loss": float(loss.detach()),
-                           "log_reward": float(final.mean()), "behaviour": mode})
+                           "log_reward": float(final.mean()), "behaviour": mode, **self.diagnostics})
         return loss
 
     def configure_optimizers(self):
@@ -225,8 +264,8 @@ class GFlowNetModule(L.LightningModule):
         if self.log_z is not None:
             groups.append({"params": self.log_z.parameters(), "lr": self.cfg.logz_lr})
         opt = torch.optim.AdamW(groups)
-        warmup = max(self.cfg.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.decay_to))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -242,14 +281,15 @@ class GFlowNetModule(L.LightningModule):
 
 # ------------------------------------------------------------------------------------ the benchmark method
 
-def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int, steps: int) -> None:
+def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int, steps: int,
+               callbacks: list | None = None) -> None:
     """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
     from torch.utils.data import DataLoader, RandomSampler
 
     sampler = RandomSampler(range(n_examples), replacement=True, num_samples=steps * accumulate,
                             generator=torch.Generator().manual_seed(ctx.seed))
     loader = DataLoader(list(range(n_examples)), batch_size=1, sampler=sampler)
-    trainer = cpu_trainer(ctx, max_steps=steps, accumulate_grad_batches=accumulate)
+    trainer = cpu_trainer(ctx, max_steps=steps, accumulate_grad_batches=accumulate, callbacks=callbacks or [])
     trainer.fit(module, train_dataloaders=loader)
 
 
@@ -264,11 +304,12 @@ class GFlowNetMethod(Method):
         self.steps = max(1, round(prof.train_steps * t.steps_multiplier))
         start, end, horizon = t.reward_temperature
         ramp = (start, end, min(horizon, self.steps)) if t.anneal_within_budget else t.reward_temperature
-        defaults = dict(loss=self.loss, lr=prof.learning_rate, samples_per_prompt=prof.samples_per_prompt,
+        defaults = dict(loss=self.loss, lr=t.learning_rate or prof.learning_rate, decay_to=t.decay_to,
+                        samples_per_prompt=prof.samples_per_prompt,
                         reward_temperature=ramp, behaviour_mix=t.behaviour_mix,
                         buffer_capacity=t.buffer_capacity, buffer_sampling=t.buffer_sampling,
                         dedup_tol=t.dedup_tol, lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
-                        warmup_steps=min(20, max(1, prof.train_steps // 5)))
+                        warmup_steps=min(20, max(1, prof.train_steps // 5)), total_steps=self.steps)
         self.cfg = GFlowNetConfig(**{**defaults, **ctx.hparams})     # explicit hparams win over profile defaults
         self.module = GFlowNetModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
@@ -277,8 +318,12 @@ class GFlowNetMethod(Method):
         return self.module.policy
 
     def fit(self) -> dict:
-        fit_module(self.module, len(self.module.examples), self.ctx, self.ctx.profile.prompts_per_step, self.steps)
-        return {"train_curve": self.module.curve}
+        accumulate = self.ctx.profile.prompts_per_step
+        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.steps * accumulate,
+                               self.cfg.samples_per_prompt)
+        fit_module(self.module, len(self.module.examples), self.ctx, accumulate, self.steps,
+                   callbacks=[curve] if curve else [])
+        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
 
     def sample(self, examples, n, generator) -> Trajectories:
         tok = self.lm.tokenizer

@@ -149,6 +149,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
         "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
+        "metric_directions": task_obj.metric_directions,
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
                    "task_settings": task_obj.config(),
                    "eval_samples": prof.eval_samples or task_obj.eval_samples,

@@ -185,6 +185,29 @@ def training_budget(records: list[dict]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in parts.items())
 
 
+DEFAULT_DIRECTIONS = {"accuracy": "higher", "rationale_accuracy": "higher", "valid": "higher", "bleu4": "higher",
+                      "gleu": "higher", "bertscore_f1": "higher", "diversity": "higher", "distinct_1": "higher",
+                      "distinct_2": "higher", "logp_ref": "higher", "logp_ref_max": "higher"}
+
+
+def metric_direction(metric: str, records: list[dict]) -> str | None:
+    """"higher"/"lower" (is better) from the records' task, else the defaults; None when nobody says."""
+    for r in records:
+        direction = (r.get("metric_directions") or {}).get(metric)
+        if direction:
+            return direction
+    if metric.startswith("pass@"):
+        return "higher"
+    return DEFAULT_DIRECTIONS.get(metric)
+
+
+def metric_heading(metric: str, records: list[dict]) -> str:
+    direction = metric_direction(metric, records)
+    if direction in ("higher", "lower"):
+        return f"{metric} ({'↑' if direction == 'higher' else '↓'} {direction} is better)"
+    return f"{metric} ({direction})" if direction else metric
+
+
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -196,7 +219,7 @@ def render_markdown(df: pd.DataFrame, records: list[dict], task: str,
     parts = [header(df, records, task)]
     for metric in _ordered(df["metric"]):
         methods, splits, cells, dec, max_n = _metric_table(df, metric, order)
-        lines = [f"## {_md_escape(metric)}", "",
+        lines = [f"## {_md_escape(metric_heading(metric, records))}", "",
                  "| method | " + " | ".join(map(_md_escape, splits)) + " |",
                  "|---|" + "---|" * len(splits)]
         for m in methods:
@@ -375,6 +398,69 @@ def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+CURVE_AXES = ("batches", "reward_evals", "wall_s")
+
+
+def learning_curves(records: list[dict]) -> tuple[str | None, dict[str, pd.DataFrame]]:
+    """(metric, method -> frame of reward_evals, wall_s and the metric, one column per seed) from the records'
+    `learning_curve`s; the metric is the first one the curves carry (rng: tv_exact)."""
+    metric, out = None, {}
+    for r in records:
+        points = r.get("learning_curve") or []
+        if not points:
+            continue
+        metric = metric or next((k for k in points[0] if k not in CURVE_AXES), None)
+        if metric is None:
+            continue
+        frame = pd.DataFrame(points)
+        if metric not in frame:
+            continue
+        frame["seed"] = r["seed"]
+        out.setdefault(r["method"], []).append(frame)
+    return metric, {m: pd.concat(frames, ignore_index=True) for m, frames in out.items()}
+
+
+def plot_learning_curves(records: list[dict], path: str | Path, method_order: Sequence[str] | None = None,
+                         ) -> Path | None:
+    """<task>_curves.png: the curve metric against reward evaluations and against training wall-clock, one line
+    per trained method (mean over seeds) with a band from the best to the worst seed. None when no run has one."""
+    metric, curves = learning_curves(records)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    direction = metric_direction(metric, records)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    for i, method in enumerate(_ordered(curves, method_order)):
+        frame = curves[method]
+        for ax, x in zip(axes[0], ("reward_evals", "wall_s")):
+            by_x = frame.groupby("reward_evals")
+            xs = by_x[x].mean()
+            ys = by_x[metric]
+            label = f"{method} ({frame['seed'].nunique()} seeds)"
+            ax.plot(xs.values, ys.mean().values, marker="o", ms=3, color=f"C{i % 10}", label=label)
+            ax.fill_between(xs.values, ys.min().values, ys.max().values, color=f"C{i % 10}", alpha=0.18)
+    for ax, xlabel in zip(axes[0], ("reward evaluations (samples scored during training)",
+                                    "training wall-clock (s, probes excluded)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric + (f" ({direction} is better)" if direction in ("higher", "lower") else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    task = ", ".join(_unique(records, "task"))
+    fig.suptitle(f"{task}: {metric} during training (mean over seeds, band = seed range) — "
+                 f"{', '.join(_unique(records, 'model'))}", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(Path(path), buffer.getvalue())
+
+
 # --------------------------------------------------------------------------- entry point
 
 def _mixed(records: list[dict], key: str) -> dict[str, list[str]]:
@@ -409,4 +495,5 @@ def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | 
     atomic_write_text(csv, render_csv(df))
     atomic_write_text(tex, render_latex(df, method_order))
     plot(df, records, png, method_order)
-    return [md, csv, tex, png]
+    curves = plot_learning_curves(records, out / f"{task}_curves.png", method_order)
+    return [md, csv, tex, png] + ([curves] if curves else [])

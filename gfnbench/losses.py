@@ -52,10 +52,11 @@ def _check_shapes(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths
         raise ValueError(f"{where}: lengths must lie in [0, {L}], got {lengths.tolist()}")
 
 
-def subtb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, lam: float = 1.0,
-               min_log_reward: float = -99.0, min_len: int = 0, log_root_flow: Tensor | None = None) -> Tensor:
-    """Modified sub-trajectory balance (paper Eq. 3): lam^(j-i-1)-weighted mean of squared residuals over all
-    pairs 0 <= i < j <= n of every trajectory, normalised by the batch's total weight (as the official code).
+def subtb_pairs(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, lam: float = 1.0,
+                min_log_reward: float = -99.0, min_len: int = 0,
+                log_root_flow: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Residuals and weights of every sub-trajectory (i, j) of modified SubTB, [B, L+1, L+1] each (weight 0 for
+    pairs that do not count); `subtb_loss` reduces them, diagnostics split them into families.
 
     residual(i, j) = logR_i + sum_{k=i+1..j} log_pf_k + log_pterm_j - logR_j - log_pterm_i = C_j - C_i, where C
     are prefix sums of the per-step deltas delta_t = logR_t + log_pf_{t+1} + log_pterm_{t+1} - logR_{t+1}
@@ -88,12 +89,36 @@ def subtb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: T
         raise ValueError("subtb_loss: no valid sub-trajectory in the batch (every trajectory has length 0)")
     lam_pow = torch.full(span.shape, float(lam), dtype=delta.dtype, device=delta.device) ** (span - 1).clamp(min=0)
     weight = torch.where(pair, lam_pow, torch.zeros_like(lam_pow))                          # [B, i, j]
-    sq = torch.where(pair, residual, torch.zeros_like(residual)) ** 2
-    return (weight * sq).sum() / weight.sum()
+    return torch.where(pair, residual, torch.zeros_like(residual)), weight
+
+
+def balance_penalty(residual: Tensor, huber_delta: float | None = None) -> Tensor:
+    """The penalty on a balance residual: r^2 (the paper), or r^2 within +-delta and delta (2|r| - delta) beyond.
+
+    Both are zero exactly at balance, so the optimum (the target distribution) is the same; the Huber form only
+    bounds each residual's gradient at 2 delta. Why: a zero-reward state floored at -99 gives residuals near 99
+    for as long as the policy can reach it, and with r^2 their gradients (~200x an O(1) residual's) fill Adam's
+    second-moment estimate, which then shrinks every later step on the O(1) residuals that decide the shape of
+    the distribution, for ~1/(1 - beta2) = 1000 steps after the spikes are gone."""
+    if huber_delta is None:
+        return residual ** 2
+    a = residual.abs()
+    return torch.where(a <= huber_delta, residual ** 2, huber_delta * (2 * a - huber_delta))
+
+
+def subtb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, lam: float = 1.0,
+               min_log_reward: float = -99.0, min_len: int = 0, log_root_flow: Tensor | None = None,
+               huber_delta: float | None = None) -> Tensor:
+    """Modified sub-trajectory balance (paper Eq. 3): lam^(j-i-1)-weighted mean of squared residuals over all
+    pairs 0 <= i < j <= n of every trajectory, normalised by the batch's total weight (as the official code).
+    See `subtb_pairs` for the residuals and `balance_penalty` for `huber_delta`."""
+    residual, weight = subtb_pairs(log_pf, log_pterm, log_reward, lengths, lam, min_log_reward, min_len,
+                                   log_root_flow)
+    return (weight * balance_penalty(residual, huber_delta)).sum() / weight.sum()
 
 
 def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, log_z: Tensor | float,
-            min_log_reward: float = -99.0) -> Tensor:
+            min_log_reward: float = -99.0, huber_delta: float | None = None) -> Tensor:
     """Trajectory balance with a learned log Z (scalar or [B]): mean over the batch of
     (log Z + sum_{k<=n} log_pf_k + log_pterm_n - logR_n)^2. Only the complete trajectory is balanced."""
     _check_shapes(log_pf, log_pterm, log_reward, lengths, "tb_loss")
@@ -104,7 +129,7 @@ def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tens
     final_pterm = log_pterm.gather(1, end).squeeze(1)
     final_r = floor_log_reward(log_reward.gather(1, end).squeeze(1), min_log_reward)
     residual = log_z + total_pf + final_pterm - final_r
-    return (residual ** 2).mean()
+    return balance_penalty(residual, huber_delta).mean()
 
 
 def reward_temperature(step: int, t_start: float, t_end: float, horizon: int) -> float:

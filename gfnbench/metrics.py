@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -21,6 +22,16 @@ def majority_vote(predictions: Sequence[Hashable | None]) -> Hashable | None:
     counts = Counter(votes)
     best = max(counts.values())
     return next(p for p in votes if counts[p] == best)
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which `correct` are right (Chen et al. 2021, Codex):
+    1 - C(n - c, k) / C(n, k), the chance that k of the n samples drawn without replacement hold a right one."""
+    if not 0 < k <= n or not 0 <= correct <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= correct <= n, got n={n}, correct={correct}, k={k}")
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
 
 
 def mean(values: Sequence[float]) -> float:

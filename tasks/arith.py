@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from torch import Tensor
 
-from gfnbench.metrics import majority_vote
+from gfnbench.metrics import majority_vote, pass_at_k
 from gfnbench.sampling import context_suffix_log_reward
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
 
@@ -129,6 +129,7 @@ class Arithmetic(Task):
     opt_in_methods = ("few_shot", "sft")
     eval_temperature = 0.1   # paper: 10 samples at T = 0.1, majority vote
     eval_samples = 10
+    pass_ks = (1, 5, 10)     # pass@k (unbiased, from the eval_samples draws at T = 0.1)
     training = TrainingDefaults(reward_temperature=(1.1, 0.5, 150), behaviour_mix=(0.25, 0.5, 0.25),
                                 buffer_capacity=50, buffer_sampling="reward")
 
@@ -175,6 +176,8 @@ class Arithmetic(Task):
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         preds = [extract_answer(t) for t in texts]
         vote = majority_vote(preds)
+        correct = sum(p == ex.answer for p in preds)
+        n = len(preds)
         return {"accuracy": float(vote == ex.answer),
-                "pass_at_k": float(ex.answer in preds),
-                "valid": sum(p is not None for p in preds) / len(preds)}
+                **{f"pass@{k}": pass_at_k(n, correct, k) for k in self.pass_ks if k <= n},
+                "valid": sum(p is not None for p in preds) / n}

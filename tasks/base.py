@@ -42,6 +42,8 @@ class TrainingDefaults:
     steps_multiplier: float = 1.0     # train this task for profile.train_steps * multiplier steps
     dedup_tol: float = 0.25           # replay buffer: relative edit distance below which samples are duplicates
     anneal_within_budget: bool = False  # end the temperature ramp by the last step when a run is shorter
+    learning_rate: float | None = None  # GFlowNet lr for this task (None: the profile's)
+    decay_to: float = 1.0             # GFlowNet lr multiplier at the last step (1: constant after warm-up)
 
 
 class Task(ABC):
@@ -116,6 +118,15 @@ class Task(ABC):
         """Extra replay-buffer seeds for one training example besides its gold target, e.g. drawn from the base
         model (`model`, adapters off) under a helpful prompt; each must be a valid trajectory's text."""
         return []
+
+    # "higher" or "lower" (is better) per metric, shown in every table heading; arith, subj etc. fall back to the
+    # harness's defaults (leaderboard.DEFAULT_DIRECTIONS).
+    metric_directions: ClassVar[dict[str, str]] = {}
+    curve_points: ClassVar[int] = 0     # learning-curve probes per training run (0: the task has no cheap probe)
+
+    def curve_metrics(self, policy, tokenizer) -> dict[str, float]:
+        """A cheap metric of the policy as it trains (e.g. rng's exact TV), drawn as a learning curve."""
+        return {}
 
     def config(self) -> dict:
         """Task settings worth keeping in the run record beyond its class name (read after training)."""

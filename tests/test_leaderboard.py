@@ -277,3 +277,26 @@ def test_training_budget_names_every_trained_row():
         "gflownet: 40 steps x 8 samples; gflownet_mstep: 40 steps x 8 samples, then an M-step of 40 steps on 8 "
         "rationales per labelled example; sft: 40 steps x 8 labelled examples, no reward; ppo: 20 iterations x 8 "
         "samples, 4 PPO epochs each")
+
+
+def test_headings_name_each_metrics_direction(tmp_path):
+    records = write_fake_runs(tmp_path, metric_directions={"logp_ref": "lower"})
+    md = render_markdown(summarize(records), records, "arith")
+    assert "## accuracy (↑ higher is better)" in md      # harness default
+    assert "## logp_ref (↓ lower is better)" in md       # the task's own word wins
+
+
+def test_learning_curves_png_from_records(tmp_path):
+    from gfnbench.leaderboard import learning_curves
+
+    for seed in (0, 1):
+        curve = [{"batches": b, "reward_evals": 8 * b, "wall_s": 1.5 * b, "tv_exact": 1.0 / (b + 1 + seed)}
+                 for b in (0, 10, 20)]
+        write_run(run_dir(tmp_path, "arith", "gfn", seed), fake_record("gfn", seed, 0.5, learning_curve=curve), [])
+        write_run(run_dir(tmp_path, "arith", "greedy", seed), fake_record("greedy", seed, 0.5), [])
+    paths = write_leaderboard(tmp_path, "arith")
+    assert paths[-1].name == "arith_curves.png" and paths[-1].stat().st_size > 1000
+    metric, curves = learning_curves([fake_record("gfn", s, 0.5, learning_curve=[
+        {"batches": 0, "reward_evals": 0, "wall_s": 0.0, "tv_exact": 0.9 - s}]) for s in (0, 1)])
+    assert metric == "tv_exact" and list(curves) == ["gfn"]
+    assert sorted(curves["gfn"]["tv_exact"]) == pytest.approx([-0.1, 0.9])

@@ -131,3 +131,17 @@ def test_bertscore_f1():
     assert metrics.bertscore_f1([], []) == []
     with pytest.raises(ValueError):
         metrics.bertscore_f1(["x", "y"], ["x"])
+
+
+def test_pass_at_k_equals_brute_force_over_subsets():
+    import itertools
+
+    from gfnbench.metrics import pass_at_k
+
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (6, 0, 2), (6, 6, 3), (7, 2, 6)]:
+        samples = [True] * c + [False] * (n - c)
+        subsets = list(itertools.combinations(range(n), k))
+        expected = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+        assert pass_at_k(n, c, k) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="0 < k <= n"):
+        pass_at_k(3, 1, 4)
