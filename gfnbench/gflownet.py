@@ -20,7 +20,8 @@ from torchmetrics import MeanMetric
 from gfnbench.curves import learning_curve
 from gfnbench.buffer import BufferItem, ReplayBuffer
 from gfnbench.methods import Method, cpu_trainer, register_method
-from gfnbench.losses import check_log_reward, floor_log_reward, reward_temperature, subtb_pairs, tb_loss, balance_penalty
+from gfnbench.losses import (balance_penalty, check_log_reward, floor_log_reward, reward_temperature, subtb_pairs,
+                             tb_loss)
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
 from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
 from gfnbench.tasks.base import Example, Task

@@ -359,6 +359,19 @@ def _tradeoff_panel(ax, df: pd.DataFrame, x: str, y: str, order: Sequence[str]) 
     ax.legend(fontsize=7)
 
 
+def save_png(fig, path: Path) -> Path:
+    """Render a figure to memory, close it, then write it atomically (never a half-written PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
          method_order: Sequence[str] | None = None) -> Path:
     """PNG: a diversity-vs-likelihood panel when both are measured, one bar panel per metric (method x split,
@@ -389,13 +402,7 @@ def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
         ax.set_visible(False)
     task = ", ".join(_unique(records, "task"))
     fig.suptitle(f"{task} — policy model: {', '.join(_unique(records, 'model'))}", fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_png(fig, path)
 
 
 CURVE_AXES = ("batches", "reward_evals", "wall_s")
@@ -452,13 +459,7 @@ def plot_learning_curves(records: list[dict], path: str | Path, method_order: Se
     task = ", ".join(_unique(records, "task"))
     fig.suptitle(f"{task}: {metric} during training (mean over seeds, band = seed range) — "
                  f"{', '.join(_unique(records, 'model'))}", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return atomic_write_bytes(Path(path), buffer.getvalue())
+    return save_png(fig, Path(path))
 
 
 # --------------------------------------------------------------------------- entry point
