@@ -33,7 +33,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(PY) -m compileall -q gfnbench tasks baselines
+	$(VENV)/bin/ruff check gfnbench tasks baselines tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,11 +5,9 @@ they show what the base model's own posterior gives without any fine-tuning.
 """
 from __future__ import annotations
 
-import torch
-
 from gfnbench.beam import beam_search
 from gfnbench.methods import Method, register_method
-from gfnbench.sampling import sample
+from gfnbench.policy import sample_task
 from gfnbench.tasks.base import Example
 from gfnbench.trajectories import Trajectories
 
@@ -37,10 +35,8 @@ class DecodingBaseline(Method):
     def sample(self, examples, n, generator) -> Trajectories:
         tok = self.lm.tokenizer
         n = 1 if self.greedy else n
-        return sample(self.lm.model, tok, self.prompts(examples), n, self.decoding(),
-                      stop_id=self.task.stop_id(tok), allowed=self.task.allowed_tokens(tok),
-                      tool=self.task.tool if self.task.has_tool else None, context=self.lm.context_length,
-                      generator=generator)
+        return sample_task(self.task, self.lm.model, tok, self.prompts(examples), n, self.decoding(),
+                           context=self.lm.context_length, generator=generator)
 
     def config(self) -> dict:
         return {"shots": self.task.default_shots, "greedy": self.greedy, "temperature": self.temperature,

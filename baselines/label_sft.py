@@ -1,6 +1,6 @@
 """Supervised fine-tuning of a label classifier: subj's "SFT on labels" row and the M-step of GFlowNet-EM.
 
-A task with a fixed label set (it defines `labels`, `classifier_prompt` and `prompted_classifier`, as subj does)
+A `LabelledClassification` task (a fixed label set, `classifier_prompt` and `prompted_classifier`: subj)
 has no gold rationales to imitate, so its SFT row is the paper's classifier: a fresh LoRA on the base LM trained
 with the softmax over the labels' log-likelihoods after a prompt, cross-entropy against the gold label
 (reference-paper.md §4.4: lr 1e-3, 20 warm-up steps, linear decay, 100 steps; here the profile's step count).
@@ -19,9 +19,15 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.baselines.sft import SFT_LR_MULTIPLIER, lora_policy
-from gfnbench.methods import Method, cpu_trainer
+from gfnbench.methods import Budget, Method, cpu_trainer
 from gfnbench.models import LanguageModel
+from gfnbench.policy import (
+    SUPERVISED_LR_MULTIPLIER,
+    lora_policy,
+    lr_multiplier,
+    stepwise_schedule,
+    trainable_parameters,
+)
 from gfnbench.sampling import continuation_log_probs, encode
 from gfnbench.trajectories import Trajectories
 
@@ -72,15 +78,13 @@ class LabelClassifierModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr)
+        opt = torch.optim.AdamW(trainable_parameters(self.policy), lr=self.cfg.lr)
         warmup, total = max(self.cfg.warmup_steps, 1), max(self.steps, 1)
 
         def schedule(step: int) -> float:      # linear warm-up, then linear decay to 0 at the last step
-            return min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1)))
+            return min(lr_multiplier(step, warmup, 0, 1.0), max(0.0, (total - step) / max(total - warmup, 1)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return stepwise_schedule(opt, schedule)
 
 
 def fit_label_classifier(module: LabelClassifierModule, ctx) -> None:
@@ -96,21 +100,22 @@ def fit_label_classifier(module: LabelClassifierModule, ctx) -> None:
     trainer.fit(module, train_dataloaders=loader)
 
 
-def label_config(ctx, lr: float) -> LabelSFTConfig:
-    prof = ctx.profile
-    defaults = dict(lr=lr, lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
-                    warmup_steps=min(20, max(1, prof.train_steps // 5)))
-    return LabelSFTConfig(**{**defaults, **ctx.hparams})
+def label_defaults(profile, lr: float) -> dict:
+    """The profile's LoRA shape and step count set the label classifier's defaults."""
+    return dict(lr=lr, lora_rank=profile.lora_rank, lora_alpha=profile.lora_alpha,
+                warmup_steps=min(20, max(1, profile.train_steps // 5)))
 
 
 class LabelSFTMethod(Method):
     """SFT on labels: the fine-tuned LM is a direct classifier (zero-shot classifier prompt, argmax label)."""
 
     trains = True
+    settings_class = LabelSFTConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
-        self.cfg = label_config(ctx, ctx.profile.learning_rate * SFT_LR_MULTIPLIER)
+        lr = ctx.profile.learning_rate * SUPERVISED_LR_MULTIPLIER
+        self.cfg = self.build_settings(label_defaults(ctx.profile, lr))
         self.steps = max(1, ctx.profile.train_steps)
         labels = list(task.labels)
         items = [(task.classifier_prompt(ex, 0), labels.index(ex.answer)) for ex in task.examples("train")]
@@ -131,6 +136,9 @@ class LabelSFTMethod(Method):
 
     def score_with_model(self, model, tokenizer, texts, ex) -> dict:
         return {"accuracy": float(texts[0].strip() == ex.answer)}
+
+    def budget(self) -> Budget:
+        return Budget(0, self.steps, f"{self.steps} steps x {self.cfg.batch_size} labelled examples, no reward")
 
     @property
     def exact_temperature(self):

@@ -11,27 +11,39 @@ Budget: the E-step costs what the gflownet row costs; the M-step adds profile.tr
 """
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from gfnbench.baselines.label_sft import LabelClassifierModule, fit_label_classifier, label_config
-from gfnbench.gflownet import GFlowNetSubTB
-from gfnbench.methods import register_method
+from gfnbench.baselines.label_sft import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
+from gfnbench.gflownet import GFlowNetConfig, GFlowNetSubTB
+from gfnbench.methods import Budget, register_method
 from gfnbench.text_finetune import plain_copy
 
-RATIONALES_PER_EXAMPLE = 8      # the paper samples 100 per example; 8 x 10 examples fit the CPU budget
+
+@dataclass(frozen=True)
+class GFlowNetMStepConfig(GFlowNetConfig):
+    """The E-step's GFlowNet settings, plus the M-step's (`--gflownet_mstep.mstep.lr 1e-4`)."""
+
+    rationales_per_example: int = 8      # the paper samples 100 per example; 8 x 10 examples fit the CPU budget
+    mstep: LabelSFTConfig = field(default_factory=LabelSFTConfig)
 
 
 @register_method("gflownet_mstep", "GFlowNet rationales (E-step) read by a classifier fine-tuned on them (M-step)",
                  trains=True, opt_in=True)
 class GFlowNetMStep(GFlowNetSubTB):
+    settings_class = GFlowNetMStepConfig
+
     def __init__(self, task, lm, ctx):
-        hparams = dict(ctx.hparams)
-        self.rationales_per_example = int(hparams.pop("rationales_per_example", RATIONALES_PER_EXAMPLE))
-        super().__init__(task, lm, replace(ctx, hparams=hparams))
-        self.mstep_cfg = label_config(replace(ctx, hparams={}), ctx.profile.learning_rate)
+        super().__init__(task, lm, ctx)
+        self.rationales_per_example = self.cfg.rationales_per_example
+        self.mstep_cfg = self.cfg.mstep
         self.classifier = None
+
+    def default_settings(self) -> dict:
+        prof = self.ctx.profile
+        return {**super().default_settings(),
+                "mstep": LabelSFTConfig(**label_defaults(prof, prof.learning_rate))}
 
     def fit(self) -> dict:
         extra = super().fit()
@@ -41,7 +53,7 @@ class GFlowNetMStep(GFlowNetSubTB):
             traj = self.sample(train, self.rationales_per_example, generator)
         items = [(self.task.prompt(train[g]) + text, list(self.task.labels).index(train[g].answer))
                  for g, text in zip(traj.group.tolist(), traj.texts)]
-        labels = [self.task.answer_suffix(label) for label in self.task.labels]
+        labels = [self.task.label_suffix(label) for label in self.task.labels]
         clean_lm = replace(self.lm, model=plain_copy(self.policy))     # base weights, E-step adapters dropped
         module = LabelClassifierModule(clean_lm, self.mstep_cfg, items, labels,
                                        max(1, self.ctx.profile.train_steps), seed=self.ctx.seed)
@@ -52,6 +64,12 @@ class GFlowNetMStep(GFlowNetSubTB):
     def score_with_model(self, model, tokenizer, texts, ex) -> dict:
         """The task's scores with the M-step model as the predictor (the base LM's are the gflownet row's)."""
         return self.task.score_with_model(self.classifier, tokenizer, texts, ex)
+
+    def budget(self) -> Budget:
+        e_step = super().budget()
+        return replace(e_step, optimizer_steps=e_step.optimizer_steps + self.ctx.profile.train_steps,
+                       summary=f"{e_step.summary}, then an M-step of {self.ctx.profile.train_steps} steps on "
+                               f"{self.rationales_per_example} rationales per labelled example")
 
     def config(self) -> dict:
         return {**super().config(), "mstep": asdict(self.mstep_cfg), "mstep_steps": self.ctx.profile.train_steps,

@@ -29,12 +29,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.baselines.sft import lora_policy, sample_policy
-from gfnbench.losses import check_log_reward, floor_log_reward
 from gfnbench.curves import learning_curve
-from gfnbench.methods import Method, cpu_trainer, register_method
+from gfnbench.losses import check_log_reward, floor_log_reward
+from gfnbench.methods import Budget, Method, cpu_trainer, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
-from gfnbench.sampling import positions_from_mask, sample
+from gfnbench.policy import lora_policy, sample_policy, sample_task, seeded_prompt_loader, trainable_parameters
+from gfnbench.sampling import positions_from_mask
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
 
@@ -63,6 +63,11 @@ class PPOConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None   # None: the architecture's defaults (models.py)
+    iterations: int = 0               # rollout batches; 0: as many reward evaluations as GFlowNet's budget
+
+    def __post_init__(self):
+        if self.iterations < 0 or self.ppo_epochs < 1 or self.minibatches < 1 or self.samples_per_prompt < 1:
+            raise ValueError("PPO needs iterations >= 0, ppo_epochs >= 1, minibatches >= 1, samples_per_prompt >= 1")
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -212,10 +217,9 @@ class PPOModule(L.LightningModule):
     def rollout(self, examples: list[Example]) -> Rollout:
         cfg = self.cfg
         self.policy.eval()
-        traj = sample(self.policy, self.tokenizer, [self.task.prompt(ex) for ex in examples], cfg.samples_per_prompt,
-                      self.task.sampling(train=True), stop_id=self.stop_id, allowed=self.allowed,
-                      tool=self.task.tool if self.task.has_tool else None, context=self.context,
-                      generator=self.generator)
+        traj = sample_task(self.task, self.policy, self.tokenizer, [self.task.prompt(ex) for ex in examples],
+                           cfg.samples_per_prompt, self.task.sampling(train=True), context=self.context,
+                           generator=self.generator)
         traj.log_reward = self.log_reward(traj, examples)
         score = floor_log_reward(traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1), cfg.min_log_reward)
         old = self.forward_actions(traj, hidden=True)
@@ -292,19 +296,12 @@ class PPOModule(L.LightningModule):
         self.curve.append(point)
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        return torch.optim.AdamW(params, lr=self.cfg.lr)
+        return torch.optim.AdamW(trainable_parameters(self.policy, self.value_head), lr=self.cfg.lr)
 
 
 def fit_ppo(module: PPOModule, ctx, iterations: int, callbacks: list | None = None) -> None:
     """`iterations` rollout batches, each of `prompts_per_step` random training prompts (seeded)."""
-    from torch.utils.data import DataLoader, RandomSampler
-
-    per = module.cfg.prompts_per_step
-    n = len(module.examples)
-    sampler = RandomSampler(range(n), replacement=True, num_samples=iterations * per,
-                            generator=torch.Generator().manual_seed(ctx.seed))
-    loader = DataLoader(list(range(n)), batch_size=per, sampler=sampler)
+    loader = seeded_prompt_loader(len(module.examples), module.cfg.prompts_per_step, iterations, ctx.seed)
     trainer = cpu_trainer(ctx, max_epochs=1, limit_val_batches=0, callbacks=callbacks or [])
     trainer.fit(module, train_dataloaders=loader)
 
@@ -313,16 +310,15 @@ def fit_ppo(module: PPOModule, ctx, iterations: int, callbacks: list | None = No
                  trains=True)
 class PPOMethod(Method):
     trains = True
+    settings_class = PPOConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
         prof = ctx.profile
-        hparams = dict(ctx.hparams)
-        default_iterations = max(1, round(prof.train_steps * task.training.steps_multiplier))
-        self.iterations = int(hparams.pop("iterations", default_iterations))
-        defaults = dict(samples_per_prompt=prof.samples_per_prompt, prompts_per_step=prof.prompts_per_step,
-                        lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha)
-        self.cfg = PPOConfig(**{**defaults, **hparams})     # explicit hparams win over profile defaults
+        self.cfg = self.build_settings(dict(samples_per_prompt=prof.samples_per_prompt,
+                                            prompts_per_step=prof.prompts_per_step, lora_rank=prof.lora_rank,
+                                            lora_alpha=prof.lora_alpha))
+        self.iterations = self.cfg.iterations or max(1, round(prof.train_steps * task.training.steps_multiplier))
         self.module = PPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
     @property
@@ -336,11 +332,19 @@ class PPOMethod(Method):
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
 
     def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self, examples, n, generator)
+        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+
+    def optimizer_steps(self) -> int:
+        return self.iterations * self.cfg.ppo_epochs * self.cfg.minibatches
+
+    def budget(self) -> Budget:
+        return Budget(self.iterations * self.cfg.prompts_per_step * self.cfg.samples_per_prompt, self.optimizer_steps(),
+                      f"{self.iterations} iterations x {self.cfg.samples_per_prompt} samples, "
+                      f"{self.cfg.ppo_epochs} PPO epochs each")
 
     def config(self) -> dict:
         return {"ppo": asdict(self.cfg), "iterations": self.iterations,
                 "iterations_rule": "profile.train_steps x task.training.steps_multiplier: as many reward "
                                    "evaluations as GFlowNet's optimizer steps (prompts_per_step x "
                                    "samples_per_prompt each)",
-                "optimizer_steps": self.iterations * self.cfg.ppo_epochs * max(1, self.cfg.minibatches)}
+                "optimizer_steps": self.optimizer_steps()}

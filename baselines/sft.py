@@ -4,7 +4,7 @@ The policy is the base LM plus LoRA (the same rank and alpha as GFlowNet). It is
 likelihood of each labelled continuation (for arith, the rationale text with the calculator's outputs, then the
 stop token) under the policy's own distribution: the log-softmax with the task's allowed-token mask, exactly the
 distribution the sampler draws from. The target is tokenised the way the sampler would have produced it
-(`gflownet.gold_trajectory`: action pieces and tool outputs tokenised separately), so training and sampling see
+(`policy.gold_trajectory`: action pieces and tool outputs tokenised separately), so training and sampling see
 the same token sequences. Early stopping on the validation NLL keeps the best adapter weights in memory, with
 no checkpoint on disk.
 
@@ -23,17 +23,22 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from gfnbench.gflownet import gold_trajectory
-from gfnbench.methods import Method, cpu_trainer, register_method
-from gfnbench.models import LanguageModel, add_lora
-from gfnbench.sampling import encode, masked_log_softmax, positions_from_mask, sample
-from gfnbench.tasks.base import Example, Task
+from gfnbench.baselines.label_sft import LabelSFTMethod
+from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.models import LanguageModel
+from gfnbench.policy import (
+    SUPERVISED_LR_MULTIPLIER,
+    gold_trajectory,
+    lora_policy,
+    lr_multiplier,
+    sample_policy,
+    stepwise_schedule,
+    trainable_parameters,
+    trainable_state,
+)
+from gfnbench.sampling import encode, masked_log_softmax, positions_from_mask
+from gfnbench.tasks.base import Example, LabelledClassification, Task
 from gfnbench.trajectories import Trajectories, left_pad, right_pad
-
-# The profile's learning rate is GFlowNet's (1e-4 on cpu); SFT gets 10x that (1e-3, a usual LoRA SFT rate). On
-# the embedded model with the 10 arith rationales, val NLL went 1.15 -> 0.83 in 20 steps at 1e-4, and 1.15 ->
-# 0.37 (its best, step 10) at 1e-3; early stopping on val NLL then guards against over-fitting.
-SFT_LR_MULTIPLIER = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,28 +112,6 @@ def token_nll(model, batch: dict[str, Tensor], allowed: Tensor | None, stop_id: 
     return torch.where(weights > 0, nll, torch.zeros_like(nll)), weights
 
 
-def lora_policy(lm: LanguageModel, rank: int, alpha: int, targets, seed: int):
-    """LoRA with a seed-determined init (its A matrices are random) that leaves the global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return add_lora(lm.model, rank=rank, alpha=alpha,
-                        targets=list(targets) if isinstance(targets, tuple) else targets)
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, Tensor]:
-    """A copy of the trainable (adapter) weights: kilobytes to megabytes, so the best one stays in memory."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def sample_policy(method: Method, examples: list[Example], n: int, generator: torch.Generator) -> Trajectories:
-    """Evaluation sampling of a fine-tuned policy, exactly as GFlowNetMethod.sample does it."""
-    tok, task = method.lm.tokenizer, method.task
-    method.policy.eval()
-    return sample(method.policy, tok, [task.prompt(ex) for ex in examples], n, task.sampling(train=False),
-                  stop_id=task.stop_id(tok), allowed=task.allowed_tokens(tok),
-                  tool=task.tool if task.has_tool else None, context=method.lm.context_length, generator=generator)
-
-
 class SFTModule(L.LightningModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: SFTConfig, train_items: list[GoldSequence],
                  val_items: list[GoldSequence], seed: int = 0):
@@ -188,11 +171,8 @@ class SFTModule(L.LightningModule):
         self.restore_best()
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        warmup = max(self.cfg.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = torch.optim.AdamW(trainable_parameters(self.policy), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return stepwise_schedule(opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, 0, 1.0))
 
 
 def fit_sft(module: SFTModule, ctx, steps: int) -> None:
@@ -213,32 +193,18 @@ def fit_sft(module: SFTModule, ctx, steps: int) -> None:
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
 
 
-def make_sft(task, lm, ctx) -> Method:
-    """Label tasks (subj) get the label classifier of baselines/label_sft.py; the rest imitate gold targets."""
-    if hasattr(task, "prompted_classifier"):
-        from gfnbench.baselines.label_sft import LabelSFTMethod
-
-        return LabelSFTMethod(task, lm, ctx)
-    return SFTMethod(task, lm, ctx)
-
-
-register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
-                "outputs; rng: draws from the target; infill: gold middles; early-stopped on val NLL) or, for "
-                "label tasks (subj), on the labels as a direct classifier", trains=True, opt_in=True)(make_sft)
-
-
 class SFTMethod(Method):
     """Imitates the task's gold targets (train split); tasks without any are refused (see the module doc)."""
 
     trains = True
+    settings_class = SFTConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
         prof = ctx.profile
         self.steps = max(1, prof.train_steps)
-        defaults = dict(lr=prof.learning_rate * SFT_LR_MULTIPLIER, lora_rank=prof.lora_rank,
-                        lora_alpha=prof.lora_alpha, warmup_steps=min(10, max(1, self.steps // 5)))
-        self.cfg = SFTConfig(**{**defaults, **ctx.hparams})     # explicit hparams win over profile defaults
+        self.cfg = self.build_settings(dict(lr=prof.learning_rate * SUPERVISED_LR_MULTIPLIER, lora_rank=prof.lora_rank,
+                                            lora_alpha=prof.lora_alpha, warmup_steps=min(10, max(1, self.steps // 5))))
         tok = lm.tokenizer
         train = gold_sequences(task, tok, task.examples("train"), self.cfg.loss_on_tool_tokens)
         val = gold_sequences(task, tok, task.examples(task.val_split), self.cfg.loss_on_tool_tokens)
@@ -253,10 +219,28 @@ class SFTMethod(Method):
         return {"train_curve": self.module.curve, "val_curve": self.module.val_curve}
 
     def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self, examples, n, generator)
+        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+
+    def budget(self) -> Budget:
+        steps = len(self.module.curve) or self.steps
+        return Budget(0, steps, f"<= {self.steps} steps x {self.cfg.batch_size} gold targets, no reward, "
+                                f"early-stopped on val NLL")
 
     def config(self) -> dict:
-        return {"sft": asdict(self.cfg), "max_train_steps": self.steps, "lr_multiplier": SFT_LR_MULTIPLIER,
+        return {"sft": asdict(self.cfg), "max_train_steps": self.steps, "lr_multiplier": SUPERVISED_LR_MULTIPLIER,
                 "train_sequences": len(self.module.train_items), "val_sequences": len(self.module.val_items),
                 "steps_run": len(self.module.curve), "best_val_step": self.module.best_step,
                 "best_val_nll": None if self.module.best_state is None else self.module.best_nll}
+
+
+def make_sft(task, lm, ctx) -> Method:
+    """Label tasks (subj) get the label classifier of baselines/label_sft.py; the rest imitate gold targets."""
+    if isinstance(task, LabelledClassification):
+        return LabelSFTMethod(task, lm, ctx)
+    return SFTMethod(task, lm, ctx)
+
+
+register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
+                "outputs; rng: draws from the target; infill: gold middles; early-stopped on val NLL) or, for "
+                "label tasks (subj), on the labels as a direct classifier", trains=True, opt_in=True,
+                settings=SFTConfig)(make_sft)

@@ -1,6 +1,6 @@
 """rng diagnosis: train one GFlowNet row on `rng` and print exact TV / KL against steps, with log Z.
 
-    python benchmarks/rng_diagnosis.py --steps 160 --hparams '{"min_log_reward": -10}' [--task rng_peaked]
+    python benchmarks/rng_diagnosis.py --steps 160 --settings '{"min_log_reward": -10}' [--task rng_peaked]
 
 On rng the GFlowNet optimum is the target itself, so this curve tests the implementation, not a reward model.
 """
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--hparams", default="{}")
+    ap.add_argument("--settings", default="{}", help='GFlowNet settings as JSON, e.g. \'{"min_log_reward": -10}\'')
     args = ap.parse_args()
     task = get_task(args.task)
     task.curve_points = max(1, args.steps // 20)
@@ -35,7 +35,7 @@ def main() -> None:
     lm = load_model(args.model)
     steps_mult = task.training.steps_multiplier
     prof = type(prof)(**{**prof.as_dict(), "train_steps": round(args.steps / steps_mult)})
-    ctx = RunContext(seed=args.seed, profile=prof, log_dir=None, hparams=json.loads(args.hparams))
+    ctx = RunContext(seed=args.seed, profile=prof, log_dir=None, settings=json.loads(args.settings))
     method = (GFlowNetTB if args.loss == "tb" else GFlowNetSubTB)(task, lm, ctx)
     t0 = time.time()
     out = method.fit()

@@ -38,7 +38,7 @@ class Beam:
     done: bool = False
     stopped: bool = False
 
-    def copy(self) -> "Beam":
+    def copy(self) -> Beam:
         return replace(self, state=list(self.state), acts=list(self.acts), log_pf=list(self.log_pf),
                        log_pterm=list(self.log_pterm), pending=list(self.pending))
 

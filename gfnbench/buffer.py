@@ -7,8 +7,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Literal
+from typing import Any, Literal
 
 import editdistance
 import torch

@@ -3,15 +3,42 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def collect_settings(settings_file: str | None, method_settings: dict | None) -> dict:
+    """{method: overrides} from the YAML file, then the --METHOD.FIELD pairs on top."""
+    from gfnbench.settings import merge, read_settings_file
+
+    return merge(read_settings_file(settings_file) if settings_file else {}, method_settings or {})
+
+
+def settings_argv(argv: list[str]) -> list[str]:
+    """`--gflownet.lr 3e-4 --ppo.iterations 10` -> `--method_settings '{"gflownet": {"lr": "3e-4"}, ...}'`."""
+    import json
+
+    from gfnbench.settings import parse_dotted
+
+    rest, dotted = parse_dotted(argv, reserved={"method_settings"})
+    return rest + ["--method_settings", json.dumps(dotted)] if dotted else rest
+
+
+def method_settings_help() -> str:
+    """Every method's settings with types and defaults, for `run --help` and `bench --help`."""
+    from gfnbench.catalog import all_methods
+    from gfnbench.settings import describe
+
+    lines = [f"{name}: {describe(spec.settings)}" for name, spec in all_methods().items() if spec.settings]
+    return "Settings per method -- " + "; ".join(lines)
+
+
 def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
-        hparams: dict | None = None) -> None:
+        settings: str | None = None, method_settings: dict | None = None) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
@@ -25,18 +52,21 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         data: the task's examples from this file instead of its built-in set (continuation: prompts .txt or
             .jsonl; infill: a ROCStories CSV; subj: the folder with SUBJ's two files). Without --results_dir,
             such runs go to <profile results>/data-<name>-<sha256[:8]>/, apart from the built-in-data runs.
-        hparams: method settings that override the profile's, e.g. '{"lr": 3e-4}' (PPO also takes
-            "iterations"); they are stored in the record's config.
+        settings: a YAML file of method settings, {method: {field: value}}, e.g. 'gflownet: {lr: 3e-4}'.
+        method_settings: method settings as --METHOD.FIELD VALUE (e.g. --gflownet.lr 3e-4), which win over the
+            file; they are checked against the method's fields and stored in the record. METHOD_SETTINGS_HELP
     """
     from gfnbench.harness import run as run_one
 
-    out = run_one(task, method, seed, profile, results_dir, model, overwrite, data, hparams)
+    out = run_one(task, method, seed, profile, results_dir, model, overwrite, data,
+                  collect_settings(settings, method_settings))
     print(f"[gfnbench] wrote {out}")
 
 
 def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2],  # noqa: B006
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
-          overwrite: bool = False, data: str | None = None, hparams: dict | None = None) -> None:
+          overwrite: bool = False, data: str | None = None, settings: str | None = None,
+          method_settings: dict | None = None) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
@@ -48,11 +78,13 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         model: override the profile's model.
         overwrite: re-run methods that already have a record.
         data: the task's examples from this file or folder instead of its built-in set (see `run`).
-        hparams: method settings that override the profile's (see `run`).
+        settings: a YAML file of method settings, {method: {field: value}} (see `run`).
+        method_settings: method settings as --METHOD.FIELD VALUE, per method (see `run`).
     """
     from gfnbench.harness import bench as run_bench
 
-    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data, hparams):
+    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data,
+                          collect_settings(settings, method_settings)):
         print(f"[gfnbench] wrote {path}")
 
 
@@ -64,11 +96,19 @@ def leaderboard(task: str = "arith", profile: str = "cpu", results_dir: str | No
         profile: which profile's results folder to read (ignored when results_dir is given).
         results_dir: folder holding runs/<task>/...
     """
+    from gfnbench.catalog import methods_for
     from gfnbench.leaderboard import write_leaderboard
-    from gfnbench.methods import methods_for
     from gfnbench.profiles import get_profile
+    from gfnbench.tasks import TASKS
 
     root = results_dir or get_profile(profile).results_dir
+    if task.endswith(".py"):
+        from gfnbench.preflight import task_class
+
+        task = task_class(task).name
+    if task not in TASKS and not (Path(root) / "runs" / task).is_dir():
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))} "
+                         f"(or a task with runs under {Path(root) / 'runs'})")
     for path in write_leaderboard(root, task, method_order=methods_for(task)):
         print(f"[gfnbench] wrote {path}")
 
@@ -87,7 +127,7 @@ def methods(task: str | None = None) -> None:
     Args:
         task: only methods that apply to this task.
     """
-    from gfnbench.methods import all_methods, methods_for
+    from gfnbench.catalog import all_methods, methods_for
 
     specs = all_methods()
     for name in methods_for(task) if task else specs:
@@ -97,22 +137,72 @@ def methods(task: str | None = None) -> None:
 
 
 def _registry_epilog() -> str:
-    from gfnbench.methods import all_methods
+    from gfnbench.catalog import all_methods
     from gfnbench.tasks import TASKS
 
     return f"tasks: {', '.join(sorted(TASKS))}; methods: {', '.join(all_methods())}"
 
 
+class UsageError(ValueError):
+    """A command-line error found by the argument parser (unknown option, wrong type, missing value)."""
+
+
+def _parser_class():
+    from jsonargparse import ArgumentParser
+
+    class Parser(ArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            raise UsageError(message) from ex
+
+    return Parser
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's multi-line messages as one line: 'Parser key "seed": Expected a <class 'int'>...' ->
+    '--seed: expected int, got abc'."""
+    import re
+
+    text = " ".join(str(message).split())
+    text = re.sub(r'Parser key "(?:[\w.]+\.)?(\w+)":', r"--\1:", text)
+    text = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got \2", text)
+    text = re.sub(r'Key "(?:\w+\.)?(\w+)" is required but not included in config object or its value is None\.?',
+                  r"--\1 is required", text)
+    return text
+
+
+def _debug(argv: list[str]) -> tuple[list[str], bool]:
+    debug = os.environ.get("GFNBENCH_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        debug = True
+    return argv, debug
+
+
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
-
-    from gfnbench.models import ModelNotAvailable
-
+    """The command line. Every user error is one `gfnbench: error: ...` line on stderr and exit code 2;
+    `--debug` (or GFNBENCH_DEBUG=1) shows the traceback instead."""
+    argv, debug = _debug(list(sys.argv[1:] if argv is None else argv))
     try:
-        auto_cli([run, bench, leaderboard, tasks, methods], args=argv,
+        from jsonargparse import auto_cli
+
+        from gfnbench.locks import RunInProgress
+        from gfnbench.models import ModelNotAvailable
+        from gfnbench.records import describe_os_error
+
+        argv = settings_argv(argv)
+        for command in (run, bench):
+            command.__doc__ = command.__doc__.replace("METHOD_SETTINGS_HELP", method_settings_help())
+        auto_cli([run, bench, leaderboard, tasks, methods], args=argv, parser_class=_parser_class(),
                  description=f"gfnbench: GFlowNet fine-tuning benchmark.\n{_registry_epilog()}")
-    except (ValueError, FileExistsError, PermissionError, ModelNotAvailable, KeyError) as err:
-        print(f"gfnbench: error: {err}", file=sys.stderr)
+    except (ValueError, FileExistsError, PermissionError, ModelNotAvailable, KeyError, RunInProgress,
+            OSError) as err:
+        if debug:
+            raise
+        if isinstance(err, (FileExistsError, PermissionError)) or not isinstance(err, OSError):
+            message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
+        else:
+            message = describe_os_error(err)
+        print(f"gfnbench: error: {_one_line(message)}", file=sys.stderr)
         sys.exit(2)
 
 

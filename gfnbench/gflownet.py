@@ -17,15 +17,32 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from gfnbench.curves import learning_curve
 from gfnbench.buffer import BufferItem, ReplayBuffer
-from gfnbench.methods import Method, cpu_trainer, register_method
-from gfnbench.losses import (balance_penalty, check_log_reward, floor_log_reward, reward_temperature, subtb_pairs,
-                             tb_loss)
+from gfnbench.curves import learning_curve
+from gfnbench.losses import (
+    balance_penalty,
+    check_log_reward,
+    floor_log_reward,
+    reward_temperature,
+    subtb_pairs,
+    tb_loss,
+)
+from gfnbench.methods import Budget, Method, cpu_trainer, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
-from gfnbench.sampling import SamplingConfig, encode, policy_log_probs, positions_from_mask, sample
+from gfnbench.policy import (
+    gold_trajectory,
+    lora_targets,
+    lr_multiplier,
+    sample_policy,
+    sample_task,
+    seeded_prompt_loader,
+    stepwise_schedule,
+    trainable_parameters,
+    trajectories_from_states,
+)
+from gfnbench.sampling import encode, policy_log_probs, positions_from_mask
 from gfnbench.tasks.base import Example, Task
-from gfnbench.trajectories import Trajectories, from_rows, left_pad, right_pad
+from gfnbench.trajectories import Trajectories, right_pad
 
 
 @dataclass(frozen=True)
@@ -58,50 +75,6 @@ class GFlowNetConfig:
             raise ValueError(f"behaviour_mix must be 3 non-negative probabilities summing to 1: {self.behaviour_mix}")
 
 
-def gold_trajectory(task: Task, tokenizer, target: str) -> tuple[list[int], list[bool]]:
-    """Split a gold continuation into policy actions and tool outputs, as the sampler would have produced it.
-
-    Walks the target text; wherever the task's tool fires on the text so far and the target continues with
-    exactly the tool's output, that output becomes non-action state tokens.
-    """
-    tokens, is_action, written, start = [], [], "", 0
-    for end in range(1, len(target) + 1):
-        inserted = task.tool(written + target[start:end]) if task.has_tool else None
-        if inserted and target.startswith(inserted, end):
-            piece = tokenizer(target[start:end], add_special_tokens=False)["input_ids"]
-            tool_ids = tokenizer(inserted, add_special_tokens=False)["input_ids"]
-            tokens += piece + tool_ids
-            is_action += [True] * len(piece) + [False] * len(tool_ids)
-            written += target[start:end] + inserted
-            start = end + len(inserted)
-    if start < len(target):
-        piece = tokenizer(target[start:], add_special_tokens=False)["input_ids"]
-        tokens += piece
-        is_action += [True] * len(piece)
-    return tokens, is_action
-
-
-def trajectories_from_states(prompt: str, prompt_ids: list[int], states: list[tuple[list[int], list[bool], bool]],
-                             tokenizer) -> Trajectories:
-    """Rebuild a batch from stored state sequences (replay, gold seeds); log-probs get recomputed anyway."""
-    n_actions = [sum(a) for _, a, _ in states]
-    return from_rows([prompt] * len(states), [0] * len(states), [prompt_ids] * len(states),
-                     [s for s, _, _ in states], [a for _, a, _ in states], [st for _, _, st in states],
-                     [[0.0] * n for n in n_actions], [[0.0] * (n + 1) for n in n_actions],
-                     [tokenizer.decode(s, skip_special_tokens=True) for s, _, _ in states], tokenizer.pad_token_id)
-
-
-def lr_multiplier(step: int, warmup: int, total: int, decay_to: float) -> float:
-    """Linear warm-up to 1, then (when decay_to < 1) linear decay to decay_to at the last step: a constant step
-    leaves a noise floor (rng: exact TV hovering at 0.04-0.06 from step 160 to 240 at lr 1e-3)."""
-    warmup = max(warmup, 1)
-    if step < warmup:
-        return (step + 1) / warmup
-    if decay_to >= 1.0 or total <= warmup:
-        return 1.0
-    return 1.0 + (decay_to - 1.0) * min(1.0, (step - warmup) / max(total - 1 - warmup, 1))
-
-
 def invalid_pair_share(terms: Tensor, log_r: Tensor) -> Tensor:
     """Share of the SubTB loss carried by pairs whose end state has zero reward (-inf, floored in the loss)."""
     invalid_end = torch.isneginf(log_r)[:, None, :].expand_as(terms)
@@ -129,8 +102,7 @@ class GFlowNetModule(L.LightningModule):
         super().__init__()
         self.task, self.tokenizer, self.cfg, self.examples = task, lm.tokenizer, cfg, train_examples
         self.policy = add_lora(lm.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                               targets=list(cfg.lora_targets) if isinstance(cfg.lora_targets, tuple)
-                               else cfg.lora_targets)
+                               targets=lora_targets(cfg.lora_targets))
         # TB needs log Z; SubTB needs it at the root when the prompt itself cannot stop (min_len > 0).
         self.log_z = LogZHead(lm.model.config.hidden_size) if cfg.loss == "tb" or task.min_len > 0 else None
         self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.dedup_tol, cfg.buffer_sampling)
@@ -201,10 +173,8 @@ class GFlowNetModule(L.LightningModule):
         cfg = self.task.sampling(train=True, temperature=temperature)
         self.policy.eval()
         with torch.no_grad():
-            traj = sample(self.policy, self.tokenizer, [prompt], self.cfg.samples_per_prompt, cfg,
-                          stop_id=self.stop_id, allowed=self.allowed,
-                          tool=self.task.tool if self.task.has_tool else None, context=self.context,
-                          generator=self.generator)
+            traj = sample_task(self.task, self.policy, self.tokenizer, [prompt], self.cfg.samples_per_prompt, cfg,
+                               context=self.context, generator=self.generator)
         traj.log_reward = self.log_reward(traj, [ex])
         self._remember(prompt, traj)
         return traj, mode
@@ -230,7 +200,12 @@ class GFlowNetModule(L.LightningModule):
         log_pf, log_pterm = policy_log_probs(self.policy, traj, self.allowed, self.stop_id)
         log_z = None
         if self.log_z is not None:
-            log_z = self.log_z(self.prompt_features(traj)).expand(len(traj))
+            # the features come from the frozen base model (adapters off): one pass per distinct prompt, ever
+            cache = self.__dict__.setdefault("_prompt_feature_cache", {})
+            key = tuple(traj.prompt_ids[0][traj.prompt_mask[0].bool()].tolist())
+            if key not in cache:
+                cache[key] = self.prompt_features(traj)
+            log_z = self.log_z(cache[key]).expand(len(traj))
             self.log("train/log_z", log_z.mean(), on_step=True)
         self.diagnostics = {"log_z": float(log_z.detach().mean()) if log_z is not None else None}
         if self.cfg.loss == "tb":
@@ -261,13 +236,12 @@ class GFlowNetModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        groups = [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": self.cfg.lr}]
+        groups = [{"params": trainable_parameters(self.policy), "lr": self.cfg.lr}]
         if self.log_z is not None:
             groups.append({"params": self.log_z.parameters(), "lr": self.cfg.logz_lr})
         opt = torch.optim.AdamW(groups)
-        sched = torch.optim.lr_scheduler.LambdaLR(
+        return stepwise_schedule(
             opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.decay_to))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["replay_buffer"] = self.buffer.state_dict()
@@ -285,11 +259,7 @@ class GFlowNetModule(L.LightningModule):
 def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int, steps: int,
                callbacks: list | None = None) -> None:
     """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
-    from torch.utils.data import DataLoader, RandomSampler
-
-    sampler = RandomSampler(range(n_examples), replacement=True, num_samples=steps * accumulate,
-                            generator=torch.Generator().manual_seed(ctx.seed))
-    loader = DataLoader(list(range(n_examples)), batch_size=1, sampler=sampler)
+    loader = seeded_prompt_loader(n_examples, 1, steps * accumulate, ctx.seed)
     trainer = cpu_trainer(ctx, max_steps=steps, accumulate_grad_batches=accumulate, callbacks=callbacks or [])
     trainer.fit(module, train_dataloaders=loader)
 
@@ -297,22 +267,24 @@ def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int,
 class GFlowNetMethod(Method):
     trains = True
     loss = "subtb"
+    settings_class = GFlowNetConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
-        prof = ctx.profile
-        t = task.training
-        self.steps = max(1, round(prof.train_steps * t.steps_multiplier))
+        self.steps = max(1, round(ctx.profile.train_steps * task.training.steps_multiplier))
+        self.cfg = self.build_settings(self.default_settings())
+        self.module = GFlowNetModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
+
+    def default_settings(self) -> dict:
+        """The profile's budget and LoRA shape, the task's training defaults (reference-paper.md §1.5-1.6)."""
+        prof, t = self.ctx.profile, self.task.training
         start, end, horizon = t.reward_temperature
         ramp = (start, end, min(horizon, self.steps)) if t.anneal_within_budget else t.reward_temperature
-        defaults = dict(loss=self.loss, lr=t.learning_rate or prof.learning_rate, decay_to=t.decay_to,
-                        samples_per_prompt=prof.samples_per_prompt,
-                        reward_temperature=ramp, behaviour_mix=t.behaviour_mix,
-                        buffer_capacity=t.buffer_capacity, buffer_sampling=t.buffer_sampling,
-                        dedup_tol=t.dedup_tol, lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
-                        warmup_steps=min(20, max(1, prof.train_steps // 5)), total_steps=self.steps)
-        self.cfg = GFlowNetConfig(**{**defaults, **ctx.hparams})     # explicit hparams win over profile defaults
-        self.module = GFlowNetModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
+        return dict(loss=self.loss, lr=t.learning_rate or prof.learning_rate, decay_to=t.decay_to,
+                    samples_per_prompt=prof.samples_per_prompt, reward_temperature=ramp, behaviour_mix=t.behaviour_mix,
+                    buffer_capacity=t.buffer_capacity, buffer_sampling=t.buffer_sampling, dedup_tol=t.dedup_tol,
+                    lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
+                    warmup_steps=min(20, max(1, prof.train_steps // 5)), total_steps=self.steps)
 
     @property
     def policy(self):
@@ -327,12 +299,12 @@ class GFlowNetMethod(Method):
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
 
     def sample(self, examples, n, generator) -> Trajectories:
-        tok = self.lm.tokenizer
-        self.policy.eval()
-        return sample(self.policy, tok, [self.task.prompt(ex) for ex in examples], n,
-                      self.task.sampling(train=False), stop_id=self.task.stop_id(tok),
-                      allowed=self.task.allowed_tokens(tok), tool=self.task.tool if self.task.has_tool else None,
-                      context=self.lm.context_length, generator=generator)
+        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+
+    def budget(self) -> Budget:
+        batches = self.steps * self.ctx.profile.prompts_per_step
+        return Budget(batches * self.cfg.samples_per_prompt, self.steps,
+                      f"{self.steps} steps x {self.cfg.samples_per_prompt} samples")
 
     def config(self) -> dict:
         return {"gflownet": asdict(self.cfg), "train_steps": self.steps,

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gfnbench.methods import Method, RunContext, get_method, methods_for
+from gfnbench import locks
+from gfnbench.catalog import get_method, methods_for
+from gfnbench.methods import Method, MethodSpec, RunContext
 from gfnbench.metrics import mean
 from gfnbench.models import LanguageModel, adapters_off, load_model
+from gfnbench.preflight import check_bench, check_run
 from gfnbench.profiles import Profile, get_profile
 from gfnbench.records import (check_writable, data_fingerprint, data_results_dir, git_commit, package_versions,
                               run_dir, write_run)
@@ -40,11 +44,13 @@ def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, exa
 
 def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:
     """Tasks with an enumerable support report the method's exact distance to the target (mean over prompts)."""
-    if not hasattr(task, "exact_metrics") or method.exact_temperature is None:
+    if method.exact_temperature is None:
         return {}
     method.policy.eval()
     per = [task.exact_metrics(method.policy, method.lm.tokenizer, method.prompt_for(ex), method.exact_temperature)
            for ex in examples]
+    if per[0] is None:
+        return {}
     return {k: mean([p[k] for p in per]) for k in per[0]}
 
 
@@ -52,11 +58,9 @@ def model_scores(method: Method, task: Task, texts: list[str], ex: Example) -> d
     """Metrics that need a model (e.g. subj's label predicted from each rationale): the base model, adapters off.
 
     A method's own hook wins over the task's (subj's prompting baselines sample a label, not a rationale)."""
-    hook = getattr(method, "score_with_model", None) or getattr(task, "score_with_model", None)
-    if hook is None:
-        return {}
     with torch.no_grad(), adapters_off(method.policy) as base:
-        return hook(base, method.lm.tokenizer, texts, ex)
+        scores = method.score_with_model(base, method.lm.tokenizer, texts, ex)
+        return task.score_with_model(base, method.lm.tokenizer, texts, ex) if scores is None else scores
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -122,11 +126,19 @@ def results_root(prof: Profile, results_dir: str | None, data: str | None) -> Pa
 
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
-        hparams: dict | None = None) -> Path:
-    """Train (if the method trains), evaluate and write one run record. Returns the record's folder."""
+        settings: dict | None = None) -> Path:
+    """Train (if the method trains), evaluate and write one run record. Returns the record's folder.
+
+    `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}})."""
+    check_run(task, method, seed, profile, results_dir, model, data)   # every input, before anything is created
     prof = get_profile(profile)
     task_obj = load_task(task, data)
     spec = get_method(method)
+    method = spec.name
+    others = sorted(set(settings or {}) - {method})
+    if others:
+        raise ValueError(f"settings given for {', '.join(others)}, but this run is {method}")
+    overrides = settings_for(spec, settings)
     if not spec.applies_to(task_obj.name):
         raise ValueError(f"method {method!r} does not apply to task {task_obj.name!r}; "
                          f"methods for it: {', '.join(methods_for(task_obj.name))}")
@@ -135,21 +147,24 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     root = results_root(prof, results_dir, data)
     check_writable(root)
     out = run_dir(root, task_obj.name, method, seed)
+    lock = locks.acquire(out)  # RunInProgress if another process has this run; released on return or exit
     if (out / "record.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true to replace it")
     generator = seed_everything(seed)
     lm: LanguageModel = load_model(model or prof.model)
     started = time.time()
-    ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", hparams=dict(hparams or {}))
+    ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", settings=overrides, method=method)
     impl = spec.factory(task_obj, lm, ctx)
     extra = impl.fit()
+    budget = impl.budget()
     metrics, samples = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
-        "metrics": metrics, "metric_info": getattr(task_obj, "metric_info", {}),
+        "metrics": metrics, "metric_info": task_obj.metric_info,
         "metric_directions": task_obj.metric_directions,
+        "task_version": task_obj.version, "settings": overrides, "budget": budget and asdict(budget),
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
                    "task_settings": task_obj.config(),
                    "eval_samples": prof.eval_samples or task_obj.eval_samples,
@@ -159,7 +174,13 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
         **extra,
     }
     write_run(out, record, samples, overwrite=overwrite)
+    lock.release()
     return out
+
+
+def settings_for(spec: MethodSpec, settings: dict | None) -> dict:
+    """This method's overrides out of {method: overrides}, checked against its settings class."""
+    return spec.check_settings(dict((settings or {}).get(spec.name) or {}))
 
 
 def default_methods(task: Task, prof: Profile) -> list[str]:
@@ -174,24 +195,26 @@ def default_methods(task: Task, prof: Profile) -> list[str]:
 
 def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
-          data: str | None = None, hparams: dict | None = None) -> list[Path]:
+          data: str | None = None, settings: dict | None = None) -> list[Path]:
     """Every method registered for the task x seeds (runs that already have a record are kept), then tables."""
     from gfnbench.leaderboard import write_leaderboard
 
+    check_bench(task, profile, seeds, methods, results_dir, model, data)   # every seed and method, before any run
     prof = get_profile(profile)
     task_obj = load_task(task, data)
-    names = methods or default_methods(task_obj, prof)
+    names = [get_method(m).name for m in methods] if methods else default_methods(task_obj, prof)
+    unused = sorted(set(settings or {}) - set(names))
+    if unused:
+        raise ValueError(f"settings given for {', '.join(unused)}, which this bench does not run "
+                         f"(its methods: {', '.join(names)})")
     for name in names:
-        get_method(name)
+        settings_for(get_method(name), settings)
     root = results_root(prof, results_dir, data)
     check_writable(root)
     print(f"[gfnbench] runs and tables go to {root}")
     for name in names:
-        for seed in seeds:
-            if (run_dir(root, task_obj.name, name, seed) / "record.json").exists() and not overwrite:
-                print(f"[gfnbench] keeping existing run {task_obj.name}/{name}/seed{seed}")
-                continue
+        for seed in locks.claim(root, task_obj.name, name, seeds, overwrite):   # locked; others' runs skipped
             t0 = time.time()
-            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data, hparams)
+            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data, settings)
             print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
     return write_leaderboard(root, task_obj.name, method_order=names)

@@ -154,7 +154,7 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
         lines.append(f"- evaluation: {', '.join(evaluation)} (methods may override; see each run's config.json)")
     budget = training_budget(records)
     if budget:
-        lines.append(f"- training budget (reward evaluations = steps x samples): {budget}")
+        lines.append(f"- training budget: {budget}")
     if versions:
         shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
         lines.append(f"- packages: {shown}")
@@ -164,24 +164,15 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
 
 
 def training_budget(records: list[dict]) -> str:
-    """What each trained method was given, read from its run config, so unequal budgets are visible."""
+    """What each trained method was given, from its record's `budget` (written by `Method.budget()`), so unequal
+    budgets are visible without the table knowing any method."""
     parts = {}
     for r in records:
-        m = (r.get("config") or {}).get("method") or {}
-        if "gflownet" in m:
-            parts[r["method"]] = f"{m['train_steps']} steps x {m['gflownet']['samples_per_prompt']} samples"
-            if "mstep" in m:
-                parts[r["method"]] += (f", then an M-step of {m['mstep_steps']} steps on "
-                                       f"{m['rationales_per_example']} rationales per labelled example")
-        elif "label_sft" in m:
-            parts[r["method"]] = (f"{m['train_steps']} steps x {m['label_sft']['batch_size']} labelled examples, "
-                                  f"no reward")
-        elif "iterations" in m:
-            parts[r["method"]] = (f"{m['iterations']} iterations x {m['ppo']['samples_per_prompt']} samples, "
-                                  f"{m['ppo']['ppo_epochs']} PPO epochs each")
-        elif "max_train_steps" in m:
-            parts[r["method"]] = (f"<= {m['max_train_steps']} steps x {m['sft']['batch_size']} gold targets, "
-                                  f"no reward, early-stopped on val NLL")
+        budget = r.get("budget")
+        if budget:
+            parts[r["method"]] = f"{budget['summary']} ({budget['reward_evaluations']} reward evaluations)"
+        elif r.get("config", {}).get("method", {}).get("train_steps") is not None or "train_curve" in r:
+            parts[r["method"]] = "not recorded (the record predates budgets)"
     return "; ".join(f"{k}: {v}" for k, v in parts.items())
 
 
@@ -491,10 +482,56 @@ def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | 
     check_consistent(records, results_dir)
     df = summarize(records)
     out = check_writable(out_dir if out_dir is not None else results_dir)
-    md, csv, tex, png = (out / f"{task}{ext}" for ext in (".md", ".csv", ".tex", ".png"))
-    atomic_write_text(md, render_markdown(df, records, task, method_order))
-    atomic_write_text(csv, render_csv(df))
-    atomic_write_text(tex, render_latex(df, method_order))
-    plot(df, records, png, method_order)
-    curves = plot_learning_curves(records, out / f"{task}_curves.png", method_order)
-    return [md, csv, tex, png] + ([curves] if curves else [])
+    names = [f"{task}{ext}" for ext in (".md", ".csv", ".tex", ".png")]
+    with staged_table(out, names + [f"{task}_curves.png"]) as stage:
+        md, csv, tex, png = (stage / name for name in names)
+        atomic_write_text(md, render_markdown(df, records, task, method_order))
+        atomic_write_text(csv, render_csv(df))
+        atomic_write_text(tex, render_latex(df, method_order))
+        plot(df, records, png, method_order)
+        curves = plot_learning_curves(records, stage / f"{task}_curves.png", method_order)
+    return [out / name for name in names] + ([out / curves.name] if curves else [])
+
+
+# --------------------------------------------------------------------------- one table, replaced whole
+
+class staged_table:
+    """Write a table's files into a hidden folder beside them; on success rename each into place and only then
+    remove the old set's files that the new set lacks (the table's `names`); on any error remove the staging
+    folder and leave the old set untouched. An OSError (disk full, permission) becomes one-line WriteFailed."""
+
+    def __init__(self, out: Path, names: list[str]):
+        self.out, self.names = Path(out), list(names)
+        self.stage: Path | None = None
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        from gfnbench.records import WriteFailed, describe_os_error
+
+        try:
+            self.stage = Path(tempfile.mkdtemp(dir=self.out, prefix=".table-"))
+        except OSError as err:
+            raise WriteFailed(describe_os_error(err, self.out)) from err
+        return self.stage
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import os
+        import shutil
+
+        from gfnbench.records import WriteFailed, describe_os_error
+
+        try:
+            if exc_type is not None:
+                if isinstance(exc, OSError) and not isinstance(exc, WriteFailed):
+                    raise WriteFailed(describe_os_error(exc, self.out / self.names[0])) from exc
+                return False
+            written = [n for n in self.names if (self.stage / n).is_file()]
+            for name in written:
+                os.replace(self.stage / name, self.out / name)
+            for name in self.names:
+                if name not in written:
+                    (self.out / name).unlink(missing_ok=True)
+            return False
+        finally:
+            shutil.rmtree(self.stage, ignore_errors=True)

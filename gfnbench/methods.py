@@ -9,52 +9,88 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from gfnbench.models import LanguageModel
-from gfnbench.tasks.base import Example, Task
+from gfnbench.settings import build, typed_overrides
+from gfnbench.tasks.base import TASKS, Example, Task
 from gfnbench.trajectories import Trajectories
 
-METHODS: dict[str, "MethodSpec"] = {}
+METHODS: dict[str, MethodSpec] = {}
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    factory: Callable[..., "Method"]
+    factory: Callable[..., Method]
     description: str
     tasks: tuple[str, ...] | None = None    # None: every task
     trains: bool = False
     opt_in: bool = False                    # applies only to tasks that list it in `opt_in_methods`
+    settings: type | None = None            # the dataclass of its settings (None: it takes none)
 
     def applies_to(self, task: str) -> bool:
         """Tasks choose too: `excluded_methods` drops a method, `opt_in_methods` adds an opt-in one."""
-        from gfnbench.tasks.base import TASKS
-
         task_cls = TASKS.get(task)
-        if self.name in getattr(task_cls, "excluded_methods", ()):
+        if task_cls is not None and self.name in task_cls.excluded_methods:
             return False
         if self.opt_in:
-            return self.name in getattr(task_cls, "opt_in_methods", ())
+            return task_cls is not None and self.name in task_cls.opt_in_methods
         return self.tasks is None or task in self.tasks
+
+    def check_settings(self, overrides: dict | None) -> dict:
+        """The overrides with their declared types ('3e-4' -> 0.0003); unknown keys and wrong types are refused
+        here, before any work (the defaults come later, from profile and task)."""
+        if not overrides:
+            return {}
+        if self.settings is None:
+            raise ValueError(f"method {self.name} takes no settings (got {', '.join(overrides)})")
+        return typed_overrides(build(self.settings, {}, overrides, self.name), overrides)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a trained method was given, printed in every table header so unequal budgets are visible."""
+
+    reward_evaluations: int     # trajectories scored by the task's reward during training
+    optimizer_steps: int
+    summary: str                # e.g. "240 steps x 8 samples"
 
 
 @dataclass
 class RunContext:
-    """What a method needs besides the task and model: the profile's budget and where to log."""
+    """What a method needs besides the task and model: the profile's budget, its settings and where to log."""
 
     seed: int
     profile: object
     log_dir: Path | None = None
-    hparams: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)   # the user's overrides of this method's settings
+    method: str = ""                               # the registered name (for messages)
 
 
 class Method:
+    """A leaderboard row. Subclasses set `settings_class` (a dataclass) when they take settings, build them with
+    `self.settings(defaults)`, and return their training budget from `budget()`."""
+
     trains = False
+    settings_class: ClassVar[type | None] = None
 
     def __init__(self, task: Task, lm: LanguageModel, ctx: RunContext):
         self.task, self.lm, self.ctx = task, lm, ctx
+
+    def build_settings(self, defaults: dict):
+        """The method's settings: `defaults` (from profile and task), then the user's overrides, all checked."""
+        return build(self.settings_class, defaults, self.ctx.settings, self.ctx.method or type(self).__name__)
+
+    def budget(self) -> Budget | None:
+        """Reward evaluations and optimizer steps of training (None: the method does not train)."""
+        return None
+
+    def score_with_model(self, model, tokenizer, texts: list[str], ex: Example) -> dict[str, float] | None:
+        """Metrics that need a model, in place of the task's `score_with_model` (None: use the task's)."""
+        return None
 
     def fit(self) -> dict:
         """Train if the method trains; returns extra record fields (e.g. train_curve)."""
@@ -93,32 +129,13 @@ def cpu_trainer(ctx: RunContext, **settings):
 
 
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False,
-                    opt_in: bool = False):
+                    opt_in: bool = False, settings: type | None = None):
+    """Class (or factory) decorator; a Method class's own `settings_class` is used unless `settings` is given."""
     def wrap(factory):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, factory, description, tasks, trains, opt_in)
+        if name in METHODS and METHODS[name].factory is not factory:
+            raise ValueError(f"method {name!r} is registered twice ({METHODS[name].factory.__module__} and "
+                             f"{factory.__module__})")
+        declared = settings or (factory.settings_class if isinstance(factory, type) else None)
+        METHODS[name] = MethodSpec(name, factory, description, tasks, trains, opt_in, declared)
         return factory
     return wrap
-
-
-def _register_all() -> None:
-    import gfnbench.baselines  # noqa: F401  (importing registers)
-    import gfnbench.gflownet  # noqa: F401
-
-
-def get_method(name: str) -> MethodSpec:
-    _register_all()
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def all_methods() -> dict[str, MethodSpec]:
-    _register_all()
-    return dict(METHODS)
-
-
-def methods_for(task: str) -> list[str]:
-    _register_all()
-    return [m for m, spec in METHODS.items() if spec.applies_to(task)]

@@ -1,4 +1,14 @@
-"""Metrics shared by every task. Each one is tested against an independently worked-out value."""
+"""Metrics shared by every task. Each one is tested against an independently worked-out value.
+
+Two layers, one place for the math:
+- the pure computations live here (`majority_vote`, `compute_*`, `embed`, `pairwise_diversity`);
+- the `evaluate` modules in `gfnbench/metric_modules/<name>/<name>.py` wrap them (`evaluate.load(<folder>)` works
+  offline), and the scores the tasks call (`bleu4`, `gleu`, `bertscore_f1`, `diversity`, `distinct_n`, `pass_at_k`;
+  also `majority_vote_accuracy`) compute through those loaded modules (`load_metric`), so a number from the
+  harness and one from `evaluate.load` on the same sample are the same number. `majority_vote` (a label, not a
+  score) stays a plain function: the tasks vote with it, and the accuracy module votes with it.
+Heavy libraries (evaluate, transformers, bert_score, nltk) are imported on first use.
+"""
 from __future__ import annotations
 
 import functools
@@ -24,14 +34,27 @@ def majority_vote(predictions: Sequence[Hashable | None]) -> Hashable | None:
     return next(p for p in votes if counts[p] == best)
 
 
-def pass_at_k(n: int, correct: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which `correct` are right (Chen et al. 2021, Codex):
-    1 - C(n - c, k) / C(n, k), the chance that k of the n samples drawn without replacement hold a right one."""
+def _check_pass_at_k(n: int, correct: int, k: int) -> None:
     if not 0 < k <= n or not 0 <= correct <= n:
         raise ValueError(f"pass@k needs 0 < k <= n and 0 <= correct <= n, got n={n}, correct={correct}, k={k}")
+
+
+def compute_pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which `correct` are right (Chen et al. 2021, Codex):
+    1 - C(n - c, k) / C(n, k), the chance that k of the n samples drawn without replacement hold a right one."""
+    _check_pass_at_k(n, correct, k)
     if n - correct < k:
         return 1.0
     return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
+
+
+def compute_vote_accuracy(predictions: Sequence, references: Sequence) -> tuple[float, list]:
+    """Accuracy and the predicted label of every item: an item's prediction is either one label (plain accuracy)
+    or a list of sampled labels, which `majority_vote` reduces to one."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    votes = [majority_vote(p) if isinstance(p, (list, tuple)) else p for p in predictions]
+    return mean([float(v == r) for v, r in zip(votes, references)]), votes
 
 
 def mean(values: Sequence[float]) -> float:
@@ -107,11 +130,11 @@ def pairwise_diversity(embeddings: torch.Tensor) -> float:
     return float(1.0 - cos[i, j].mean())
 
 
-def diversity(texts: list[str]) -> float:
+def compute_diversity(texts: list[str]) -> float:
     return pairwise_diversity(embed(texts))
 
 
-def distinct_n(texts: list[str], n: int) -> float:
+def compute_distinct_n(texts: list[str], n: int) -> float:
     """Share of distinct whitespace n-grams; n-grams do not cross text boundaries."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -129,9 +152,11 @@ def _bleu():
     return bleu
 
 
-def bleu4(hypothesis: str, reference: str) -> float:
-    """Sentence BLEU on sacrebleu's 0–100 scale (13a tokenizer, exp smoothing)."""
-    return float(_bleu().sentence_score(hypothesis, [reference]).score)
+def compute_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Sentence BLEU of each (hypothesis, reference) pair, sacrebleu's 0–100 scale (13a tokenizer, exp smoothing)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    return [float(_bleu().sentence_score(h, [r]).score) for h, r in zip(hypotheses, references)]
 
 
 def bleu_signature() -> str:
@@ -139,11 +164,13 @@ def bleu_signature() -> str:
     return str(_bleu().get_signature())
 
 
-def gleu(hypothesis: str, reference: str) -> float:
-    """Sentence GLEU-4 (min of n-gram precision and recall, n = 1..4) on whitespace tokens, 0–1 scale."""
+def compute_gleu(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Sentence GLEU-4 (min of n-gram precision and recall, n = 1..4) on whitespace tokens, 0–1 scale, per pair."""
     from nltk.translate.gleu_score import sentence_gleu
 
-    return float(sentence_gleu([reference.split()], hypothesis.split()))
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    return [float(sentence_gleu([r.split()], h.split())) for h, r in zip(hypotheses, references)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,8 +184,14 @@ def _bert_scorer():
     return BERTScorer(model_type=path, num_layers=6, idf=False, device=_device())
 
 
-def bertscore_f1(candidates: list[str], references: list[str]) -> list[float]:
-    """BERTScore F1 per (candidate, reference) pair with the local MiniLM (last of its 6 layers).
+def bertscore_hash() -> str:
+    """bert_score's description of the setup (model, layer, idf, versions), for records."""
+    return str(_bert_scorer().hash)
+
+
+def compute_bertscore(candidates: Sequence[str], references: Sequence[str]
+                      ) -> tuple[list[float], list[float], list[float]]:
+    """BERTScore precision, recall and F1 per (candidate, reference) pair with the local MiniLM (last of its 6 layers).
 
     Scores are raw cosines, not rescaled: rescale_with_baseline needs a baseline file for this model that
     bert_score does not ship (the hub name's baseline would not apply to a local path anyway), so they are
@@ -168,6 +201,73 @@ def bertscore_f1(candidates: list[str], references: list[str]) -> list[float]:
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
     if not candidates:
-        return []
-    _, _, f1 = _bert_scorer().score(list(candidates), list(references))
-    return [float(x) for x in f1]
+        return [], [], []
+    p, r, f1 = _bert_scorer().score(list(candidates), list(references))
+    return [float(x) for x in p], [float(x) for x in r], [float(x) for x in f1]
+
+
+# --- The harness's entry points: computed through gfnbench's `evaluate` modules -------------------------------
+
+METRIC_MODULES = Path(__file__).with_name("metric_modules")
+METRIC_NAMES = ("accuracy", "bertscore", "bleu", "diversity", "gleu", "pass_at_k")
+
+
+def metric_path(name: str) -> Path:
+    """The folder of gfnbench's `evaluate` module `name`: `evaluate.load(str(metric_path(name)))` loads it offline."""
+    if name not in METRIC_NAMES:
+        raise ValueError(f"no gfnbench metric module {name!r}; there are {', '.join(METRIC_NAMES)}")
+    return METRIC_MODULES / name
+
+
+@functools.cache
+def load_metric(name: str):
+    """`evaluate.load` of gfnbench's module `name`, once per process, kept in memory (no cache files per call).
+
+    The folder is local, so nothing is fetched from the hub; evaluate copies the script into its modules cache
+    (HF_MODULES_CACHE) the first time.
+    """
+    import evaluate
+
+    return evaluate.load(str(metric_path(name)), keep_in_memory=True)
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which `correct` are right (see `compute_pass_at_k`)."""
+    _check_pass_at_k(n, correct, k)  # a negative count would otherwise become an empty list of samples
+    samples = [True] * correct + [False] * (n - correct)
+    return float(load_metric("pass_at_k").compute(predictions=[samples], k=[k])[f"pass@{k}"])
+
+
+def majority_vote_accuracy(predictions: Sequence, references: Sequence) -> float:
+    """Share of items whose majority vote (or single prediction) equals the reference (see `compute_vote_accuracy`)."""
+    if not predictions:  # evaluate fails on an empty batch with an IndexError
+        raise ValueError("accuracy of no items")
+    out = load_metric("accuracy").compute(predictions=list(predictions), references=list(references))
+    return float(out["accuracy"])
+
+
+def diversity(texts: list[str]) -> float:
+    """1 − mean pairwise cosine of the texts' MiniLM embeddings (see `pairwise_diversity`)."""
+    return float(load_metric("diversity").compute(predictions=list(texts), distinct=[])["diversity"])
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Share of distinct whitespace n-grams (see `compute_distinct_n`)."""
+    out = load_metric("diversity").compute(predictions=list(texts), distinct=[n], embeddings=False)
+    return float(out[f"distinct_{n}"])
+
+
+def bleu4(hypothesis: str, reference: str) -> float:
+    """Sentence BLEU on sacrebleu's 0–100 scale (13a tokenizer, exp smoothing); settings in `bleu_signature()`."""
+    return float(load_metric("bleu").compute(predictions=[hypothesis], references=[reference])["scores"][0])
+
+
+def gleu(hypothesis: str, reference: str) -> float:
+    """Sentence GLEU-4 on whitespace tokens, 0–1 scale."""
+    return float(load_metric("gleu").compute(predictions=[hypothesis], references=[reference])["scores"][0])
+
+
+def bertscore_f1(candidates: list[str], references: list[str]) -> list[float]:
+    """BERTScore F1 per (candidate, reference) pair with the local MiniLM (see `compute_bertscore`)."""
+    out = load_metric("bertscore").compute(predictions=list(candidates), references=list(references))
+    return [float(x) for x in out["f1"]]

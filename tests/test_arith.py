@@ -55,7 +55,8 @@ def test_answer_extraction_and_majority_vote():
     task = get_task("arith")
     ex = task.examples("test_3op")[0]
     good = f" {ex.rationale}"
-    assert task.score([good, good, " 1 + 1 = 99"], ex) == {"accuracy": 1.0, "pass@1": pytest.approx(2 / 3), "valid": 1.0}
+    assert task.score([good, good, " 1 + 1 = 99"], ex) == {"accuracy": 1.0, "pass@1": pytest.approx(2 / 3),
+                                                           "valid": 1.0}
     assert task.score([" 1 + 1 = 99", " 1 + 1 = 99", good], ex)["accuracy"] == 0.0
 
 

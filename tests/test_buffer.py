@@ -157,7 +157,7 @@ def test_state_dict_round_trip():
     other.load_state_dict(state)
     assert other.state_dict() == state
     assert (other.capacity, other.dedup_tol, other.sampling) == (3, 0.1, "reward")
-    for key in buf.keys():
+    for key in buf.keys():  # noqa: SIM118  (ReplayBuffer.keys, not a dict)
         assert other.items(key) == buf.items(key)
         assert [i.payload for i in other.items(key)] == [i.payload for i in buf.items(key)]
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)

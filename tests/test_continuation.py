@@ -121,7 +121,8 @@ def test_jsonl_prompts_are_read():
     ("blank.txt", b"\n  \n", "no prompts"),
     ("latin1.txt", b"One.\nTwo.\nCaf\xe9 time.\n", "line 3: not UTF-8"),
     ("two.txt", b"One.\nTwo.\n", "need at least 3"),
-    ("noprompt.jsonl", b'{"prompt": "One."}\n{"text": "Two."}\n', "line 2: expected an object with a string \"prompt\""),
+    ("noprompt.jsonl", b'{"prompt": "One."}\n{"text": "Two."}\n',
+     "line 2: expected an object with a string \"prompt\""),
     ("badjson.jsonl", b'{"prompt": "One."}\n{"prompt": "Two."}\n{"prompt": \n', "line 3: invalid JSON"),
     ("emptyprompt.jsonl", b'{"prompt": "One."}\n{"prompt": "  "}\n', "line 2: empty prompt"),
 ])
@@ -173,7 +174,8 @@ def test_smoke_run_through_the_harness(tmp_path):
 def test_cli_data_option(tmp_path, capsys):
     from gfnbench.cli import main
 
-    main(["run", "--task", "continuation", "--method", "greedy", "--data", str(PROMPTS), "--results_dir", str(tmp_path)])
+    main(["run", "--task", "continuation", "--method", "greedy", "--data", str(PROMPTS),
+          "--results_dir", str(tmp_path)])
     rec = json.loads((tmp_path / "runs/continuation/greedy/seed0/record.json").read_text())
     assert str(PROMPTS) in rec["data"]
     with pytest.raises(SystemExit):

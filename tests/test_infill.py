@@ -81,7 +81,7 @@ def test_prompt_target_lengths_and_stop(tiny):
 
 
 def test_demonstrations_make_a_three_shot_prompt():
-    from gfnbench.methods import methods_for
+    from gfnbench.catalog import methods_for
 
     t = task()
     ex = t.examples("test")[0]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from gfnbench.baselines.label_sft import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_loss
+from gfnbench.catalog import get_method, methods_for
 from gfnbench.harness import default_methods
-from gfnbench.methods import RunContext, get_method, methods_for
+from gfnbench.methods import RunContext
 from gfnbench.models import build_tiny
 from gfnbench.profiles import get_profile
 from gfnbench.tasks.arith import Arithmetic

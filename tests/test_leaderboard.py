@@ -18,7 +18,6 @@ from gfnbench.leaderboard import (
 )
 from gfnbench.records import run_dir, write_run
 
-
 # --------------------------------------------------------------------------- bootstrap
 
 def test_exact_bootstrap_three_values():
@@ -261,22 +260,17 @@ def test_tradeoff_panel_plots_each_method_at_its_means_with_ci_bars(tmp_path):
     assert write_leaderboard(tmp_path, "continuation")[3].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_training_budget_names_every_trained_row():
+def test_training_budget_is_read_from_each_record_without_knowing_methods():
     from gfnbench.leaderboard import training_budget
 
-    gfn = {"train_steps": 40, "gflownet": {"samples_per_prompt": 8}}
-    configs = {
-        "gflownet": gfn,
-        "gflownet_mstep": {**gfn, "mstep": {}, "mstep_steps": 40, "rationales_per_example": 8},
-        "sft": {"label_sft": {"batch_size": 8}, "train_steps": 40},
-        "ppo": {"iterations": 20, "ppo": {"samples_per_prompt": 8, "ppo_epochs": 4}},
-        "greedy": {"shots": 0},
-    }
-    records = [{"method": k, "config": {"method": v}} for k, v in configs.items()]
-    assert training_budget(records) == (
-        "gflownet: 40 steps x 8 samples; gflownet_mstep: 40 steps x 8 samples, then an M-step of 40 steps on 8 "
-        "rationales per labelled example; sft: 40 steps x 8 labelled examples, no reward; ppo: 20 iterations x 8 "
-        "samples, 4 PPO epochs each")
+    records = [
+        {"method": "my_method", "budget": {"reward_evaluations": 320, "optimizer_steps": 40,
+                                           "summary": "40 steps x 8 samples"}},
+        {"method": "old_trained", "config": {"method": {"train_steps": 40}}},
+        {"method": "greedy", "budget": None, "config": {"method": {"shots": 0}}},
+    ]
+    assert training_budget(records) == ("my_method: 40 steps x 8 samples (320 reward evaluations); "
+                                        "old_trained: not recorded (the record predates budgets)")
 
 
 def test_headings_name_each_metrics_direction(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gfnbench.models import ModelNotAvailable, add_lora, adapters_off, load_model
+from gfnbench.models import ModelNotAvailable, adapters_off, add_lora, load_model
 
 
 def test_local_directory_round_trip(tiny, tmp_path):

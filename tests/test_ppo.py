@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from gfnbench.baselines.ppo import (KLController, PPOConfig, PPOModule, action_forward, action_mask, fit_ppo,
-                                    gae)
-from gfnbench.methods import RunContext, get_method
+from gfnbench.baselines.ppo import KLController, PPOConfig, PPOModule, action_forward, action_mask, fit_ppo, gae
+from gfnbench.catalog import get_method
+from gfnbench.methods import RunContext
 from gfnbench.models import build_tiny
 from gfnbench.profiles import PROFILES
 from gfnbench.tasks import get_task
@@ -153,12 +153,16 @@ def test_ppo_is_registered_for_every_task_and_runs_through_the_harness(tmp_path)
     assert (out / "train" / "metrics.csv").is_file()
 
 
-def test_hparams_override_iterations_and_settings(tmp_path):
+def test_settings_override_iterations_and_are_recorded_typed(tmp_path):
     import json
 
     from gfnbench.harness import run
 
-    out = run("rng", "ppo", 0, profile="smoke", results_dir=str(tmp_path), hparams={"iterations": 2, "ppo_epochs": 1})
+    out = run("rng", "ppo", 0, profile="smoke", results_dir=str(tmp_path),
+              settings={"ppo": {"iterations": "2", "ppo_epochs": 1}})
     record = json.loads((out / "record.json").read_text())
     assert record["config"]["method"]["iterations"] == 2 and len(record["train_curve"]) == 2
+    assert record["settings"] == {"iterations": 2, "ppo_epochs": 1}
+    assert record["budget"] == {"reward_evaluations": 2 * SMOKE.samples_per_prompt, "optimizer_steps": 2,
+                                "summary": f"2 iterations x {SMOKE.samples_per_prompt} samples, 1 PPO epochs each"}
     assert record["config"]["method"]["ppo"]["ppo_epochs"] == 1

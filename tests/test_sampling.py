@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from gfnbench.sampling import (PromptTooLong, SamplingConfig, every_prefix_log_reward, policy_log_probs, sample,
-                               state_token_log_probs)
+from gfnbench.sampling import (
+    PromptTooLong,
+    SamplingConfig,
+    every_prefix_log_reward,
+    policy_log_probs,
+    sample,
+    state_token_log_probs,
+)
 from gfnbench.trajectories import left_pad
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gfnbench.baselines.sft import SFTConfig, SFTMethod, SFTModule, collate, fit_sft, gold_sequences
-from gfnbench.methods import RunContext, get_method
+from gfnbench.catalog import get_method
+from gfnbench.methods import RunContext
 from gfnbench.models import build_tiny
 from gfnbench.profiles import PROFILES
 from gfnbench.tasks import get_task

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfnbench.methods import get_method
+from gfnbench.catalog import get_method
 from gfnbench.sampling import sample
 from gfnbench.tasks import get_task
 from gfnbench.tasks.subj import FILES, LABELS, Subjectivity, vote
@@ -36,7 +36,7 @@ def test_tiny_tokenizer_round_trips_the_task_strings(tiny, task):
     """Byte-level BPE: every prompt and answer encodes; the label words decode back exactly."""
     tok = tiny.tokenizer
     ex = task.examples("test")[0]
-    for text in (task.prompt(ex), task.answer_suffix("objective"), task.answer_suffix("subjective")):
+    for text in (task.prompt(ex), task.label_suffix("objective"), task.label_suffix("subjective")):
         assert tok.decode(ids(tok, text)) == text
     assert len(ids(tok, task.prompt(ex))) < 200
 

@@ -1,0 +1,356 @@
+"""Every bad input and fault: checked before any work, answered in one line, never a mixed or lost result.
+
+The table runs each bad invocation through `gfnbench.cli.main` in-process and asserts exit code 2, exactly one
+stderr line (`gfnbench: error: ...`, with the expected words), no traceback and no new file or folder. Then: a
+full disk while writing a table (the old table survives whole), a damaged embedded-model cache (rebuilt once),
+run locks (stale after their process dies) and two concurrent benches on one folder (every run done once).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gfnbench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# --------------------------------------------------------------------------- inputs the table refers to
+
+def make_inputs(root: Path) -> dict[str, str]:
+    """Bad files and folders under root/in; runs go to root/out (which must stay absent)."""
+    d = root / "in"
+    d.mkdir()
+    (d / "empty.txt").write_text("")
+    (d / "utf16.txt").write_text("The cat sat.\nA dog ran.\nIt rained.\n", encoding="utf-16")
+    (d / "bad.jsonl").write_text('{"prompt": "The cat sat."}\n{"prompt": \n')
+    (d / "no_s5.csv").write_text("storyid,storytitle,sentence1,sentence2,sentence3,sentence4\n"
+                                 "a,t,One.,Two.,Three.,Four.\n")
+    long = " ".join(["word"] * 10_000)
+    ok = ["The cat sat on the mat.", "A dog ran home.", "It was a good day.", "She was happy.", "He left."]
+    (d / "long_first.txt").write_text("\n".join([long] + ok) + "\n")
+    (d / "long_last.txt").write_text("\n".join(ok + [long]) + "\n")
+    (d / "subj_one").mkdir()
+    (d / "subj_one" / "plot.tok.gt9.5000").write_text("a plot sentence .\n")
+    (d / "folder").mkdir()
+    (d / "blocker").write_text("a file where a folder should be")
+    (d / "syntax.py").write_text("from gfnbench.tasks import register_task\n\ndef broken(:\n    pass\n")
+    (d / "missing_import.py").write_text("import json\nimport no_such_module_for_gfnbench\n")
+    (d / "no_task.py").write_text("X = 1\n")
+    (d / "raises.py").write_text("x = 1\nraise RuntimeError('boom at import')\n")
+    (d / "bad_method.py").write_text("def f(:\n")
+    (d / "not_a_model").mkdir()
+    runs = root / "records" / "runs" / "arith" / "greedy"
+    (runs / "seed0").mkdir(parents=True)
+    (runs / "seed0" / "record.json").write_text("{}")
+    trunc = root / "truncated" / "runs" / "arith" / "greedy" / "seed0"
+    trunc.mkdir(parents=True)
+    (trunc / "record.json").write_text('{"task": "arith", "meth')
+    (root / "norecords").mkdir()
+    return {k: str(v) for k, v in {"in": d, "out": root / "out", "records": root / "records",
+                                   "truncated": root / "truncated", "norecords": root / "norecords"}.items()}
+
+
+RUN = ["run", "--profile", "smoke"]
+BENCH = ["bench", "--profile", "smoke"]
+
+# (id, argv with {in}/{out}/... placeholders, words the one error line must hold)
+CASES = [
+    ("unknown task", RUN + ["--task", "nosuchtask", "--method", "greedy"], "unknown task 'nosuchtask'; known tasks:"),
+    ("unknown method", RUN + ["--task", "arith", "--method", "nope"], "unknown method 'nope'"),
+    ("unknown profile", ["run", "--task", "arith", "--method", "greedy", "--profile", "huge"], "unknown profile"),
+    ("method not for task", RUN + ["--task", "rng", "--method", "beam"], "does not apply to task 'rng'"),
+    ("seed not an integer", RUN + ["--task", "arith", "--method", "greedy", "--seed", "abc"], "--seed: expected int"),
+    ("seed a float", RUN + ["--task", "arith", "--method", "greedy", "--seed", "1.5"], "--seed"),
+    ("negative seed", RUN + ["--task", "arith", "--method", "greedy", "--seed", "-1"], "non-negative integer"),
+    ("unknown option", RUN + ["--task", "arith", "--method", "greedy", "--bogus", "1"], "unrecognized arguments"),
+    ("missing task", ["run", "--method", "greedy"], "task"),
+    ("bench negative seed", BENCH + ["--task", "arith", "--seeds", "[0,-1]"], "got -1"),
+    ("bench repeated seed", BENCH + ["--task", "arith", "--seeds", "[0,0]"], "seed 0 is listed twice"),
+    ("bench seeds not a list", BENCH + ["--task", "arith", "--seeds", "abc"], "--seeds"),
+    ("bench method not for task", BENCH + ["--task", "rng", "--methods", "[greedy,beam]"], "'beam' does not apply"),
+    ("bench unknown method", BENCH + ["--task", "arith", "--methods", "[greedy,nope]"], "unknown method 'nope'"),
+    ("bench no methods", BENCH + ["--task", "arith", "--methods", "[]"], "no methods given"),
+    ("results dir under a file", RUN + ["--task", "arith", "--method", "greedy",
+                                        "--results_dir", "{in}/blocker/sub"], "not writable"),
+    ("data does not exist", RUN + ["--task", "continuation", "--method", "greedy", "--data", "{in}/nope.txt"],
+     "does not exist"),
+    ("data a folder, file expected", RUN + ["--task", "continuation", "--method", "greedy", "--data", "{in}/folder"],
+     "is a folder; task continuation expects a file"),
+    ("infill data a folder", BENCH + ["--task", "infill", "--data", "{in}/folder"],
+     "is a folder; task infill expects a file"),
+    ("data a file, folder expected", RUN + ["--task", "subj", "--method", "temperature", "--data", "{in}/empty.txt"],
+     "is a file; task subj expects a folder"),
+    ("data for a task without data", RUN + ["--task", "arith", "--method", "greedy", "--data", "{in}/empty.txt"],
+     "does not read a data file"),
+    ("empty data file", RUN + ["--task", "continuation", "--method", "greedy", "--data", "{in}/empty.txt"],
+     "no prompts"),
+    ("UTF-16 data file", RUN + ["--task", "continuation", "--method", "greedy", "--data", "{in}/utf16.txt"],
+     "not UTF-8"),
+    ("malformed JSONL", RUN + ["--task", "continuation", "--method", "greedy", "--data", "{in}/bad.jsonl"],
+     "bad.jsonl, line 2: invalid JSON"),
+    ("CSV without sentence5", RUN + ["--task", "infill", "--method", "greedy", "--data", "{in}/no_s5.csv"],
+     "missing column sentence5"),
+    ("SUBJ folder with one file", RUN + ["--task", "subj", "--method", "temperature", "--data", "{in}/subj_one"],
+     "quote.tok.gt9.5000 is missing"),
+    ("10,000-word prompt (line 1)", RUN + ["--task", "continuation", "--method", "greedy",
+                                           "--data", "{in}/long_first.txt"], "long_first.txt, line 1: the prompt is"),
+    ("10,000-word prompt (line 6)", BENCH + ["--task", "continuation", "--data", "{in}/long_last.txt"],
+     "long_last.txt, line 6: the prompt is"),
+    ("task file syntax error", RUN + ["--task", "{in}/syntax.py", "--method", "greedy"],
+     "syntax.py:3: SyntaxError"),
+    ("task file missing import", RUN + ["--task", "{in}/missing_import.py", "--method", "greedy"],
+     "missing_import.py:2: ModuleNotFoundError"),
+    ("task file raising", RUN + ["--task", "{in}/raises.py", "--method", "greedy"],
+     "raises.py:2: RuntimeError: boom at import"),
+    ("task file without a task", RUN + ["--task", "{in}/no_task.py", "--method", "greedy"],
+     "must register exactly one task"),
+    ("task file does not exist", RUN + ["--task", "{in}/nope.py", "--method", "greedy"], "does not exist"),
+    ("method file syntax error", RUN + ["--task", "arith", "--method", "{in}/bad_method.py"], "bad_method.py"),
+    ("model not in the offline cache", RUN + ["--task", "arith", "--method", "greedy", "--model", "gpt2"],
+     "could not load model 'gpt2'"),
+    ("model folder without a model", RUN + ["--task", "arith", "--method", "greedy", "--model", "{in}/not_a_model"],
+     "could not load model"),
+    ("leaderboard unknown task", ["leaderboard", "--task", "nosuchtask", "--results_dir", "{norecords}"],
+     "unknown task 'nosuchtask'; known tasks:"),
+    ("leaderboard without records", ["leaderboard", "--task", "arith", "--results_dir", "{norecords}"],
+     "no run records"),
+    ("leaderboard with a {} record", ["leaderboard", "--task", "arith", "--results_dir", "{records}"],
+     "seed0/record.json lacks task, method, seed"),
+    ("leaderboard with a truncated record", ["leaderboard", "--task", "arith", "--results_dir", "{truncated}"],
+     "is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("argv, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_invocation_is_one_line_and_creates_nothing(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    paths = make_inputs(tmp_path)
+    argv = [a.format(**paths) for a in argv]
+    if "--results_dir" not in argv and argv[0] != "leaderboard":
+        argv += ["--results_dir", paths["out"]]
+    before = tree(tmp_path)
+    cwd_before = tree(REPO / "results") if (REPO / "results").exists() else set()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exc.value.code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gfnbench: error: ") and "Traceback" not in err
+    assert words in lines[0], lines[0]
+    assert tree(tmp_path) == before, "files were created"
+    assert (tree(REPO / "results") if (REPO / "results").exists() else set()) == cwd_before
+
+
+def test_the_table_has_at_least_30_rows():
+    assert len(CASES) >= 30
+
+
+def test_hub_with_network_allowed_but_unreachable_fails_fast(tmp_path, capsys, monkeypatch):
+    """HF_HUB_OFFLINE=0 with no hub: one line saying what was tried, in seconds, not a minute of retries."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")    # nothing listens there
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    t0 = time.time()
+    with pytest.raises(SystemExit) as exc:
+        main(RUN + ["--task", "arith", "--method", "greedy", "--model", "no-org/no-such-model",
+                    "--results_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert "unreachable" in err[0] and "tried 127.0.0.1:9" in err[0]
+    assert time.time() - t0 < 10
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_safetensors_in_a_model_folder_is_one_line(tmp_path, capsys, tiny):
+    folder = tmp_path / "model"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(RUN + ["--task", "arith", "--method", "greedy", "--model", str(folder),
+                    "--results_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert f"{weights} is truncated" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown task"):
+        main(RUN + ["--task", "nosuchtask", "--method", "greedy", "--results_dir", str(tmp_path), "--debug"])
+
+
+# --------------------------------------------------------------------------- writes: disk full, permission
+
+def _records(root: Path, methods=("greedy", "temperature"), seeds=(0, 1)) -> None:
+    from gfnbench.records import run_dir, write_run
+
+    for m in methods:
+        for s in seeds:
+            write_run(run_dir(root, "arith", m, s), {
+                "task": "arith", "method": m, "seed": s, "profile": "smoke", "model": "tiny",
+                "scoring_model": "tiny", "data": "synthetic", "metrics": {"test": {"accuracy": 0.1 * s}},
+                "config": {}, "versions": {}, "git_commit": "x", "wall_time_s": 1.0}, [])
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 4])
+def test_disk_full_while_writing_a_table_keeps_the_old_table_whole(tmp_path, capsys, monkeypatch, fail_at):
+    import gfnbench.leaderboard as lb
+    import gfnbench.records as rec
+
+    _records(tmp_path)
+    main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path)])
+    capsys.readouterr()
+    table = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"arith.md", "arith.csv", "arith.tex", "arith.png"} <= set(table)
+    _records(tmp_path, methods=("nucleus",))                 # the next table would differ
+
+    real, calls = rec.atomic_write_bytes, []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == fail_at:
+            Path(path).write_bytes(data[: len(data) // 2])   # a partial file, as a full disk leaves one
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(rec, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(lb, "atomic_write_bytes", full_disk)
+    with pytest.raises(SystemExit) as exc:
+        main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "disk full" in err[0], err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == table
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_disk_full_while_writing_a_run_leaves_no_partial_run(tmp_path, monkeypatch):
+    import gfnbench.records as rec
+
+    real, calls = rec.atomic_write_bytes, []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(rec, "atomic_write_bytes", full_disk)
+    with pytest.raises(rec.WriteFailed, match="disk full while writing .*record.json"):
+        _records(tmp_path, methods=("greedy",), seeds=(0,))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_new_table_replaces_the_old_set_and_drops_its_stale_files(tmp_path, capsys):
+    _records(tmp_path)
+    (tmp_path / "arith_curves.png").write_bytes(b"old curves of a previous table")
+    main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path)])
+    assert not (tmp_path / "arith_curves.png").exists()      # the new set has no curves: the old one goes
+    assert (tmp_path / "arith.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- the embedded model's cache
+
+def test_damaged_embedded_cache_is_rebuilt_once(tmp_path, monkeypatch, capsys, tiny):
+    import gfnbench.models as models
+
+    target = tmp_path / "cache"
+    conversions = []
+
+    def fake_convert(path):
+        conversions.append(path)
+        path.mkdir(parents=True)
+        tiny.model.save_pretrained(path)
+        tiny.tokenizer.save_pretrained(path)
+        models.write_checksums(path)
+
+    monkeypatch.setattr(models, "embedded_cache_dir", lambda: target)
+    monkeypatch.setattr(models, "_convert_embedded", fake_convert)
+    models.load_embedded()
+    assert len(conversions) == 1
+    models.load_embedded()
+    assert len(conversions) == 1                                # a sound cache is reused
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])            # truncated
+    lm = models.load_embedded()
+    assert len(conversions) == 2 and lm.model is not None
+    assert "damaged" in capsys.readouterr().out
+    data = bytearray(weights.read_bytes())                      # same size, one byte flipped, newer mtime
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    models.load_embedded()
+    assert len(conversions) == 3 and "sha256" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- run locks
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    from gfnbench import locks
+
+    run = tmp_path / "runs" / "arith" / "greedy" / "seed0"
+    run.mkdir(parents=True)
+    (run / ".lock").write_text("999999")                        # its owner died (kill -9): no flock on it
+    lock = locks.acquire(run)
+    lock.release()
+    assert not run.exists()                                     # nothing left of a run that wrote nothing
+
+
+def test_a_run_held_by_another_process_is_refused_in_one_line(tmp_path, capsys):
+    run = tmp_path / "runs" / "arith" / "greedy" / "seed0"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from gfnbench import locks
+        lock = locks.acquire({str(run)!r})
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as exc:
+            main(RUN + ["--task", "arith", "--method", "greedy", "--results_dir", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and f"is being run by process {holder.pid}" in err[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    from gfnbench import locks
+
+    locks.acquire(run).release()                               # stale once its owner is gone
+
+
+def test_two_benches_on_one_folder_do_every_run_exactly_once(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GFNBENCH_TEST_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "gfnbench.cli", "bench", "--task", "arith", "--profile", "smoke",
+           "--methods", "[greedy,zero_shot]", "--seeds", "[0,1]", "--results_dir", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    stdout = "".join(out for out, _ in outs)
+    for method in ("greedy", "zero_shot"):
+        for seed in (0, 1):
+            assert stdout.count(f"arith/{method}/seed{seed} done in") == 1, stdout
+            assert (tmp_path / "runs" / "arith" / method / f"seed{seed}" / "record.json").is_file()
+    assert not list(tmp_path.rglob(".lock"))
+    assert (tmp_path / "arith.md").is_file()
+    records = [json.loads(p.read_text()) for p in tmp_path.rglob("record.json")]
+    assert len(records) == 4

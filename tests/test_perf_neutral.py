@@ -1,0 +1,213 @@
+"""The fast paths of the GFlowNet step change no number: each is compared with a straightforward reference
+(the previous full-batch pass, kept as a private function, or plain per-row HF forwards) to 1e-5 in fp32, on
+batches with mixed lengths, tool-inserted tokens, replayed (buffer) trajectories and LoRA adapters that are not
+at their zero init."""
+import pytest
+import torch
+
+from gfnbench.losses import subtb_loss
+from gfnbench.models import adapters_off, add_lora, build_tiny
+from gfnbench.sampling import (SamplingConfig, _reference_every_prefix_log_reward, _reference_policy_log_probs,
+                               every_prefix_log_reward, policy_log_probs, sample)
+from gfnbench.trajectories import from_rows, left_pad
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _digit_mask(tok):
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    for i in range(len(tok)):
+        s = tok.decode([i])
+        allowed[i] = bool(s) and all(c in " 0123456789+-=," for c in s)
+    allowed[tok.eos_token_id] = True
+    return allowed
+
+
+def _tool(text):
+    return " 7" if text.rstrip().endswith("=") else None
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def lora_lm(request):
+    lm = build_tiny(request.param, seed=1)
+    policy = add_lora(lm.model, rank=4, alpha=8)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)      # adapters that change the function, so "adapters off" is a real switch
+    policy.eval()
+    return lm, policy
+
+
+def _batches(lm, policy):
+    """A sampled batch (one shared prompt, tools, mixed lengths, forced and chosen stops), a two-prompt batch
+    (left-padded prompts of different lengths) and a replayed batch rebuilt from stored states."""
+    tok = lm.tokenizer
+    allowed = _digit_mask(tok)
+    g = torch.Generator().manual_seed(0)
+    cfg = SamplingConfig(temperature=1.5, min_len=1, max_len=9)
+    shared = sample(policy, tok, ["Question: 1 + 2 = ? Answer:"], 6, cfg, stop_id=lm.eos_id, allowed=allowed,
+                    tool=_tool, generator=g)
+    two = sample(policy, tok, ["Question: 1 + 2 = ? Answer:", "the cat"], 3, cfg, stop_id=lm.eos_id,
+                 allowed=allowed, tool=_tool, generator=g)
+    states = [shared.state_ids[b, : int(shared.state_mask[b].sum())].tolist() for b in range(len(shared))]
+    acts = [shared.is_action[b, : len(states[b])].tolist() for b in range(len(shared))]
+    prompt_ids = tok("Question: 1 + 2 = ? Answer:", add_special_tokens=False)["input_ids"]
+    # replayed rows cut to 1..6 actions (a tool output stays with the action that triggered it): mixed lengths
+    cut_s, cut_a = [], []
+    for b, k in enumerate([1, 6, 3, 2, 5, 4]):
+        last = [i for i, a in enumerate(acts[b]) if a][min(k, sum(acts[b])) - 1]
+        end = last + 1
+        while end < len(acts[b]) and not acts[b][end]:
+            end += 1
+        cut_s.append(states[b][:end])
+        cut_a.append(acts[b][:end])
+    n = [sum(a) for a in cut_a]
+    replay = from_rows(["q"] * 6, [0] * 6, [prompt_ids] * 6, cut_s, cut_a, [True, False, True, True, False, True],
+                       [[0.0] * k for k in n], [[0.0] * (k + 1) for k in n], ["x"] * 6, tok.pad_token_id)
+    assert len(set(replay.lengths.tolist())) > 2, "test data too weak: equal lengths"
+    assert (~shared.is_action[shared.state_mask.bool()]).any(), "test data too weak: the tool never fired"
+    return allowed, {"shared": shared, "two_prompts": two, "replay": replay}
+
+
+def _assert_grad_close(got, want, msg):
+    """Gradients sum many terms in a different order, so the error scales with the tensor's size, not with each
+    element: max |got - want| <= 1e-5 * max(1, max |want|)."""
+    err = float((got - want).abs().max())
+    assert err <= 1e-5 * max(1.0, float(want.abs().max())), (msg, err, float(want.abs().max()))
+
+
+def _grads(policy, loss):
+    params = [p for p in policy.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params)
+
+
+def test_policy_log_probs_and_gradients_equal_the_full_batch_pass(lora_lm):
+    lm, policy = lora_lm
+    allowed, batches = _batches(lm, policy)
+    # eval mode: GPT-2's own dropout would make any two passes differ; gradients flow the same
+    for name, traj in batches.items():
+        for mask in (allowed, None):
+            new = policy_log_probs(policy, traj, mask, lm.eos_id)
+            ref = _reference_policy_log_probs(policy, traj, mask, lm.eos_id)
+            for a, b in zip(new, ref):
+                torch.testing.assert_close(a, b, **TOL, msg=name)
+            log_r = -torch.rand(len(traj), traj.max_actions + 1, generator=torch.Generator().manual_seed(1)) * 5
+            loss_new = subtb_loss(*new, log_r, traj.lengths)
+            loss_ref = subtb_loss(*ref, log_r, traj.lengths)
+            torch.testing.assert_close(loss_new, loss_ref, **TOL)
+            for gn, gr in zip(_grads(policy, loss_new), _grads(policy, loss_ref)):
+                _assert_grad_close(gn, gr, name)
+
+
+def test_policy_log_probs_equal_per_row_forwards(lora_lm):
+    """Independent of both batched passes: each row alone through the HF model."""
+    lm, policy = lora_lm
+    allowed, batches = _batches(lm, policy)
+    traj = batches["two_prompts"]
+    with torch.no_grad():
+        log_pf, log_pterm = policy_log_probs(policy, traj, allowed, lm.eos_id)
+        for b in range(len(traj)):
+            prompt = traj.prompt_ids[b][traj.prompt_mask[b].bool()].tolist()
+            state = traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist()
+            logits = policy(input_ids=torch.tensor([prompt + state])).logits[0].float()
+            logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+            acts = [i for i, a in enumerate(traj.is_action[b, : len(state)].tolist()) if a]
+            want = torch.stack([logp[len(prompt) + i - 1, state[i]] for i in acts])
+            torch.testing.assert_close(log_pf[b, : len(acts)], want, **TOL)
+            ends = traj.state_ends()[b]
+            n = int(traj.lengths[b])
+            want_t = torch.stack([logp[len(prompt) + int(ends[j]) - 1, lm.eos_id] for j in range(n + 1)])
+            if not bool(traj.stopped[b]):
+                want_t[n] = 0.0
+            torch.testing.assert_close(log_pterm[b, : n + 1], want_t, **TOL)
+
+
+@pytest.mark.parametrize("shared_context", [True, False])
+def test_single_token_suffix_reward_equals_suffix_copies(lora_lm, shared_context):
+    lm, policy = lora_lm
+    tok = lm.tokenizer
+    _, batches = _batches(lm, policy)
+    for name, traj in batches.items():
+        B = len(traj)
+        ctx = ["Q: 1 + 1 = ? A: 2.\nQuestion: 1 + 2 = ? Answer:"] * B if shared_context else \
+              [("x y " * (b % 3)) + "Question: 1 + 2 = ? Answer:" for b in range(B)]
+        ctx_ids, ctx_mask = left_pad([tok(c, add_special_tokens=False)["input_ids"] for c in ctx], tok.pad_token_id)
+        for suffix in ([[tok.eos_token_id]] * B, [tok(".", add_special_tokens=False)["input_ids"][-1:]] * B):
+            with torch.no_grad(), adapters_off(policy) as base:
+                got = every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
+                want = _reference_every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
+            torch.testing.assert_close(got, want, **TOL, msg=name)
+
+
+def test_multi_token_suffix_reward_equals_per_row_forwards(lora_lm):
+    lm, policy = lora_lm
+    tok = lm.tokenizer
+    _, batches = _batches(lm, policy)
+    traj = batches["shared"]
+    ctx = "Q: 1 + 1 = ? A: 2.\nQuestion: 1 + 2 = ? Answer:"
+    c_ids = tok(ctx, add_special_tokens=False)["input_ids"]
+    ctx_ids, ctx_mask = left_pad([c_ids] * len(traj), tok.pad_token_id)
+    suffix = [tok(". The answer is 3.", add_special_tokens=False)["input_ids"]] * len(traj)
+    with torch.no_grad(), adapters_off(policy) as base:
+        got = every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
+        ends = traj.state_ends()
+        for b in range(len(traj)):
+            state = traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist()
+            for j in range(int(traj.lengths[b]) + 1):
+                seq = c_ids + state[: int(ends[b, j])] + suffix[b]
+                lp = torch.log_softmax(base(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+                want = sum(float(lp[i - 1, seq[i]]) for i in range(len(c_ids), len(seq)))
+                assert abs(float(got[b, j]) - want) < 1e-4, (b, j, float(got[b, j]), want)
+
+
+def test_perf_quick_mode_runs(tmp_path):
+    from gfnbench import perf
+
+    out = perf.main(["--quick", "--out", str(tmp_path / "perf.md")])
+    text = (tmp_path / "perf.md").read_text()
+    assert "gfnbench" in text and "naive" in text
+    assert out["workloads"]["continuation"]["ratio_vs_naive"] > 0
+
+
+@pytest.mark.parametrize("adapters", [True, False])
+def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
+    """The sampler's Llama decode (preallocated cache, grouped attention, allowed-rows output layer) gives the
+    HF forward's log-probs, with left-padded prompts, rows that finished (fed padding, attention 0) and adapters
+    on or off."""
+    from contextlib import nullcontext
+
+    from gfnbench.sampling import _HFDecoder, _LlamaDecoder, masked_log_softmax
+
+    lm, policy = lora_lm
+    if not _LlamaDecoder.supports(policy):
+        pytest.skip("the lean decoder covers Llama-family models only")
+    tok = lm.tokenizer
+    allowed = _digit_mask(tok)
+    ids, mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in ["Question: 1 + 2 = ? Answer:",
+                                                                                   "the cat"]], tok.pad_token_id)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad(), (adapters_off(policy) if not adapters else nullcontext()):
+        lean, hf = _LlamaDecoder(policy, allowed), _HFDecoder(policy)
+        a = lean.prefill(ids, mask, 3, 8)
+        b = masked_log_softmax(hf.prefill(ids, mask, 3, 8), allowed)[:, allowed]
+        torch.testing.assert_close(torch.log_softmax(a, -1), b, **TOL)
+        attn = mask.repeat_interleave(3, 0)
+        pos = attn.sum(-1)
+        alive = torch.ones(6, dtype=torch.long)
+        cand = allowed.nonzero().squeeze(-1)
+        for step in range(6):
+            if step == 2:
+                alive[1] = 0
+            if step == 4:
+                alive[4] = 0
+            feed = cand[torch.randint(len(cand), (6,), generator=g)]
+            feed = torch.where(alive.bool(), feed, torch.full_like(feed, tok.pad_token_id))
+            attn = torch.cat([attn, alive[:, None]], 1)
+            a = torch.log_softmax(lean.step(feed, attn, pos), -1)
+            b = masked_log_softmax(hf.step(feed, attn, pos), allowed)[:, allowed]
+            live = alive.bool()
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a[live], b[live], **TOL)
+            pos = pos + 1
