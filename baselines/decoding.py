@@ -46,6 +46,7 @@ class DecodingBaseline(Method):
 @register_method("greedy", "argmax decoding of the base model (one sample per prompt)")
 class Greedy(DecodingBaseline):
     greedy = True
+    deterministic = True
 
 
 @register_method("temperature", "ancestral sampling of the base model at T = 1")
@@ -71,6 +72,7 @@ class Nucleus(DecodingBaseline):
 class BeamBaseline(DecodingBaseline):
     penalty = 0.0
     exact_temperature = None
+    deterministic = True
 
     def plan(self, n: int) -> tuple[int, int]:
         """(num_beams, num_groups) for n returned sequences."""

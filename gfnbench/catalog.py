@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gfnbench.methods import METHODS, MethodSpec
+from gfnbench.usercode import user_code_error
 
 
 def load_builtin_methods() -> None:
@@ -28,24 +29,13 @@ def load_method_file(path: str) -> str:
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as err:
-        raise ValueError(f"method file {path}, line {err.lineno}: {err.msg}") from None
     except Exception as err:  # noqa: BLE001  (any import-time failure of a user file is one line)
-        line = _failing_line(err, file)
-        raise ValueError(f"method file {path}{line}: {type(err).__name__}: {err}") from None
+        sys.modules.pop(spec.name, None)
+        raise ValueError(f"could not import method file {user_code_error(err, file)}") from None
     added = sorted(set(METHODS) - before)
     if len(added) != 1:
         raise ValueError(f"{path} must register exactly one method with @register_method, found {added}")
     return added[0]
-
-
-def _failing_line(err: BaseException, file: Path) -> str:
-    tb, line = err.__traceback__, ""
-    while tb is not None:
-        if Path(tb.tb_frame.f_code.co_filename).resolve() == file.resolve():
-            line = f", line {tb.tb_lineno}"
-        tb = tb.tb_next
-    return line
 
 
 def method_name(name: str) -> str:

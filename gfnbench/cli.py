@@ -167,6 +167,8 @@ def _one_line(message: str) -> str:
     text = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got \2", text)
     text = re.sub(r'Key "(?:\w+\.)?(\w+)" is required but not included in config object or its value is None\.?',
                   r"--\1 is required", text)
+    text = re.sub(r"arguments are required: (.*)",
+                  lambda m: "arguments are required: " + re.sub(r"(?:\w+\.)?(\w+)", r"--\1", m.group(1)), text)
     return text
 
 
@@ -198,10 +200,10 @@ def main(argv: list[str] | None = None) -> None:
             OSError) as err:
         if debug:
             raise
-        if isinstance(err, (FileExistsError, PermissionError)) or not isinstance(err, OSError):
-            message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
-        else:
+        if isinstance(err, OSError) and err.errno is not None:   # raised by the OS: disk full, permission, ...
             message = describe_os_error(err)
+        else:
+            message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
         print(f"gfnbench: error: {_one_line(message)}", file=sys.stderr)
         sys.exit(2)
 

@@ -21,8 +21,15 @@ from gfnbench.metrics import mean
 from gfnbench.models import LanguageModel, adapters_off, load_model
 from gfnbench.preflight import check_bench, check_run
 from gfnbench.profiles import Profile, get_profile
-from gfnbench.records import (check_writable, data_fingerprint, data_results_dir, git_commit, package_versions,
-                              run_dir, write_run)
+from gfnbench.records import (
+    check_writable,
+    data_fingerprint,
+    data_results_dir,
+    git_commit,
+    package_versions,
+    run_dir,
+    write_run,
+)
 from gfnbench.sampling import state_token_log_probs
 from gfnbench.tasks import Example, Task, get_task
 from gfnbench.trajectories import Trajectories
@@ -75,34 +82,47 @@ def eval_questions(profile: Profile, task: Task) -> int | None:
     return max(profile.eval_questions, task.min_eval_questions)
 
 
+def question_scores(method: Method, task: Task, traj: Trajectories, examples: list[Example],
+                    split: str) -> tuple[list[dict], list[dict]]:
+    """Each question's metrics over its n samples, and the samples' rows for samples.jsonl."""
+    ref = reference_log_likelihood(method, task, traj, examples)
+    scores, samples = [], []
+    for i, ex in enumerate(examples):
+        rows = (traj.group == i).nonzero().flatten().tolist()
+        texts = [traj.texts[r] for r in rows]
+        q = {**task.score(texts, ex), **model_scores(method, task, texts, ex)}
+        q["logp_ref"] = mean([float(ref[r]) for r in rows])
+        if task.report_logp_ref_max:
+            q["logp_ref_max"] = max(float(ref[r]) for r in rows)
+        scores.append(q)
+        samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], "answer": ex.answer,
+                     "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),
+                     "stopped": bool(traj.stopped[r])} for k, r in enumerate(rows)]
+    return scores, samples
+
+
 def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Generator,
-             label: str = "") -> tuple[dict, list[dict]]:
-    """Metrics per evaluation split (means over questions) and every sample drawn."""
+             label: str = "") -> tuple[dict, list[dict], dict]:
+    """Metrics per evaluation split (means over questions), every sample drawn, and each question's metrics
+    ({split: {"ids": [...], metric: [...]}}: what the leaderboard's question-level bootstrap resamples)."""
     n = profile.eval_samples or task.eval_samples
-    metrics, samples = {}, []
+    metrics, samples, per_question = {}, [], {}
     for split in task.eval_splits:
         examples = task.examples(split)[: eval_questions(profile, task)]
         if not examples:
             raise ValueError(f"split {split!r} of task {task.name} has no examples")
-        per_question = []
+        scores = []
         for batch in tqdm(chunks(examples, profile.eval_batch), desc=f"{label} {split}".strip(), leave=False):
             with torch.no_grad():
                 traj = method.sample(batch, n, generator)
-            ref = reference_log_likelihood(method, task, traj, batch)
-            for i, ex in enumerate(batch):
-                rows = (traj.group == i).nonzero().flatten().tolist()
-                texts = [traj.texts[r] for r in rows]
-                scores = {**task.score(texts, ex), **model_scores(method, task, texts, ex)}
-                scores["logp_ref"] = mean([float(ref[r]) for r in rows])
-                if task.report_logp_ref_max:
-                    scores["logp_ref_max"] = max(float(ref[r]) for r in rows)
-                per_question.append(scores)
-                samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], "answer": ex.answer,
-                             "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),
-                             "stopped": bool(traj.stopped[r])} for k, r in enumerate(rows)]
-        metrics[split] = {key: mean([q[key] for q in per_question]) for key in per_question[0]}
+            batch_scores, batch_samples = question_scores(method, task, traj, batch, split)
+            scores += batch_scores
+            samples += batch_samples
+        per_question[split] = {"ids": [ex.id for ex in examples],
+                               **{key: [q[key] for q in scores] for key in scores[0]}}
+        metrics[split] = {key: mean(per_question[split][key]) for key in scores[0]}
         metrics[split].update(exact_metrics(method, task, examples))
-    return metrics, samples
+    return metrics, samples, per_question
 
 
 def load_task(task: str, data: str | None = None) -> Task:
@@ -157,12 +177,12 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     impl = spec.factory(task_obj, lm, ctx)
     extra = impl.fit()
     budget = impl.budget()
-    metrics, samples = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
+    metrics, samples, per_question = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
-        "metrics": metrics, "metric_info": task_obj.metric_info,
+        "metrics": metrics, "per_question": per_question, "metric_info": task_obj.metric_info,
         "metric_directions": task_obj.metric_directions,
         "task_version": task_obj.version, "settings": overrides, "budget": budget and asdict(budget),
         "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
@@ -181,6 +201,11 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
 def settings_for(spec: MethodSpec, settings: dict | None) -> dict:
     """This method's overrides out of {method: overrides}, checked against its settings class."""
     return spec.check_settings(dict((settings or {}).get(spec.name) or {}))
+
+
+def seeds_for(spec: MethodSpec, seeds: list[int]) -> list[int]:
+    """A deterministic method (greedy, beam) gives the same record for every seed: it runs the first only."""
+    return list(seeds[:1]) if spec.deterministic else list(seeds)
 
 
 def default_methods(task: Task, prof: Profile) -> list[str]:
@@ -213,8 +238,9 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
     check_writable(root)
     print(f"[gfnbench] runs and tables go to {root}")
     for name in names:
-        for seed in locks.claim(root, task_obj.name, name, seeds, overwrite):   # locked; others' runs skipped
+        for seed in locks.claim(root, task_obj.name, name, seeds_for(get_method(name), seeds), overwrite):
             t0 = time.time()
-            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data, settings)
+            out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data,
+                      {name: (settings or {}).get(name) or {}})
             print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
     return write_leaderboard(root, task_obj.name, method_order=names)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import io
 import itertools
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ import pandas as pd
 from gfnbench.records import atomic_write_bytes, atomic_write_text, check_writable, read_runs
 
 EXACT_LIMIT = 100_000
-SUMMARY_COLUMNS = ["method", "split", "metric", "mean", "lo", "hi", "n_seeds", "seeds"]
+SUMMARY_COLUMNS = ["method", "split", "metric", "mean", "lo", "hi", "n_seeds", "seeds", "n_questions", "ci"]
 MISSING = "–"
 
 
@@ -55,24 +55,58 @@ def bootstrap_ci(values: Iterable[float], level: float = 0.95, n_resamples: int 
     return mean, float(lo), float(hi)
 
 
+def seed_question_bootstrap(values: np.ndarray, level: float = 0.95, n_resamples: int = 10_000,
+                            seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi) of a [seeds, questions] matrix: seeds and questions resampled independently (a two-way
+    percentile bootstrap), so the interval covers which questions were asked as well as training and sampling
+    noise. With 3 seeds and 8 questions the seed-only interval ignored the larger of the two."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"seed_question_bootstrap needs a finite [seeds, questions] matrix, got shape {x.shape}")
+    n_s, n_q = x.shape
+    rng = np.random.default_rng(seed)
+    w_s = rng.multinomial(n_s, np.full(n_s, 1 / n_s), size=n_resamples)      # how often each seed is drawn
+    w_q = rng.multinomial(n_q, np.full(n_q, 1 / n_q), size=n_resamples)      # how often each question is drawn
+    means = np.einsum("rs,sq,rq->r", w_s, x, w_q) / (n_s * n_q)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha], method="linear")
+    return float(x.mean()), float(lo), float(hi)
+
+
+def _question_matrix(entries: list[dict]) -> np.ndarray | None:
+    """[seeds, questions] when every seed's record has this metric per question, on the same questions."""
+    rows = [e["per_question"] for e in entries]
+    if any(r is None for r in rows) or len({tuple(e["ids"]) for e in entries}) != 1:
+        return None
+    return np.array(rows, dtype=float)
+
+
 def summarize(records: list[dict]) -> pd.DataFrame:
-    """Long format: one row per (method, split, metric), in order of first appearance."""
-    seen: dict[tuple[str, int], int] = {}
-    cells: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    """Long format: one row per (method, split, metric), in order of first appearance. Metrics the records
+    carry per question get the seed x question bootstrap; the rest (exact metrics, old records) seeds only."""
+    seen: set[tuple[str, int]] = set()
+    cells: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
         key = (r["method"], r["seed"])
         if key in seen:
             raise ValueError(f"two records for method {r['method']!r} seed {r['seed']}")
-        seen[key] = 1
+        seen.add(key)
         for split, metrics in r["metrics"].items():
+            per_q = (r.get("per_question") or {}).get(split) or {}
             for metric, value in metrics.items():
-                cells.setdefault((r["method"], split, metric), []).append((int(r["seed"]), float(value)))
+                cells.setdefault((r["method"], split, metric), []).append(
+                    {"seed": int(r["seed"]), "value": float(value), "per_question": per_q.get(metric),
+                     "ids": per_q.get("ids")})
     rows = []
-    for (method, split, metric), pairs in cells.items():
-        mean, lo, hi = bootstrap_ci([v for _, v in pairs])
-        seeds = sorted(s for s, _ in pairs)
+    for (method, split, metric), entries in cells.items():
+        matrix = _question_matrix(entries)
+        if matrix is not None:
+            (mean, lo, hi), n_q, ci = seed_question_bootstrap(matrix), matrix.shape[1], "seeds x questions"
+        else:
+            (mean, lo, hi), n_q, ci = bootstrap_ci([e["value"] for e in entries]), 0, "seeds"
         rows.append({"method": method, "split": split, "metric": metric, "mean": mean, "lo": lo, "hi": hi,
-                     "n_seeds": len(pairs), "seeds": " ".join(map(str, seeds))})
+                     "n_seeds": len(entries), "seeds": " ".join(map(str, sorted(e["seed"] for e in entries))),
+                     "n_questions": n_q, "ci": ci})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -123,6 +157,18 @@ def _seed_phrase(df: pd.DataFrame) -> str:
     return f"{counts[0]}–{counts[-1]} seeds (cells with fewer seeds are marked n=k)"
 
 
+def _ci_phrase(df: pd.DataFrame) -> str:
+    """Which cells resample questions too (two-way bootstrap) and which resample seeds only."""
+    both = df[df["ci"] == "seeds x questions"]
+    if both.empty:
+        return " (seeds resampled; exact enumeration for ≤ 6 seeds)"
+    counts = sorted(set(both["n_questions"].astype(int)))
+    q = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    seed_only = sorted(set(df[df["ci"] == "seeds"]["metric"]))
+    rest = f"; {', '.join(seed_only)}: seeds only (one value per run)" if seed_only else ""
+    return f" and {q} questions per split (seeds and questions resampled independently, 10,000 draws){rest}"
+
+
 def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
     """Provenance block: what was run, on what, scored by whom, from which commit."""
     seeds = sorted({int(r["seed"]) for r in records})
@@ -158,8 +204,8 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
     if versions:
         shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
         lines.append(f"- packages: {shown}")
-    lines.append(f"- cells: mean ± 95% bootstrap CI over {_seed_phrase(df)}, written as mean [lo, hi] "
-                 f"(percentile bootstrap of the mean, exact enumeration for ≤ 6 seeds)")
+    lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as mean [lo, hi], over {_seed_phrase(df)}"
+                 f"{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
     return "\n".join(lines) + "\n"
 
 

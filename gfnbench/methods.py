@@ -30,6 +30,7 @@ class MethodSpec:
     trains: bool = False
     opt_in: bool = False                    # applies only to tasks that list it in `opt_in_methods`
     settings: type | None = None            # the dataclass of its settings (None: it takes none)
+    deterministic: bool = False             # no sampling and no training: every seed gives the same record
 
     def applies_to(self, task: str) -> bool:
         """Tasks choose too: `excluded_methods` drops a method, `opt_in_methods` adds an opt-in one."""
@@ -75,6 +76,7 @@ class Method:
     `self.settings(defaults)`, and return their training budget from `budget()`."""
 
     trains = False
+    deterministic: ClassVar[bool] = False    # no sampling, no training (greedy, beam): `bench` runs one seed
     settings_class: ClassVar[type | None] = None
 
     def __init__(self, task: Task, lm: LanguageModel, ctx: RunContext):
@@ -136,6 +138,7 @@ def register_method(name: str, description: str, tasks: tuple[str, ...] | None =
             raise ValueError(f"method {name!r} is registered twice ({METHODS[name].factory.__module__} and "
                              f"{factory.__module__})")
         declared = settings or (factory.settings_class if isinstance(factory, type) else None)
-        METHODS[name] = MethodSpec(name, factory, description, tasks, trains, opt_in, declared)
+        deterministic = isinstance(factory, type) and factory.deterministic
+        METHODS[name] = MethodSpec(name, factory, description, tasks, trains, opt_in, declared, deterministic)
         return factory
     return wrap

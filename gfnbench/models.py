@@ -10,8 +10,8 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-from contextlib import contextmanager
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +66,7 @@ def cache_root() -> Path:
 
 # ---------------------------------------------------------------------------------------------- tiny model
 
-TINY_WORDS = (
+TINY_WORDS = (  # noqa: SIM905  (a word list, wrapped)
     "the a an and of to in is was it he she they we you that on for with as at by this from his her "
     "question answer what number random integer between uniformly drawn following once upon time there "
     "story beginning ending middle sentence cat dog sat ran home day night good bad happy sad big small "

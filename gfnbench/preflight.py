@@ -12,9 +12,10 @@ import json
 import os
 import re
 import sys
-import traceback
 from functools import lru_cache
 from pathlib import Path
+
+from gfnbench.usercode import user_code_error
 
 
 class InputError(ValueError):
@@ -22,19 +23,6 @@ class InputError(ValueError):
 
 
 # --------------------------------------------------------------------------- user code (task files)
-
-def user_code_error(err: BaseException, file: str | Path) -> str:
-    """`file:line: ErrorType: message` for an error raised while importing or running a user's .py file."""
-    file = Path(file)
-    if isinstance(err, SyntaxError) and err.filename and Path(err.filename).resolve() == file.resolve():
-        return f"{file}:{err.lineno}: SyntaxError: {err.msg}"
-    line = None
-    for frame in traceback.extract_tb(err.__traceback__):
-        if Path(frame.filename).resolve() == file.resolve():
-            line = frame.lineno
-    message = " ".join(str(err).split()) or type(err).__name__
-    return f"{file}{f':{line}' if line else ''}: {type(err).__name__}: {message}"
-
 
 # --------------------------------------------------------------------------- seeds, methods
 
@@ -91,23 +79,14 @@ def task_class(task: str):
     return TASKS[name]
 
 
-def data_kind(cls) -> str | None:
-    """"file" or "folder": what a built-in task's --data must be (a task class may say so in `data_kind`)."""
-    kind = getattr(cls, "data_kind", None)
-    if kind:
-        return kind
-    if not cls.__module__.startswith("gfnbench.tasks."):
-        return None
-    return "folder" if cls.__module__.endswith(".subj") else "file"
-
-
 def check_data_path(cls, data: str) -> None:
     import inspect
 
-    if "data" not in inspect.signature(cls.__init__).parameters:
+    params = inspect.signature(cls.__init__).parameters
+    if "data" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise InputError(f"task {cls.name} does not read a data file (--data)")
     path = Path(data)
-    kind = data_kind(cls)
+    kind = cls.data_kind
     what = {"file": "a file", "folder": "a folder"}.get(kind, "a file or folder")
     if not path.exists():
         raise InputError(f"data path {data} does not exist (task {cls.name} expects {what})")
@@ -233,10 +212,7 @@ def _local_tokenizer(name: str, label: str):
 # --------------------------------------------------------------------------- every example against the context
 
 def _splits(task) -> dict[str, list]:
-    names = list(getattr(task, "splits", {}) or [])
-    for name in ("train", task.val_split, *task.eval_splits):
-        if name not in names:
-            names.append(name)
+    names = task.split_names()
     out = {}
     for name in names:
         try:
@@ -280,7 +256,7 @@ def _shots_prefix(task, methods, first, tokenizer) -> tuple[int, str]:
     plain = len(tokenizer(task.prompt(first))["input_ids"])
     for name in methods:
         if name == "few_shot":
-            k = getattr(task, "few_shot_k", None) or 3
+            k = (task.few_shot_k if isinstance(task, LabelledClassification) else None) or 3
             build = task.classifier_prompt if isinstance(task, LabelledClassification) else task.shots_prompt
         elif name == "zero_shot":
             continue
@@ -422,4 +398,4 @@ def _hashable(key) -> bool:
 
 
 __all__ = ["InputError", "check_run", "check_bench", "check_seeds", "check_methods", "build_task",
-           "check_results_dir", "check_lengths", "model_tokenizer", "user_code_error"]
+           "check_results_dir", "check_lengths", "model_tokenizer"]

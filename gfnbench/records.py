@@ -281,7 +281,7 @@ def describe_os_error(err: OSError, path: str | Path | None = None) -> str:
     if err.errno == errno.EDQUOT:
         return f"disk quota exceeded while writing {where}: free some space or choose another --results_dir"
     if err.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied while writing {where}: choose a writable folder with --results_dir"
+        return f"permission denied on {where}: fix its permissions or choose another folder (--results_dir)"
     if err.errno == errno.EROFS:
-        return f"read-only file system while writing {where}: choose a writable folder with --results_dir"
-    return f"could not write {where}: {err.strerror or err}"
+        return f"read-only file system at {where}: choose a writable folder with --results_dir"
+    return f"{where}: {err.strerror or err}"

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from gfnbench.sampling import SamplingConfig
+from gfnbench.usercode import user_code_error
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -83,6 +84,7 @@ class Task(ABC):
     metric_directions: ClassVar[dict[str, str]] = {}
     metric_info: ClassVar[dict[str, str]] = {}     # one-line explanations of metrics, kept in run records
     curve_points: ClassVar[int] = 0     # learning-curve probes per training run (0: the task has no cheap probe)
+    data_kind: ClassVar[str | None] = None   # what `--data` must be: "file", "folder" (None: the task reads none)
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:
@@ -115,6 +117,10 @@ class Task(ABC):
         """Distances of the policy's exact distribution to the target, for tasks whose support can be enumerated
         (rng). None: the task has none."""
         return None
+
+    def split_names(self) -> tuple[str, ...]:
+        """Every split the task has (checked against the model's context before a run starts)."""
+        return tuple(dict.fromkeys(("train", self.val_split, *self.eval_splits)))
 
     def demonstration(self, ex: Example) -> str:
         raise NotImplementedError(f"task {self.name} has no demonstrations for few-shot prompts")
@@ -230,8 +236,6 @@ def load_task_file(path: str) -> list[str]:
         sys.modules.pop(spec.name, None)
         for name in set(TASKS) - before:
             TASKS.pop(name, None)
-        from gfnbench.preflight import user_code_error
-
         raise ValueError(f"could not import task file {user_code_error(err, file)}") from err
     _LOADED_TASK_FILES[key] = sorted(set(TASKS) - before)
     return list(_LOADED_TASK_FILES[key])

@@ -128,6 +128,7 @@ def allowed_token(text: str) -> bool:
 @register_task("continuation")
 class Continuation(Task):
     description = "next-sentence continuation, target p(Z . | X)^(1/T): max log-likelihood vs diversity"
+    data_kind = "file"        # --data: one file
     eval_splits = ("test",)
     min_len = 1
     max_len = 30

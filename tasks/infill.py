@@ -83,6 +83,7 @@ def for_scoring(text: str) -> str:
 @register_task("infill")
 class Infill(Task):
     description = "story infilling: the 4th sentence given sentences 1-3 and 5, target p(Z Y | X)"
+    data_kind = "file"        # --data: one file
     eval_splits = ("test",)
     min_len, max_len = LENGTHS["."]
     eval_max_len = max_len

@@ -101,6 +101,7 @@ def vote(predictions: list[str]) -> str | None:
 @register_task("subj")
 class Subjectivity(LabelledClassification):
     description = "SUBJ objective/subjective with a 1-5 token latent rationale, 10 labelled examples"
+    data_kind = "folder"        # --data: the SUBJ folder with its two files
     default_labelled = 10
     eval_splits = ("test",)
     min_len = 1

@@ -13,6 +13,7 @@ from gfnbench.leaderboard import (
     render_csv,
     render_latex,
     render_markdown,
+    seed_question_bootstrap,
     summarize,
     write_leaderboard,
 )
@@ -116,11 +117,12 @@ def write_fake_runs(root, **overrides) -> list[dict]:
 def test_summarize_long_format():
     records = [fake_record(m, s, v) for m, vals in METHODS.items() for s, v in zip(SEEDS, vals)]
     df = summarize(records)
-    assert list(df.columns) == ["method", "split", "metric", "mean", "lo", "hi", "n_seeds", "seeds"]
+    assert list(df.columns) == ["method", "split", "metric", "mean", "lo", "hi", "n_seeds", "seeds", "n_questions",
+                                "ci"]
     assert len(df) == 2 * 2 * 2
     row = df[(df.method == "gfn_tb") & (df.split == "test_3op") & (df.metric == "accuracy")].iloc[0]
     assert (row["mean"], row["lo"], row["hi"]) == bootstrap_ci(METHODS["gfn_tb"])
-    assert row["n_seeds"] == 3 and row["seeds"] == "0 1 2"
+    assert row["n_seeds"] == 3 and row["seeds"] == "0 1 2" and row["ci"] == "seeds"
     with pytest.raises(ValueError, match="two records"):
         summarize(records + records[:1])
 
@@ -161,7 +163,7 @@ def test_write_leaderboard_end_to_end(tmp_path):
     assert "log-likelihood scored by: SmolLM2-135M, adapters off" in md
     assert "policy model: SmolLM2-135M" in md and "synthetic (seeded generator)" in md
     assert "profile: cpu" in md and "seeds: 0, 1, 2" in md and "abc123" in md
-    assert "mean ± 95% bootstrap CI over 3 seeds" in md
+    assert "95% percentile-bootstrap CI, written as mean [lo, hi], over 3 seeds (seeds resampled" in md
     acc = md.split("## accuracy")[1].split("## logp_ref")[0]
     assert acc.index("| gfn_tb |") < acc.index("| greedy |")  # runs are read in folder (name) order
     for method, values in METHODS.items():
@@ -294,3 +296,38 @@ def test_learning_curves_png_from_records(tmp_path):
         {"batches": 0, "reward_evals": 0, "wall_s": 0.0, "tv_exact": 0.9 - s}]) for s in (0, 1)])
     assert metric == "tv_exact" and list(curves) == ["gfn"]
     assert sorted(curves["gfn"]["tv_exact"]) == pytest.approx([-0.1, 0.9])
+
+
+def test_seed_question_bootstrap_by_hand():
+    # one seed, questions worth 0 and 1: resampled means are 0, 0.5, 1 with probability 1/4, 1/2, 1/4
+    mean, lo, hi = seed_question_bootstrap(np.array([[0.0, 1.0]]))
+    assert (mean, lo, hi) == (0.5, 0.0, 1.0)
+    # identical seeds and questions: no spread at all
+    assert seed_question_bootstrap(np.full((3, 5), 0.25)) == (0.25, 0.25, 0.25)
+    # against an explicit index loop with independent draws (Monte Carlo: agree to ~0.01)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 40)) + np.array([[0.0], [0.5], [1.0]])
+    loop = []
+    for _ in range(4000):
+        s_idx, q_idx = rng.integers(0, 3, 3), rng.integers(0, 40, 40)
+        loop.append(x[s_idx][:, q_idx].mean())
+    want = np.quantile(loop, [0.025, 0.975])
+    _, lo, hi = seed_question_bootstrap(x)
+    assert lo == pytest.approx(want[0], abs=0.03) and hi == pytest.approx(want[1], abs=0.03)
+
+
+def test_summarize_resamples_questions_when_records_carry_them():
+    records = []
+    for seed, shift in zip(SEEDS, (0.0, 0.1, 0.2)):
+        r = fake_record("gfn", seed, 0.0)
+        values = [shift + q / 10 for q in range(8)]
+        r["metrics"] = {"test": {"accuracy": float(np.mean(values)), "tv_exact": 0.5}}
+        r["per_question"] = {"test": {"ids": [f"q{i}" for i in range(8)], "accuracy": values}}
+        records.append(r)
+    df = summarize(records).set_index("metric")
+    acc, tv = df.loc["accuracy"], df.loc["tv_exact"]
+    assert acc["ci"] == "seeds x questions" and acc["n_questions"] == 8
+    matrix = np.array([[s + q / 10 for q in range(8)] for s in (0.0, 0.1, 0.2)])
+    assert (acc["mean"], acc["lo"], acc["hi"]) == pytest.approx(seed_question_bootstrap(matrix))
+    assert acc["hi"] - acc["lo"] > 0.3          # question spread (0 to 0.7) dominates the seed spread (0.2)
+    assert tv["ci"] == "seeds" and tv["n_questions"] == 0

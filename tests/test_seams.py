@@ -208,3 +208,16 @@ def test_core_never_probes_tasks_with_hasattr():
                     "task" in ast.unparse(node.args[0]):
                 offenders.append(f"{file.name}:{node.lineno} {ast.unparse(node)}")
     assert not offenders, offenders
+
+
+def test_bench_runs_deterministic_methods_once(tmp_path):
+    from gfnbench.catalog import get_method
+
+    assert get_method("greedy").deterministic and get_method("beam").deterministic
+    assert not get_method("temperature").deterministic and not get_method("gflownet").deterministic
+    main(["bench", "--task", "rng", "--methods", "[greedy, temperature]", "--seeds", "[0, 1]", "--profile", "smoke",
+          "--results_dir", str(tmp_path)])
+    runs = tmp_path / "runs" / "rng"
+    assert sorted(p.name for p in (runs / "greedy").iterdir()) == ["seed0"]
+    assert sorted(p.name for p in (runs / "temperature").iterdir()) == ["seed0", "seed1"]
+    assert "deterministic rows (no sampling, no training) run once" in (tmp_path / "rng.md").read_text()
