@@ -38,7 +38,8 @@ def method_settings_help() -> str:
 
 def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
-        settings: str | None = None, method_settings: dict | None = None) -> None:
+        settings: str | None = None, method_settings: dict | None = None, resume: bool = False,
+        keep_checkpoints: bool = False, checkpoint_every: int = 10) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
@@ -55,11 +56,15 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         settings: a YAML file of method settings, {method: {field: value}}, e.g. 'gflownet: {lr: 3e-4}'.
         method_settings: method settings as --METHOD.FIELD VALUE (e.g. --gflownet.lr 3e-4), which win over the
             file; they are checked against the method's fields and stored in the record. METHOD_SETTINGS_HELP
+        resume: continue an interrupted training run from its last checkpoint (`bench` always does).
+        keep_checkpoints: keep the run's checkpoints/ folder after the record is written.
+        checkpoint_every: optimizer steps between training checkpoints (GFlowNet-family methods).
     """
     from gfnbench.harness import run as run_one
 
     out = run_one(task, method, seed, profile, results_dir, model, overwrite, data,
-                  collect_settings(settings, method_settings))
+                  collect_settings(settings, method_settings), resume=resume, keep_checkpoints=keep_checkpoints,
+                  checkpoint_every=checkpoint_every)
     print(f"[gfnbench] wrote {out}")
 
 

@@ -33,8 +33,14 @@ class LearningCurve(L.Callback):
                             "wall_s": round(training_s, 2), **values})
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.started = time.time()
+        self.started = time.time() - (self.points[-1]["wall_s"] if self.points else 0.0)   # resumed: continue
         self._record()
+
+    def state_dict(self) -> dict:
+        return {"points": self.points, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points, self.batches = list(state["points"]), int(state["batches"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batches += 1

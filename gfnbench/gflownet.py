@@ -18,6 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.buffer import BufferItem, ReplayBuffer
+from gfnbench.checkpoints import resume_path, trainable_only
 from gfnbench.curves import learning_curve
 from gfnbench.losses import (
     balance_penalty,
@@ -114,6 +115,8 @@ class GFlowNetModule(L.LightningModule):
         self.train_loss, self.train_log_reward = MeanMetric(), MeanMetric()
         self.curve: list[dict] = []
         self.diagnostics: dict = {}
+        self.buffer_seeded = False
+        self.strict_loading = False     # checkpoints hold the trainable weights only (checkpoints.trainable_only)
 
     # ------------------------------------------------------------------ rewards and behaviour policy
     def log_reward(self, traj: Trajectories, examples: list[Example]) -> Tensor:
@@ -181,8 +184,9 @@ class GFlowNetModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ Lightning
     def on_train_start(self) -> None:
-        if self.cfg.seed_buffer_with_gold:
+        if self.cfg.seed_buffer_with_gold and not self.buffer_seeded:     # (a resumed run has its buffer)
             self.seed_buffer()
+        self.buffer_seeded = True
 
     def reward_temperature(self) -> float:
         return reward_temperature(self.global_step, *self.cfg.reward_temperature)
@@ -244,11 +248,20 @@ class GFlowNetModule(L.LightningModule):
             opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.decay_to))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What a resumed run needs to continue exactly: trainable weights, buffer, RNG states, the curve."""
+        checkpoint["state_dict"] = trainable_only(checkpoint["state_dict"], self)
         checkpoint["replay_buffer"] = self.buffer.state_dict()
+        checkpoint["gflownet"] = {"rng": self.rng.getstate(), "generator": self.generator.get_state(),
+                                  "curve": self.curve, "buffer_seeded": self.buffer_seeded}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "replay_buffer" in checkpoint:
             self.buffer.load_state_dict(checkpoint["replay_buffer"])
+        state = checkpoint.get("gflownet")
+        if state:
+            self.rng.setstate(state["rng"])
+            self.generator.set_state(state["generator"])
+            self.curve, self.buffer_seeded = list(state["curve"]), state["buffer_seeded"]
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
@@ -260,8 +273,9 @@ def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int,
                callbacks: list | None = None) -> None:
     """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
     loader = seeded_prompt_loader(n_examples, 1, steps * accumulate, ctx.seed)
-    trainer = cpu_trainer(ctx, max_steps=steps, accumulate_grad_batches=accumulate, callbacks=callbacks or [])
-    trainer.fit(module, train_dataloaders=loader)
+    trainer = cpu_trainer(ctx, checkpoints=True, max_steps=steps, accumulate_grad_batches=accumulate,
+                          callbacks=callbacks or [])
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_path(ctx.checkpoint_dir, ctx.resume))
 
 
 class GFlowNetMethod(Method):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from gfnbench import locks
 from gfnbench.catalog import get_method, methods_for
+from gfnbench.checkpoints import remove_checkpoints
 from gfnbench.methods import Method, MethodSpec, RunContext
 from gfnbench.metrics import mean
 from gfnbench.models import LanguageModel, adapters_off, load_model
@@ -146,10 +147,13 @@ def results_root(prof: Profile, results_dir: str | None, data: str | None) -> Pa
 
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
-        settings: dict | None = None) -> Path:
+        settings: dict | None = None, resume: bool = False, keep_checkpoints: bool = False,
+        checkpoint_every: int = 10) -> Path:
     """Train (if the method trains), evaluate and write one run record. Returns the record's folder.
 
-    `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}})."""
+    `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}}). Training saves a
+    checkpoint every `checkpoint_every` steps into the run folder; `resume` continues from it, and it is
+    removed once the record is written unless `keep_checkpoints`."""
     check_run(task, method, seed, profile, results_dir, model, data)   # every input, before anything is created
     prof = get_profile(profile)
     task_obj = load_task(task, data)
@@ -173,29 +177,33 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     generator = seed_everything(seed)
     lm: LanguageModel = load_model(model or prof.model)
     started = time.time()
-    ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", settings=overrides, method=method)
+    ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", settings=overrides, method=method,
+                     checkpoint_dir=out / "checkpoints", checkpoint_every=checkpoint_every, resume=resume)
     impl = spec.factory(task_obj, lm, ctx)
     extra = impl.fit()
-    budget = impl.budget()
     metrics, samples, per_question = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
         "metrics": metrics, "per_question": per_question, "metric_info": task_obj.metric_info,
-        "metric_directions": task_obj.metric_directions,
-        "task_version": task_obj.version, "settings": overrides, "budget": budget and asdict(budget),
-        "config": {"profile": prof.as_dict(), "method": impl.config(), "task": type(task_obj).__name__,
-                   "task_settings": task_obj.config(),
-                   "eval_samples": prof.eval_samples or task_obj.eval_samples,
-                   "eval_questions": eval_questions(prof, task_obj),
-                   "eval_temperature": task_obj.eval_temperature},
-        "versions": package_versions(), "git_commit": git_commit(), "wall_time_s": time.time() - started,
-        **extra,
+        "metric_directions": task_obj.metric_directions, "task_version": task_obj.version,
+        "settings": overrides, "budget": (budget := impl.budget()) and asdict(budget),
+        "config": run_config(prof, impl, task_obj), "versions": package_versions(), "git_commit": git_commit(),
+        "wall_time_s": time.time() - started, **extra,
     }
     write_run(out, record, samples, overwrite=overwrite)
+    if not keep_checkpoints:
+        remove_checkpoints(ctx.checkpoint_dir)
     lock.release()
     return out
+
+
+def run_config(prof: Profile, impl: Method, task: Task) -> dict:
+    """The settings a run record keeps: profile, method (as built), task and evaluation."""
+    return {"profile": prof.as_dict(), "method": impl.config(), "task": type(task).__name__,
+            "task_settings": task.config(), "eval_samples": prof.eval_samples or task.eval_samples,
+            "eval_questions": eval_questions(prof, task), "eval_temperature": task.eval_temperature}
 
 
 def settings_for(spec: MethodSpec, settings: dict | None) -> dict:
@@ -241,6 +249,6 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
         for seed in locks.claim(root, task_obj.name, name, seeds_for(get_method(name), seeds), overwrite):
             t0 = time.time()
             out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data,
-                      {name: (settings or {}).get(name) or {}})
+                      {name: (settings or {}).get(name) or {}}, resume=True)   # an interrupted run continues
             print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
     return write_leaderboard(root, task_obj.name, method_order=names)

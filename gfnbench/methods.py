@@ -69,6 +69,9 @@ class RunContext:
     log_dir: Path | None = None
     settings: dict = field(default_factory=dict)   # the user's overrides of this method's settings
     method: str = ""                               # the registered name (for messages)
+    checkpoint_dir: Path | None = None             # where training checkpoints go (None: no checkpoints)
+    checkpoint_every: int = 10                     # optimizer steps between checkpoints
+    resume: bool = False                           # continue from checkpoint_dir/last.ckpt when there is one
 
 
 class Method:
@@ -118,16 +121,24 @@ class Method:
         return self.lm.model
 
 
-def cpu_trainer(ctx: RunContext, **settings):
+def cpu_trainer(ctx: RunContext, checkpoints: bool = False, **settings):
     """The Lightning Trainer every trained method uses: CPU, CSV logs in the run's train/ folder (when it has
-    one), every step logged, no checkpoints or sanity validation; `settings` add the method's own."""
+    one), every step logged, no sanity validation; `checkpoints` (for modules that save their whole training
+    state, see checkpoints.py) adds atomic checkpoints every `ctx.checkpoint_every` steps when the run has a
+    checkpoint folder; `settings` add the method's own."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from gfnbench.checkpoints import AtomicCheckpointIO, checkpoint_callback
+
     logger = CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False
-    return L.Trainer(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+    callbacks = list(settings.pop("callbacks", []))
+    saving = checkpoints and ctx.checkpoint_dir is not None
+    if saving:
+        callbacks.append(checkpoint_callback(ctx.checkpoint_dir, ctx.checkpoint_every))
+    return L.Trainer(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=saving,
                      enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, log_every_n_steps=1,
-                     **settings)
+                     callbacks=callbacks, plugins=[AtomicCheckpointIO()], **settings)
 
 
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False,

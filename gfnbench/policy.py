@@ -110,9 +110,8 @@ def trainable_parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def seeded_prompt_loader(n_examples: int, batch_size: int, batches: int, seed: int):
-    """`batches` batches of training-example indices drawn with replacement, the same for the same seed."""
-    from torch.utils.data import DataLoader, RandomSampler
+    """`batches` batches of training-example indices drawn with replacement, the same for the same seed, and
+    resumable from a checkpoint (see checkpoints.PromptLoader)."""
+    from gfnbench.checkpoints import PromptLoader
 
-    sampler = RandomSampler(range(n_examples), replacement=True, num_samples=batches * batch_size,
-                            generator=torch.Generator().manual_seed(seed))
-    return DataLoader(list(range(n_examples)), batch_size=batch_size, sampler=sampler)
+    return PromptLoader(n_examples, batch_size, batches, seed)

@@ -118,13 +118,35 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+def _effective_linear(module) -> tuple[Tensor, Tensor | None] | None:
+    """(weight, bias) that `module` applies right now: a plain Linear's own, or a peft LoRA Linear's base weight
+    plus its active adapters' B A * scaling (nothing inside `adapters_off`). None when the layer does something
+    else (a LoRA variant such as DoRA, dropout in training mode, a non-Linear base), so the caller runs it."""
+    if isinstance(module, torch.nn.Linear):
+        return module.weight, module.bias
+    base = getattr(module, "base_layer", None)
+    if not isinstance(base, torch.nn.Linear) or not hasattr(module, "lora_A"):
+        return None
+    weight = base.weight
+    if module.disable_adapters or module.merged:
+        return weight, base.bias
+    for name in module.active_adapters:
+        if name not in module.lora_A.keys():
+            continue
+        if name in getattr(module, "lora_variant", {}) or (module.training and
+                                                          not isinstance(module.lora_dropout[name], torch.nn.Identity)):
+            return None
+        weight = weight + module.get_delta_weight(name).to(weight.dtype)
+    return weight, base.bias
+
+
 class _LlamaDecoder:
     """The sampler's decode for Llama-family models, without the generic HF machinery: a preallocated KV cache
-    written in place (no per-step concatenation), grouped-query attention as one batched matmul per layer (no
-    repeated K/V), no per-step 4D mask construction, and the output layer evaluated only on the allowed tokens'
-    rows. It calls the model's own modules (norms, rotary embedding, projections, MLP), so LoRA layers apply
-    exactly as in the HF forward, and `adapters_off` works unchanged. Equal to `_HFDecoder` to float rounding
-    (tests/test_perf_neutral.py)."""
+    written in place (no per-step concatenation), grouped-query attention as one batched matmul per layer over
+    the cache prefix (no repeated or copied K/V), no per-step 4D mask construction, the LoRA of the attention
+    projections merged into one fused q|k|v weight and one o weight per call (no adapter matmuls per token),
+    and the output layer evaluated only on the allowed tokens' rows. Norms, rotary embedding and MLP are the
+    model's own modules. Equal to `_HFDecoder` to float rounding (tests/test_perf_neutral.py)."""
 
     SUPPORTED = {"llama"}
 
@@ -147,6 +169,17 @@ class _LlamaDecoder:
         self.vocab = None if allowed is None else allowed.nonzero().squeeze(-1)
         self.head_w = head.weight if self.vocab is None else head.weight[self.vocab]
         self.head_b = None if head.bias is None else (head.bias if self.vocab is None else head.bias[self.vocab])
+        self.qkv, self.o = [], []
+        for layer in self.body.layers:
+            attn = layer.self_attn
+            parts = [_effective_linear(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            if all(p is not None for p in parts):
+                bias = None if all(p[1] is None for p in parts) else torch.cat(
+                    [p[1] if p[1] is not None else p[0].new_zeros(p[0].shape[0]) for p in parts])
+                self.qkv.append((torch.cat([p[0] for p in parts]), bias))
+            else:
+                self.qkv.append(None)
+            self.o.append(_effective_linear(attn.o_proj))
         self.k = self.v = self.key_ok = None
         self.t = 0
 
@@ -162,22 +195,27 @@ class _LlamaDecoder:
         bias = torch.zeros(visible.shape, dtype=x.dtype).masked_fill_(~visible, float("-inf"))[:, None, None]
         cos, sin = self.body.rotary_emb(x, pos)
         cos, sin = cos[:, None], sin[:, None]
-        rep = self.n_heads // self.n_kv
-        for layer, kc, vc in zip(self.body.layers, self.k, self.v):
+        nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        rep = nh // nkv
+        for layer, kc, vc, qkv, o_w in zip(self.body.layers, self.k, self.v, self.qkv, self.o):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(b, T, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(b, T, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(b, T, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
+            if qkv is not None:
+                q, k, v = torch.nn.functional.linear(h, *qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            else:
+                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q = q.reshape(b, T, nh, hd).transpose(1, 2)
+            k = k.reshape(b, T, nkv, hd).transpose(1, 2)
             kc[:, :, t0:t1] = k * cos + _rotate_half(k) * sin
-            vc[:, :, t0:t1] = v
-            # query head g * rep + r reads kv head g (HF's repeat_kv order)
-            qg = q.reshape(b, self.n_kv, rep, T, self.head_dim)
-            scores = torch.matmul(qg, kc[:, :, None, :t1].transpose(-1, -2)) * self.scaling + bias
-            o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), vc[:, :, None, :t1])
-            o = o.reshape(b, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(b, T, -1)
-            x = x + attn.o_proj(o)
+            vc[:, :, t0:t1] = v.reshape(b, T, nkv, hd).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            # query head g * rep + r reads kv head g (HF's repeat_kv order): [b, kv, rep * T, hd] against the
+            # cache prefix [b, kv, t1, hd], a strided view (no copy)
+            qg = q.reshape(b, nkv, rep * T, hd)
+            scores = torch.matmul(qg, kc[:, :, :t1].transpose(-1, -2)).view(b, nkv, rep, T, t1)
+            probs = torch.softmax(scores * self.scaling + bias, dim=-1).view(b, nkv, rep * T, t1)
+            o = torch.matmul(probs, vc[:, :, :t1]).view(b, nh, T, hd).transpose(1, 2).reshape(b, T, nh * hd)
+            x = x + (torch.nn.functional.linear(o, *o_w) if o_w is not None else attn.o_proj(o))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.t = t1
         h = self.body.norm(x[:, -1])

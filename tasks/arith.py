@@ -13,10 +13,11 @@ import random
 import re
 from functools import lru_cache
 
+import torch
 from torch import Tensor
 
 from gfnbench.metrics import majority_vote_accuracy, pass_at_k
-from gfnbench.sampling import context_suffix_log_reward
+from gfnbench.sampling import context_suffix_log_reward, sample
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
 
 ALLOWED_CHARS = set(" 0123456789+-=,.")
@@ -133,6 +134,9 @@ class Arithmetic(Task):
     pass_ks = (1, 5, 10)     # pass@k (unbiased, from the eval_samples draws at T = 0.1)
     training = TrainingDefaults(reward_temperature=(1.1, 0.5, 150), behaviour_mix=(0.25, 0.5, 0.25),
                                 buffer_capacity=50, buffer_sampling="reward")
+    curve_points = 4             # learning-curve probes: greedy accuracy on the first `probe_questions` of val
+    probe_questions = 16
+    metric_directions = {"val_greedy_accuracy": "higher"}
 
     def __init__(self, seed: int = 0, n_unlabelled: int = 1000, n_test: int = 100):
         self.splits = generate_splits(seed, 10, n_unlabelled, 50, n_test)
@@ -173,6 +177,21 @@ class Arithmetic(Task):
         suffix = [tokenizer(self.answer_suffix(e), add_special_tokens=False)["input_ids"] for e in rows]
         return context_suffix_log_reward(model, tokenizer, traj, [self.reward_context(e) for e in rows], suffix,
                                          self.min_len)
+
+    @torch.no_grad()
+    def curve_metrics(self, policy, tokenizer) -> dict[str, float]:
+        """Greedy accuracy on a fixed slice of val: one decode per question, so a probe costs one eval batch."""
+        examples = self.splits["val"][: self.probe_questions]
+        was_training = policy.training
+        policy.eval()
+        try:
+            traj = sample(policy, tokenizer, [self.prompt(ex) for ex in examples], 1,
+                          self.sampling(train=False, greedy=True), stop_id=self.stop_id(tokenizer),
+                          allowed=self.allowed_tokens(tokenizer), tool=self.tool)
+        finally:
+            policy.train(was_training)
+        right = [extract_answer(text) == ex.answer for text, ex in zip(traj.texts, examples)]
+        return {"val_greedy_accuracy": sum(right) / len(right)}
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         preds = [extract_answer(t) for t in texts]

@@ -93,3 +93,23 @@ def test_allowed_tokens_are_arithmetic_only(tiny):
         text = tiny.tokenizer.decode([i])
         assert i == tiny.eos_id or set(text) <= set(" 0123456789+-=,.")
     assert not mask[tiny.tokenizer("the", add_special_tokens=False)["input_ids"][0]]
+
+
+def test_curve_probe_is_greedy_accuracy_on_a_fixed_val_slice(monkeypatch):
+    """The probe's number equals accuracy computed from an independent greedy decode of the same questions."""
+    from gfnbench.models import load_model
+    from gfnbench.sampling import sample
+    from gfnbench.tasks.arith import extract_answer
+
+    task, lm = get_task("arith"), load_model("tiny")
+    got = task.curve_metrics(lm.model, lm.tokenizer)["val_greedy_accuracy"]
+    val = task.examples("val")[: task.probe_questions]
+    traj = sample(lm.model, lm.tokenizer, [task.prompt(e) for e in val], 1,
+                  task.sampling(train=False, greedy=True), stop_id=task.stop_id(lm.tokenizer),
+                  allowed=task.allowed_tokens(lm.tokenizer), tool=task.tool)
+    want = sum(extract_answer(t) == e.answer for t, e in zip(traj.texts, val)) / len(val)
+    assert got == want and 0.0 <= got <= 1.0
+    # a fake policy that always writes the right rationale scores 1: decode is replaced by the gold text
+    monkeypatch.setattr("gfnbench.tasks.arith.sample", lambda *a, **k: type("T", (), {"texts": [
+        f" {e.rationale or ''}. The answer is {e.answer}." for e in val]})())
+    assert task.curve_metrics(lm.model, lm.tokenizer)["val_greedy_accuracy"] == 1.0

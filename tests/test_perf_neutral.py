@@ -175,7 +175,8 @@ def test_perf_quick_mode_runs(tmp_path):
 def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
     """The sampler's Llama decode (preallocated cache, grouped attention, allowed-rows output layer) gives the
     HF forward's log-probs, with left-padded prompts, rows that finished (fed padding, attention 0) and adapters
-    on or off."""
+    on or off. Tolerance 1e-4: the merged LoRA weight W + B A rounds differently from W x + B (A x), and the
+    sampler's log-probs are only used to draw tokens (training recomputes them teacher-forced)."""
     from contextlib import nullcontext
 
     from gfnbench.sampling import _HFDecoder, _LlamaDecoder, masked_log_softmax
@@ -192,7 +193,7 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
         lean, hf = _LlamaDecoder(policy, allowed), _HFDecoder(policy)
         a = lean.prefill(ids, mask, 3, 8)
         b = masked_log_softmax(hf.prefill(ids, mask, 3, 8), allowed)[:, allowed]
-        torch.testing.assert_close(torch.log_softmax(a, -1), b, **TOL)
+        torch.testing.assert_close(torch.log_softmax(a, -1), b, atol=1e-4, rtol=1e-4)
         attn = mask.repeat_interleave(3, 0)
         pos = attn.sum(-1)
         alive = torch.ones(6, dtype=torch.long)
@@ -209,5 +210,5 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
             b = masked_log_softmax(hf.step(feed, attn, pos), allowed)[:, allowed]
             live = alive.bool()
             assert torch.isfinite(a).all()
-            torch.testing.assert_close(a[live], b[live], **TOL)
+            torch.testing.assert_close(a[live], b[live], atol=1e-4, rtol=1e-4)
             pos = pos + 1

@@ -1,0 +1,94 @@
+"""Resumable training: Lightning checkpoints of what a run cannot recompute, written atomically into the run folder.
+
+A checkpoint holds the trainable weights only (LoRA adapters, log Z head: megabytes, not the frozen base model),
+the optimizer and scheduler (Lightning's own), the prompt loader's position, and whatever else a module saves in
+`on_save_checkpoint` (GFlowNet: replay buffer, RNG states, training curve). A run killed at any step and resumed
+from its last checkpoint ends with the same record as an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, RandomSampler
+
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary name in the same folder, then rename: a kill mid-write leaves the old checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+class PromptLoader(DataLoader):
+    """Batches of training-example indices in a seeded order, resumable mid-run: Lightning saves `state_dict()`
+    in each checkpoint and hands it back on resume, so a resumed run reads the prompts the interrupted one
+    would have read next. The order is exactly that of torch's RandomSampler with replacement and this seed."""
+
+    def __init__(self, n_examples: int, batch_size: int, batches: int, seed: int):
+        order = list(RandomSampler(range(n_examples), replacement=True, num_samples=batches * batch_size,
+                                   generator=torch.Generator().manual_seed(seed)))
+        super().__init__(order, batch_size=batch_size)
+        self.order, self.position = order, 0
+
+    def __iter__(self):
+        size = self.batch_size
+        while self.position < len(self.order):
+            batch = self.order[self.position: self.position + size]
+            self.position += size
+            yield torch.tensor(batch, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return (len(self.order) - 1) // self.batch_size + 1 if self.order else 0
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+
+def checkpoint_callback(folder: Path, every: int) -> ModelCheckpoint:
+    """`last.ckpt` in `folder`, replaced every `every` optimizer steps."""
+    return ModelCheckpoint(dirpath=str(folder), filename="last", every_n_train_steps=max(1, every), save_top_k=1,
+                           enable_version_counter=False)
+
+
+def resume_path(folder: Path | None, resume: bool) -> str | None:
+    """The checkpoint to continue from, if resuming and one was written."""
+    if not resume or folder is None:
+        return None
+    path = Path(folder) / LAST
+    return str(path) if path.is_file() else None
+
+
+def trainable_only(state_dict: dict, module: torch.nn.Module) -> dict:
+    """The entries of a module's state dict that training changes (requires_grad parameters and their buffers'
+    owners' trainable heads); the frozen base model is rebuilt from its own files."""
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state_dict.items() if k in trainable}
+
+
+def remove_checkpoints(folder: Path | None) -> None:
+    if folder is None or not Path(folder).is_dir():
+        return
+    for file in Path(folder).iterdir():
+        if file.name.endswith(".ckpt") or file.name.endswith(".ckpt.tmp"):
+            file.unlink()
+    if not any(Path(folder).iterdir()):
+        Path(folder).rmdir()
