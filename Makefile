@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup bench test leaderboard lint clean
+.PHONY: setup bench test leaderboard lint clean perf
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ leaderboard: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# GFlowNet step vs a naive pipeline, interleaved in one run: results/perf.md + results/perf.json
+perf: setup
+	$(PY) -m gfnbench.perf
 
 lint: setup
 	$(VENV)/bin/ruff check gfnbench tasks baselines tests benchmarks examples

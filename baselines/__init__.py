@@ -1,2 +1,2 @@
 """Baselines: importing this package registers them as methods."""
-from gfnbench.baselines import decoding, label_sft, mstep, ppo, prompting, sft  # noqa: F401  # noqa: F401
+from gfnbench.baselines import decoding, flowrl, grpo, label_sft, mstep, ppo, prompting, sft, tb_vargrad  # noqa: F401

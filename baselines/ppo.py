@@ -301,7 +301,8 @@ class PPOModule(L.LightningModule):
 
 def fit_ppo(module: PPOModule, ctx, iterations: int, callbacks: list | None = None) -> None:
     """`iterations` rollout batches, each of `prompts_per_step` random training prompts (seeded)."""
-    loader = seeded_prompt_loader(len(module.examples), module.cfg.prompts_per_step, iterations, ctx.seed)
+    loader = seeded_prompt_loader(len(module.examples), module.cfg.prompts_per_step, iterations, ctx.seed,
+                                  module.task.prompt_weights(module.examples))
     trainer = cpu_trainer(ctx, max_epochs=1, limit_val_batches=0, callbacks=callbacks or [])
     trainer.fit(module, train_dataloaders=loader)
 

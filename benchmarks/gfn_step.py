@@ -1,4 +1,9 @@
-"""GFlowNet step time vs a naive pipeline, measured side by side in one run (ratios, not absolute times).
+"""GFlowNet step time vs a per-prefix naive pipeline, measured side by side in one run (ratios, not times).
+
+This per-prefix naive (every prefix's reward as its own sequence) is an extra, labelled comparison: nobody would
+write it. The headline comparison is `python -m gfnbench.perf` (`make perf`): gfnbench's step against the
+naive pipeline one would write first (generate, one reward forward, one policy forward), FLOPs, the FLOP limit
+and the step breakdown, written to results/perf.md.
 
 Same batch, same model (embedded SmolLM2 + LoRA by default), same arithmetic reward:
 - gfnbench: lock-step KV-cached sampling (no grad), every-prefix reward in ONE teacher-forced pass (suffix

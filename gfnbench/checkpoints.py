@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 LAST = "last.ckpt"
 
@@ -38,11 +38,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class PromptLoader(DataLoader):
     """Batches of training-example indices in a seeded order, resumable mid-run: Lightning saves `state_dict()`
     in each checkpoint and hands it back on resume, so a resumed run reads the prompts the interrupted one
-    would have read next. The order is exactly that of torch's RandomSampler with replacement and this seed."""
+    would have read next. The order is exactly that of torch's RandomSampler with replacement and this seed (or
+    its WeightedRandomSampler, when the task weighs its training prompts)."""
 
-    def __init__(self, n_examples: int, batch_size: int, batches: int, seed: int):
-        order = list(RandomSampler(range(n_examples), replacement=True, num_samples=batches * batch_size,
-                                   generator=torch.Generator().manual_seed(seed)))
+    def __init__(self, n_examples: int, batch_size: int, batches: int, seed: int,
+                 weights: list[float] | None = None):
+        generator = torch.Generator().manual_seed(seed)
+        if weights is None:
+            sampler = RandomSampler(range(n_examples), replacement=True, num_samples=batches * batch_size,
+                                    generator=generator)
+        else:
+            if len(weights) != n_examples or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(f"prompt weights must be {n_examples} non-negative numbers, not all 0")
+            sampler = WeightedRandomSampler(weights, batches * batch_size, replacement=True, generator=generator)
+        order = list(sampler)
         super().__init__(order, batch_size=batch_size)
         self.order, self.position = order, 0
 

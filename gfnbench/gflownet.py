@@ -270,9 +270,9 @@ class GFlowNetModule(L.LightningModule):
 # ------------------------------------------------------------------------------------ the benchmark method
 
 def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int, steps: int,
-               callbacks: list | None = None) -> None:
+               callbacks: list | None = None, weights: list[float] | None = None) -> None:
     """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
-    loader = seeded_prompt_loader(n_examples, 1, steps * accumulate, ctx.seed)
+    loader = seeded_prompt_loader(n_examples, 1, steps * accumulate, ctx.seed, weights)
     trainer = cpu_trainer(ctx, checkpoints=True, max_steps=steps, accumulate_grad_batches=accumulate,
                           callbacks=callbacks or [])
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_path(ctx.checkpoint_dir, ctx.resume))
@@ -309,7 +309,7 @@ class GFlowNetMethod(Method):
         curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.steps * accumulate,
                                self.cfg.samples_per_prompt)
         fit_module(self.module, len(self.module.examples), self.ctx, accumulate, self.steps,
-                   callbacks=[curve] if curve else [])
+                   callbacks=[curve] if curve else [], weights=self.task.prompt_weights(self.module.examples))
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
 
     def sample(self, examples, n, generator) -> Trajectories:

@@ -55,7 +55,8 @@ class MethodSpec:
 class Budget:
     """What a trained method was given, printed in every table header so unequal budgets are visible."""
 
-    reward_evaluations: int     # trajectories scored by the task's reward during training
+    reward_evaluations: int     # trajectories drawn for training, each worth one reward call (GFlowNet's replayed
+                                # batches reuse stored rewards, so it calls the reward at most this often)
     optimizer_steps: int
     summary: str                # e.g. "240 steps x 8 samples"
 

@@ -109,9 +109,10 @@ def trainable_parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
-def seeded_prompt_loader(n_examples: int, batch_size: int, batches: int, seed: int):
-    """`batches` batches of training-example indices drawn with replacement, the same for the same seed, and
-    resumable from a checkpoint (see checkpoints.PromptLoader)."""
+def seeded_prompt_loader(n_examples: int, batch_size: int, batches: int, seed: int,
+                         weights: list[float] | None = None):
+    """`batches` batches of training-example indices drawn with replacement (uniformly, or by `weights`: the
+    task's `prompt_weights`), the same for the same seed, and resumable (see checkpoints.PromptLoader)."""
     from gfnbench.checkpoints import PromptLoader
 
-    return PromptLoader(n_examples, batch_size, batches, seed)
+    return PromptLoader(n_examples, batch_size, batches, seed, weights)

@@ -131,7 +131,7 @@ def _effective_linear(module) -> tuple[Tensor, Tensor | None] | None:
     if module.disable_adapters or module.merged:
         return weight, base.bias
     for name in module.active_adapters:
-        if name not in module.lora_A.keys():
+        if name not in module.lora_A:
             continue
         if name in getattr(module, "lora_variant", {}) or (module.training and
                                                           not isinstance(module.lora_dropout[name], torch.nn.Identity)):
@@ -390,7 +390,7 @@ def _tail_hidden(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, att
 
 
 def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None = None,
-                    chunk: int = 4096) -> Tensor:
+                    chunk: int = 1024) -> Tensor:
     """log p(targets[..., m] | position) [B, K, m] from hidden states [B, K, H] (or logits when `parts` is None),
     normalised over `vocab` (the allowed tokens: disallowed targets get -inf, as the masked softmax gives) or the
     whole vocabulary. Only the output rows of `vocab` are computed; without gradients positions go in chunks, so
@@ -472,7 +472,7 @@ def _reference_policy_log_probs(model, traj: Trajectories, allowed: Tensor | Non
                                 stop_id: int) -> tuple[Tensor, Tensor]:
     """The straightforward pass `policy_log_probs` replaced: every row runs prompt + state, full-vocabulary
     logits. Kept as the reference of the neutrality tests."""
-    P, S = traj.prompt_ids.shape[1], traj.state_ids.shape[1]
+    S = traj.state_ids.shape[1]
     input_ids = torch.cat([traj.prompt_ids, traj.state_ids], dim=1)
     mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
     logp = masked_log_softmax(_forward_tail(model, input_ids, mask, positions_from_mask(mask), S + 1), allowed)
@@ -489,7 +489,22 @@ def _reference_policy_log_probs(model, traj: Trajectories, allowed: Tensor | Non
 
 
 def state_token_log_probs(model, traj: Trajectories) -> Tensor:
-    """[B, S] log p(state token | prompt, earlier state tokens) under `model`, unmasked (for likelihood metrics)."""
+    """[B, S] log p(state token | prompt, earlier state tokens) under `model`, unmasked (for likelihood metrics).
+
+    A prompt shared by every row runs once; the output layer is applied in chunks at the state positions only."""
+    S = traj.state_ids.shape[1]
+    if S == 0:
+        return torch.zeros(len(traj), 0)
+    mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
+    pos = torch.cat([positions_from_mask(traj.prompt_mask),
+                     traj.prompt_mask.sum(-1, keepdim=True) + torch.arange(S)[None, :]], dim=1)
+    hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
+    lp = _head_log_probs(hidden[:, :S], parts, traj.state_ids[:, :, None])[..., 0]
+    return lp * traj.state_mask
+
+
+def _reference_state_token_log_probs(model, traj: Trajectories) -> Tensor:
+    """The full-batch pass `state_token_log_probs` replaced (reference of the neutrality tests)."""
     S = traj.state_ids.shape[1]
     if S == 0:
         return torch.zeros(len(traj), 0)

@@ -22,6 +22,7 @@ from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, 
 
 ALLOWED_CHARS = set(" 0123456789+-=,.")
 SPLITS = ("train", "val", "test_3op", "test_4op", "test_5op")
+UNLABELLED_WEIGHT = 0.2     # reference-paper.md §5.1: hw problems weigh 0.2, the labelled ones 1
 
 
 def evaluate_left_to_right(operands: list[int], ops: list[str]) -> int:
@@ -145,6 +146,12 @@ class Arithmetic(Task):
         if split not in self.splits:
             raise ValueError(f"arith has splits {', '.join(SPLITS)}; got {split!r}")
         return self.splits[split]
+
+    def prompt_weights(self, examples: list[Example]) -> list[float]:
+        """The official config's weights: 1 for a labelled problem, 0.2 for an unlabelled one (10 labelled among
+        1,000 are then drawn 4.8% of the time, not 1%): the labelled problems' gold rationales seed the replay
+        buffer, and a prompt that is never drawn never replays them."""
+        return [1.0 if ex.meta.get("labelled") else UNLABELLED_WEIGHT for ex in examples]
 
     def demonstrations(self) -> list[Example]:
         return [e for e in self.splits["train"] if e.rationale]

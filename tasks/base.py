@@ -118,6 +118,11 @@ class Task(ABC):
         (rng). None: the task has none."""
         return None
 
+    def prompt_weights(self, examples: list[Example]) -> list[float] | None:
+        """Relative chances of the training examples being drawn as prompts (None: uniform). Trained methods all
+        draw their prompts this way, so a reweighting never favours one method."""
+        return None
+
     def split_names(self) -> tuple[str, ...]:
         """Every split the task has (checked against the model's context before a run starts)."""
         return tuple(dict.fromkeys(("train", self.val_split, *self.eval_splits)))

@@ -113,3 +113,18 @@ def test_curve_probe_is_greedy_accuracy_on_a_fixed_val_slice(monkeypatch):
     monkeypatch.setattr("gfnbench.tasks.arith.sample", lambda *a, **k: type("T", (), {"texts": [
         f" {e.rationale or ''}. The answer is {e.answer}." for e in val]})())
     assert task.curve_metrics(lm.model, lm.tokenizer)["val_greedy_accuracy"] == 1.0
+
+
+def test_labelled_problems_are_drawn_as_often_as_the_official_config():
+    """Weights 1 (labelled) and 0.2 (unlabelled): 10 / (10 + 0.2 * 1000) = 4.76% of prompts are labelled."""
+    from gfnbench.policy import seeded_prompt_loader
+
+    task = get_task("arith")
+    train = task.examples("train")
+    loader = seeded_prompt_loader(len(train), 1, 20_000, seed=0, weights=task.prompt_weights(train))
+    drawn = [int(i) for batch in loader for i in batch]
+    share = sum(bool(train[i].meta["labelled"]) for i in drawn) / len(drawn)
+    assert share == pytest.approx(10 / 210, abs=0.005)
+    again = [int(i) for batch in seeded_prompt_loader(len(train), 1, 20_000, 0, task.prompt_weights(train))
+             for i in batch]
+    assert again == drawn

@@ -7,8 +7,16 @@ import torch
 
 from gfnbench.losses import subtb_loss
 from gfnbench.models import adapters_off, add_lora, build_tiny
-from gfnbench.sampling import (SamplingConfig, _reference_every_prefix_log_reward, _reference_policy_log_probs,
-                               every_prefix_log_reward, policy_log_probs, sample)
+from gfnbench.sampling import (
+    SamplingConfig,
+    _reference_every_prefix_log_reward,
+    _reference_policy_log_probs,
+    _reference_state_token_log_probs,
+    every_prefix_log_reward,
+    policy_log_probs,
+    sample,
+    state_token_log_probs,
+)
 from gfnbench.trajectories import from_rows, left_pad
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -212,3 +220,12 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a[live], b[live], atol=1e-4, rtol=1e-4)
             pos = pos + 1
+
+
+def test_state_token_log_probs_equal_the_full_batch_pass(lora_lm):
+    lm, policy = lora_lm
+    _, batches = _batches(lm, policy)
+    with torch.no_grad(), adapters_off(policy) as base:
+        for name, traj in batches.items():
+            torch.testing.assert_close(state_token_log_probs(base, traj), _reference_state_token_log_probs(base, traj),
+                                       **TOL, msg=name)

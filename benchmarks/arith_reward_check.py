@@ -1,0 +1,81 @@
+"""Does the arith reward prefer correct rationales? A check of the reward model alone, no training.
+
+For each val question: log R of the gold rationale (calculator outputs included, as the sampler writes them)
+against log R of n rationales sampled from the base model under the policy's prompt at T = 1 (what the
+GFlowNet sees at its first steps). If wrong rationales out-score the gold one, the GFlowNet's target itself
+(R^(1/T)) puts its mass on wrong answers, and no amount of training makes the sampler accurate.
+
+    python benchmarks/arith_reward_check.py [--questions 24] [--samples 16] [--model embedded]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+
+import torch
+
+from gfnbench.models import adapters_off, load_model
+from gfnbench.policy import gold_trajectory, sample_task, trajectories_from_states
+from gfnbench.sampling import encode
+from gfnbench.tasks import get_task
+from gfnbench.tasks.arith import extract_answer
+
+
+def final_log_reward(task, model, tokenizer, traj, ex) -> list[float]:
+    with torch.no_grad(), adapters_off(model) as base:
+        log_r = task.log_reward(base, tokenizer, traj, [ex] * len(traj))
+    return log_r.gather(1, traj.lengths[:, None]).squeeze(1).tolist()
+
+
+def check_question(task, lm, ex, n: int, generator) -> dict:
+    tok, prompt = lm.tokenizer, task.prompt(ex)
+    gold = trajectories_from_states(prompt, encode(tok, [prompt])[0],
+                                    [(*gold_trajectory(task, tok, " " + ex.rationale), True)], tok)
+    gold_r = final_log_reward(task, lm.model, tok, gold, ex)[0]
+    with torch.no_grad():
+        drawn = sample_task(task, lm.model, tok, [prompt], n, task.sampling(train=True), context=lm.context_length,
+                            generator=generator)
+    drawn.group = torch.zeros(len(drawn), dtype=torch.long)
+    rewards = final_log_reward(task, lm.model, tok, drawn, ex)
+    correct = [extract_answer(t) == ex.answer for t in drawn.texts]
+    finite = [(r, c, t) for r, c, t in zip(rewards, correct, drawn.texts) if math.isfinite(r)]
+    best = max(finite, default=(float("-inf"), False, ""))
+    beaten = sum(r > gold_r for r, _, _ in finite)
+    # share of R over {gold} + samples that sits on rationales reaching the right answer
+    pool = [(gold_r, True)] + [(r, c) for r, c, _ in finite]
+    top = max(r for r, _ in pool)
+    mass = [math.exp(r - top) for r, _ in pool]
+    right = sum(m for m, (_, c) in zip(mass, pool) if c) / sum(mass)
+    return {"gold": gold_r, "best": best[0], "best_correct": best[1], "best_text": best[2], "beaten": beaten,
+            "n": len(finite), "right_mass": right}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--questions", type=int, default=24)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    task, lm = get_task("arith"), load_model(args.model)
+    generator = torch.Generator().manual_seed(args.seed)
+    rows = []
+    for ex in task.examples("val")[: args.questions]:
+        row = check_question(task, lm, ex, args.samples, generator)
+        rows.append(row)
+        print(f"{ex.question:>16} = {ex.answer:>3}  log R gold {row['gold']:7.2f}  best sample {row['best']:7.2f} "
+              f"({'right' if row['best_correct'] else 'wrong'}: {row['best_text'].strip()[:40]!r})  "
+              f"samples above gold {row['beaten']}/{row['n']}", flush=True)
+    print(f"\nquestions {len(rows)}, {args.samples} base-model samples each (T = 1, policy prompt)")
+    print(f"gold rationale beaten by at least one sample: {sum(r['beaten'] > 0 for r in rows)}/{len(rows)}")
+    print(f"best-rewarded candidate reaches the right answer: "
+          f"{sum((r['gold'] >= r['best']) or r['best_correct'] for r in rows)}/{len(rows)}")
+    print(f"median share of reward (gold + samples) on right answers: "
+          f"{statistics.median(r['right_mass'] for r in rows):.3f}")
+    print(f"mean log R: gold {statistics.mean(r['gold'] for r in rows):.2f}, "
+          f"best sample {statistics.mean(r['best'] for r in rows if math.isfinite(r['best'])):.2f}")
+
+
+if __name__ == "__main__":
+    main()
