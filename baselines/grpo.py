@@ -28,8 +28,8 @@ from gfnbench.methods import Budget, Method, cpu_trainer, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
     action_slots,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     k3_kl,
     sampler_action_log_probs,
     terminal_log_reward,

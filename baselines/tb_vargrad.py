@@ -82,7 +82,7 @@ class VarGradConfig:
     def __post_init__(self):
         if self.samples_per_prompt < 2:
             raise ValueError("tb_vargrad needs samples_per_prompt >= 2 (log Z is estimated from the group)")
-        if not 0 <= self.replay_share or not 0 <= self.replay_reward_share <= 1 or self.buffer_capacity < 1:
+        if self.replay_share < 0 or not 0 <= self.replay_reward_share <= 1 or self.buffer_capacity < 1:
             raise ValueError("tb_vargrad needs replay_share >= 0, replay_reward_share in [0, 1], buffer_capacity >= 1")
 
 

@@ -4,12 +4,11 @@ Kept apart from `methods.py` so that method modules import the interface without
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 from gfnbench.methods import METHODS, MethodSpec
-from gfnbench.usercode import user_code_error
+from gfnbench.usercode import import_user_file
 
 
 def load_builtin_methods() -> None:
@@ -19,20 +18,7 @@ def load_builtin_methods() -> None:
 
 def load_method_file(path: str) -> str:
     """Import a method file from outside the package; it must register exactly one method."""
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"method file {path} does not exist" if not file.exists() else
-                         f"method file {path} is a folder; expected a .py file")
-    before = set(METHODS)
-    spec = importlib.util.spec_from_file_location(f"gfnbench_user_method_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001  (any import-time failure of a user file is one line)
-        sys.modules.pop(spec.name, None)
-        raise ValueError(f"could not import method file {user_code_error(err, file)}") from None
-    added = sorted(set(METHODS) - before)
+    added = import_user_file(path, "method", METHODS)
     if len(added) != 1:
         raise ValueError(f"{path} must register exactly one method with @register_method, found {added}")
     return added[0]

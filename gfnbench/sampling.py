@@ -156,7 +156,7 @@ class _LlamaDecoder:
         cfg = base.config
         return (getattr(cfg, "model_type", None) in cls.SUPPORTED and getattr(cfg, "pretraining_tp", 1) == 1
                 and not getattr(cfg, "final_logit_softcapping", None) and hasattr(base, "model")
-                and hasattr(base.model, "rotary_emb"))
+                and hasattr(base.model, "rotary_emb") and _effective_linear(base.lm_head) is not None)
 
     def __init__(self, model, allowed: Tensor | None):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -165,10 +165,10 @@ class _LlamaDecoder:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.scaling = self.body.layers[0].self_attn.scaling
-        head = base.lm_head
+        head_w, head_b = _effective_linear(base.lm_head)
         self.vocab = None if allowed is None else allowed.nonzero().squeeze(-1)
-        self.head_w = head.weight if self.vocab is None else head.weight[self.vocab]
-        self.head_b = None if head.bias is None else (head.bias if self.vocab is None else head.bias[self.vocab])
+        self.head_w = head_w if self.vocab is None else head_w[self.vocab]
+        self.head_b = None if head_b is None else (head_b if self.vocab is None else head_b[self.vocab])
         self.qkv, self.o = [], []
         for layer in self.body.layers:
             attn = layer.self_attn
@@ -355,7 +355,8 @@ def _body_and_head(model):
         return None
     if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
         return None
-    return body, head
+    head = _effective_linear(head)          # (weight, bias), adapters included if the output layer has any
+    return None if head is None else (body, head)
 
 
 def _shared_rows(ids: Tensor, mask: Tensor) -> bool:
@@ -399,9 +400,9 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
     flat_h = hidden.reshape(B * K, -1)
     flat_t = targets.reshape(B * K, -1)
     if parts is not None:
-        head = parts[1]
-        weight = head.weight if vocab is None else head.weight[vocab]
-        bias = head.bias if (head.bias is None or vocab is None) else head.bias[vocab]
+        weight, bias = parts[1]
+        if vocab is not None:
+            weight, bias = weight[vocab], None if bias is None else bias[vocab]
     if vocab is not None:
         n_col = max(int(vocab.max()), int(flat_t.max()) if flat_t.numel() else 0) + 1
         col = torch.full((n_col,), -1, dtype=torch.long)
@@ -452,7 +453,7 @@ def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id:
     nxt = torch.cat([traj.state_ids, traj.state_ids.new_full((B, 1), stop_id)], dim=1)
     targets = torch.stack([nxt, torch.full_like(nxt, stop_id)], dim=-1)
     if vocab is None and allowed is not None:
-        logits = hidden if parts is None else parts[1](hidden)
+        logits = hidden if parts is None else torch.nn.functional.linear(hidden, *parts[1])
         logp = masked_log_softmax(logits, allowed)
         lp = logp.gather(-1, targets)
     else:

@@ -13,19 +13,16 @@ Conventions every hook follows:
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from gfnbench.sampling import SamplingConfig
-from gfnbench.usercode import user_code_error
+from gfnbench.usercode import import_user_file
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -223,30 +220,7 @@ def register_task(name: str):
 
 def load_task_file(path: str) -> list[str]:
     """Import a task file that lives outside the package; its @register_task classes join the registry."""
-    file = Path(path)
-    if file.is_dir():
-        raise ValueError(f"task file {path} is a folder; expected a .py file")
-    if not file.is_file():
-        raise ValueError(f"task file {path} does not exist")
-    key = (str(file.resolve()), file.stat().st_mtime_ns)
-    if key in _LOADED_TASK_FILES:     # imported already (the pre-flight check imports it first)
-        return list(_LOADED_TASK_FILES[key])
-    before = set(TASKS)
-    spec = importlib.util.spec_from_file_location(f"gfnbench_user_task_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:  # syntax error, missing import, ...: one line naming the file and line
-        sys.modules.pop(spec.name, None)
-        for name in set(TASKS) - before:
-            TASKS.pop(name, None)
-        raise ValueError(f"could not import task file {user_code_error(err, file)}") from err
-    _LOADED_TASK_FILES[key] = sorted(set(TASKS) - before)
-    return list(_LOADED_TASK_FILES[key])
-
-
-_LOADED_TASK_FILES: dict[tuple[str, int], list[str]] = {}
+    return import_user_file(path, "task", TASKS)
 
 
 def get_task(name: str, **kwargs) -> Task:
