@@ -28,9 +28,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.curves import learning_curve
 from gfnbench.losses import balance_penalty, check_log_reward, reward_temperature
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
     action_slots,
@@ -43,12 +42,13 @@ from gfnbench.objectives import (
     weighted_mean,
 )
 from gfnbench.policy import (
+    PolicyMethod,
+    gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
-    sample_policy,
     sample_task,
-    seeded_prompt_loader,
     stepwise_schedule,
+    train_steps,
     trainable_parameters,
 )
 from gfnbench.sampling import policy_log_probs, positions_from_mask
@@ -110,7 +110,7 @@ class FlowLogZ(torch.nn.Module):
 class FlowRollout:
     traj: Trajectories
     n_actions: Tensor          # [B] |y|
-    old_logp: Tensor           # [B] log pi_old(y|x)
+    old_logp: Tensor | None    # [B] log pi_old(y|x): the first epoch's, detached (the policy that sampled)
     ref_logp: Tensor | None    # [B] log pi_ref(y|x)
     reward_hat: Tensor         # [B] group-centred tempered log reward
     features: Tensor           # [B, H] prompt features for log Z
@@ -163,12 +163,14 @@ class FlowRLModule(L.LightningModule):
         check_log_reward(traj.log_reward, f"task {self.task.name}, FlowRL iteration {len(self.curve)}", traj.lengths)
         temperature = reward_temperature(len(self.curve), *self.cfg.reward_temperature)
         r = terminal_log_reward(traj.log_reward / temperature, traj.lengths, self.cfg.min_log_reward)
-        return FlowRollout(traj, traj.lengths + traj.stopped.long(), self.sequence_logp(self.policy, traj), ref,
+        return FlowRollout(traj, traj.lengths + traj.stopped.long(), None, ref,
                            group_advantages(r, traj.group, self.cfg.scale_by_std), self.prompt_features(traj),
                            terminal_log_reward(traj.log_reward, traj.lengths, self.cfg.min_log_reward))
 
     def loss(self, ro: FlowRollout) -> tuple[Tensor, dict]:
         logp = self.sequence_logp(self.policy, ro.traj)
+        if ro.old_logp is None:
+            ro.old_logp = logp.detach()
         log_z = self.log_z(ro.features)
         residual = flowrl_residual(log_z, logp, ro.ref_logp, ro.n_actions, ro.reward_hat, self.cfg.beta)
         weight = clipped_importance_weight(logp, ro.old_logp, ro.n_actions, self.cfg.importance_clip)
@@ -202,50 +204,25 @@ class FlowRLModule(L.LightningModule):
             opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, self.total_steps, self.cfg.decay_to))
 
 
-def fit_flowrl(module: FlowRLModule, ctx, iterations: int, callbacks: list | None = None) -> None:
-    loader = seeded_prompt_loader(len(module.examples), module.cfg.prompts_per_step, iterations, ctx.seed)
-    cpu_trainer(ctx, max_epochs=1, limit_val_batches=0, callbacks=callbacks or []).fit(module, train_dataloaders=loader)
-
-
-def family_defaults(task: Task, prof, steps: int) -> dict:
-    """What the GFlowNet row takes from profile and task (lr, temperature ramp, LoRA shape, warm-up), so the
-    GFlowNet-family rows differ from it in objective only."""
-    t = task.training
-    start, end, horizon = t.reward_temperature
-    ramp = (start, end, min(horizon, steps)) if t.anneal_within_budget else t.reward_temperature
-    return dict(lr=t.learning_rate or prof.learning_rate, decay_to=t.decay_to, reward_temperature=ramp,
-                samples_per_prompt=prof.samples_per_prompt, prompts_per_step=prof.prompts_per_step,
-                lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
-                warmup_steps=min(20, max(1, prof.train_steps // 5)))
-
-
 @register_method("flowrl", "FlowRL (Zhu et al. 2026): length-normalised TB to pi_ref x exp(beta r_hat), "
                  "prompt-conditioned log Z, clipped importance weight", trains=True)
-class FlowRLMethod(Method):
-    trains = True
+class FlowRLMethod(PolicyMethod):
     settings_class = FlowRLConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
         prof = ctx.profile
-        steps = max(1, round(prof.train_steps * task.training.steps_multiplier))
-        self.cfg = self.build_settings(family_defaults(task, prof, steps))
+        steps = train_steps(task, prof)
+        self.cfg = self.build_settings({**gflownet_family_defaults(task, prof, steps),
+                                        "prompts_per_step": prof.prompts_per_step})
         self.iterations = self.cfg.iterations or steps
         self.module = FlowRLModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed,
                                    total_steps=self.iterations)
 
-    @property
-    def policy(self):
-        return self.module.policy
-
     def fit(self) -> dict:
-        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.iterations,
-                               self.cfg.prompts_per_step * self.cfg.samples_per_prompt)
-        fit_flowrl(self.module, self.ctx, self.iterations, callbacks=[curve] if curve else [])
-        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
-
-    def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+        return self.train_on_prompts(self.iterations, self.cfg.prompts_per_step,
+                                     self.cfg.prompts_per_step * self.cfg.samples_per_prompt, max_epochs=1,
+                                     limit_val_batches=0)
 
     def budget(self) -> Budget:
         return Budget(self.iterations * self.cfg.prompts_per_step * self.cfg.samples_per_prompt,

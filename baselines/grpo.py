@@ -22,9 +22,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.curves import learning_curve
 from gfnbench.losses import check_log_reward
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
     action_slots,
@@ -34,7 +33,7 @@ from gfnbench.objectives import (
     sampler_action_log_probs,
     terminal_log_reward,
 )
-from gfnbench.policy import lora_policy, sample_policy, sample_task, seeded_prompt_loader, trainable_parameters
+from gfnbench.policy import PolicyMethod, lora_policy, sample_task, train_steps, trainable_parameters
 from gfnbench.sampling import policy_log_probs
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -70,7 +69,7 @@ class GroupRollout:
 
     traj: Trajectories
     slots: Tensor               # [B, L+1] action slots
-    old_logp: Tensor            # [B, L+1] sampler log-probs at sampling time
+    old_logp: Tensor | None     # [B, L+1] log-probs at sampling time: the first epoch's, detached (same policy)
     ref_logp: Tensor | None     # [B, L+1] base model (adapters off); None when kl_coef is 0
     advantages: Tensor          # [B]
     score: Tensor               # [B] floored terminal log reward
@@ -104,13 +103,16 @@ class GRPOModule(L.LightningModule):
         score = terminal_log_reward(traj.log_reward, traj.lengths, self.cfg.min_log_reward)
         advantages = group_advantages(score, traj.group, self.cfg.scale_by_std)
         slots = action_slots(traj.lengths, traj.stopped, traj.max_actions + 1)
-        return GroupRollout(traj, slots, self.action_logp(self.policy, traj), ref, advantages, score)
+        return GroupRollout(traj, slots, None, ref, advantages, score)
 
-    def loss(self, ro: GroupRollout) -> tuple[Tensor, Tensor]:
+    def loss(self, ro: GroupRollout) -> Tensor:
+        """The rollout's GRPO loss under the current policy (Dr. GRPO's constant: the longest sample's actions).
+        The first epoch runs the policy that sampled, so its log-probs, detached, are pi_old: no extra pass."""
         logp = self.action_logp(self.policy, ro.traj)
-        loss = grpo_loss(logp, ro.old_logp, ro.ref_logp, ro.advantages, ro.slots, self.cfg.clip_range,
+        if ro.old_logp is None:
+            ro.old_logp = logp.detach()
+        return grpo_loss(logp, ro.old_logp, ro.ref_logp, ro.advantages, ro.slots, self.cfg.clip_range,
                          self.cfg.kl_coef, self.cfg.normalise_by_length, self.task.max_len + 1)
-        return loss, logp.detach()
 
     def training_step(self, batch, batch_idx):
         ro = self.rollout([self.examples[int(i)] for i in batch])
@@ -118,7 +120,7 @@ class GRPOModule(L.LightningModule):
         self.policy.train()
         losses = []
         for _ in range(self.cfg.epochs):
-            loss, _ = self.loss(ro)
+            loss = self.loss(ro)
             opt.zero_grad()
             self.manual_backward(loss)
             self.clip_gradients(opt, gradient_clip_val=self.cfg.max_grad_norm, gradient_clip_algorithm="norm")
@@ -140,16 +142,9 @@ class GRPOModule(L.LightningModule):
         return torch.optim.AdamW(trainable_parameters(self.policy), lr=self.cfg.lr)
 
 
-def fit_grpo(module: GRPOModule, ctx, iterations: int, callbacks: list | None = None) -> None:
-    """`iterations` rollout batches of `prompts_per_step` seeded random training prompts."""
-    loader = seeded_prompt_loader(len(module.examples), module.cfg.prompts_per_step, iterations, ctx.seed)
-    cpu_trainer(ctx, max_epochs=1, limit_val_batches=0, callbacks=callbacks or []).fit(module, train_dataloaders=loader)
-
-
 @register_method("grpo", "GRPO (LoRA, group-standardised terminal log reward, clipped ratio, k3 KL to the base "
                  "model; Dr. GRPO as a setting)", trains=True)
-class GRPOMethod(Method):
-    trains = True
+class GRPOMethod(PolicyMethod):
     settings_class = GRPOConfig
 
     def __init__(self, task, lm, ctx):
@@ -159,21 +154,13 @@ class GRPOMethod(Method):
                                             samples_per_prompt=prof.samples_per_prompt,
                                             prompts_per_step=prof.prompts_per_step, lora_rank=prof.lora_rank,
                                             lora_alpha=prof.lora_alpha))
-        self.iterations = self.cfg.iterations or max(1, round(prof.train_steps * task.training.steps_multiplier))
+        self.iterations = self.cfg.iterations or train_steps(task, prof)
         self.module = GRPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
-    @property
-    def policy(self):
-        return self.module.policy
-
     def fit(self) -> dict:
-        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.iterations,
-                               self.cfg.prompts_per_step * self.cfg.samples_per_prompt)
-        fit_grpo(self.module, self.ctx, self.iterations, callbacks=[curve] if curve else [])
-        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
-
-    def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+        return self.train_on_prompts(self.iterations, self.cfg.prompts_per_step,
+                                     self.cfg.prompts_per_step * self.cfg.samples_per_prompt, max_epochs=1,
+                                     limit_val_batches=0)
 
     def budget(self) -> Budget:
         return Budget(self.iterations * self.cfg.prompts_per_step * self.cfg.samples_per_prompt,

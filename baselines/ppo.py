@@ -29,11 +29,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.curves import learning_curve
 from gfnbench.losses import check_log_reward, floor_log_reward
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
-from gfnbench.policy import lora_policy, sample_policy, sample_task, seeded_prompt_loader, trainable_parameters
+from gfnbench.policy import PolicyMethod, fit_on_prompts, lora_policy, sample_task, train_steps, trainable_parameters
 from gfnbench.sampling import positions_from_mask
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -300,17 +299,14 @@ class PPOModule(L.LightningModule):
 
 
 def fit_ppo(module: PPOModule, ctx, iterations: int, callbacks: list | None = None) -> None:
-    """`iterations` rollout batches, each of `prompts_per_step` random training prompts (seeded)."""
-    loader = seeded_prompt_loader(len(module.examples), module.cfg.prompts_per_step, iterations, ctx.seed,
-                                  module.task.prompt_weights(module.examples))
-    trainer = cpu_trainer(ctx, max_epochs=1, limit_val_batches=0, callbacks=callbacks or [])
-    trainer.fit(module, train_dataloaders=loader)
+    """`iterations` rollout batches, each of `prompts_per_step` seeded training prompts."""
+    fit_on_prompts(module, ctx, iterations, module.cfg.prompts_per_step, callbacks, max_epochs=1,
+                   limit_val_batches=0)
 
 
 @register_method("ppo", "PPO (LoRA, value head, adaptive KL penalty to the base model, terminal task log reward)",
                  trains=True)
-class PPOMethod(Method):
-    trains = True
+class PPOMethod(PolicyMethod):
     settings_class = PPOConfig
 
     def __init__(self, task, lm, ctx):
@@ -319,21 +315,13 @@ class PPOMethod(Method):
         self.cfg = self.build_settings(dict(samples_per_prompt=prof.samples_per_prompt,
                                             prompts_per_step=prof.prompts_per_step, lora_rank=prof.lora_rank,
                                             lora_alpha=prof.lora_alpha))
-        self.iterations = self.cfg.iterations or max(1, round(prof.train_steps * task.training.steps_multiplier))
+        self.iterations = self.cfg.iterations or train_steps(task, prof)
         self.module = PPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
-    @property
-    def policy(self):
-        return self.module.policy
-
     def fit(self) -> dict:
-        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.iterations,
-                               self.cfg.prompts_per_step * self.cfg.samples_per_prompt)
-        fit_ppo(self.module, self.ctx, self.iterations, callbacks=[curve] if curve else [])
-        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
-
-    def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+        return self.train_on_prompts(self.iterations, self.cfg.prompts_per_step,
+                                     self.cfg.prompts_per_step * self.cfg.samples_per_prompt, max_epochs=1,
+                                     limit_val_batches=0)
 
     def optimizer_steps(self) -> int:
         return self.iterations * self.cfg.ppo_epochs * self.cfg.minibatches

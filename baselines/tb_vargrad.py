@@ -32,9 +32,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.curves import learning_curve
 from gfnbench.losses import balance_penalty, check_log_reward, reward_temperature
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
     action_slots,
@@ -46,12 +45,13 @@ from gfnbench.objectives import (
     vargrad_residual,
 )
 from gfnbench.policy import (
+    PolicyMethod,
+    gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
-    sample_policy,
     sample_task,
-    seeded_prompt_loader,
     stepwise_schedule,
+    train_steps,
     trainable_parameters,
     trajectories_from_states,
 )
@@ -202,49 +202,22 @@ class VarGradModule(L.LightningModule):
             opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.decay_to))
 
 
-def fit_vargrad(module: VarGradModule, ctx, steps: int, accumulate: int = 1, callbacks: list | None = None) -> None:
-    """`steps` optimizer steps, each over `accumulate` seeded random prompts (one prompt a micro-batch, as GFlowNet)."""
-    loader = seeded_prompt_loader(len(module.examples), 1, steps * accumulate, ctx.seed)
-    trainer = cpu_trainer(ctx, max_steps=steps, accumulate_grad_batches=accumulate, callbacks=callbacks or [])
-    trainer.fit(module, train_dataloaders=loader)
-
-
-def family_defaults(task: Task, prof, steps: int) -> dict:
-    """What the GFlowNet row takes from profile and task (lr, temperature ramp, LoRA shape, warm-up), so this row
-    differs from it in objective and replay only."""
-    t = task.training
-    start, end, horizon = t.reward_temperature
-    ramp = (start, end, min(horizon, steps)) if t.anneal_within_budget else t.reward_temperature
-    return dict(lr=t.learning_rate or prof.learning_rate, decay_to=t.decay_to, reward_temperature=ramp,
-                samples_per_prompt=prof.samples_per_prompt, lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
-                warmup_steps=min(20, max(1, prof.train_steps // 5)), total_steps=steps)
-
-
 @register_method("tb_vargrad", "VarGrad TB with recent/high-reward replay (TBA, Bartoldson et al. 2025): log Z "
                  "estimated per prompt from its samples", trains=True)
-class VarGradMethod(Method):
-    trains = True
+class VarGradMethod(PolicyMethod):
     settings_class = VarGradConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
-        self.steps = max(1, round(ctx.profile.train_steps * task.training.steps_multiplier))
-        self.cfg = self.build_settings(family_defaults(task, ctx.profile, self.steps))
+        self.steps = train_steps(task, ctx.profile)
+        self.cfg = self.build_settings({**gflownet_family_defaults(task, ctx.profile, self.steps),
+                                        "total_steps": self.steps})
         self.module = VarGradModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
-
-    @property
-    def policy(self):
-        return self.module.policy
 
     def fit(self) -> dict:
         accumulate = self.ctx.profile.prompts_per_step
-        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.steps * accumulate,
-                               self.cfg.samples_per_prompt)
-        fit_vargrad(self.module, self.ctx, self.steps, accumulate, callbacks=[curve] if curve else [])
-        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
-
-    def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+        return self.train_on_prompts(self.steps * accumulate, 1, self.cfg.samples_per_prompt, max_steps=self.steps,
+                                     accumulate_grad_batches=accumulate)
 
     def budget(self) -> Budget:
         fresh = self.steps * self.ctx.profile.prompts_per_step * self.cfg.samples_per_prompt

@@ -18,8 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.buffer import BufferItem, ReplayBuffer
-from gfnbench.checkpoints import resume_path, trainable_only
-from gfnbench.curves import learning_curve
+from gfnbench.checkpoints import trainable_only
 from gfnbench.losses import (
     balance_penalty,
     check_log_reward,
@@ -28,16 +27,18 @@ from gfnbench.losses import (
     subtb_pairs,
     tb_loss,
 )
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
 from gfnbench.policy import (
+    PolicyMethod,
+    fit_on_prompts,
+    gflownet_family_defaults,
     gold_trajectory,
     lora_targets,
     lr_multiplier,
-    sample_policy,
     sample_task,
-    seeded_prompt_loader,
     stepwise_schedule,
+    train_steps,
     trainable_parameters,
     trajectories_from_states,
 )
@@ -269,51 +270,34 @@ class GFlowNetModule(L.LightningModule):
 
 # ------------------------------------------------------------------------------------ the benchmark method
 
-def fit_module(module: L.LightningModule, n_examples: int, ctx, accumulate: int, steps: int,
-               callbacks: list | None = None, weights: list[float] | None = None) -> None:
-    """A Lightning Trainer over random training prompts (one prompt per micro-batch, as the paper)."""
-    loader = seeded_prompt_loader(n_examples, 1, steps * accumulate, ctx.seed, weights)
-    trainer = cpu_trainer(ctx, checkpoints=True, max_steps=steps, accumulate_grad_batches=accumulate,
-                          callbacks=callbacks or [])
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_path(ctx.checkpoint_dir, ctx.resume))
+def fit_module(module: GFlowNetModule, ctx, accumulate: int, steps: int, callbacks: list | None = None) -> None:
+    """`steps` optimizer steps over seeded training prompts, one prompt per micro-batch (as the paper),
+    checkpointed so that a killed run resumes exactly."""
+    fit_on_prompts(module, ctx, steps * accumulate, 1, callbacks, checkpoints=True, max_steps=steps,
+                   accumulate_grad_batches=accumulate)
 
 
-class GFlowNetMethod(Method):
-    trains = True
+class GFlowNetMethod(PolicyMethod):
     loss = "subtb"
     settings_class = GFlowNetConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
-        self.steps = max(1, round(ctx.profile.train_steps * task.training.steps_multiplier))
+        self.steps = train_steps(task, ctx.profile)
         self.cfg = self.build_settings(self.default_settings())
         self.module = GFlowNetModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
     def default_settings(self) -> dict:
         """The profile's budget and LoRA shape, the task's training defaults (reference-paper.md §1.5-1.6)."""
-        prof, t = self.ctx.profile, self.task.training
-        start, end, horizon = t.reward_temperature
-        ramp = (start, end, min(horizon, self.steps)) if t.anneal_within_budget else t.reward_temperature
-        return dict(loss=self.loss, lr=t.learning_rate or prof.learning_rate, decay_to=t.decay_to,
-                    samples_per_prompt=prof.samples_per_prompt, reward_temperature=ramp, behaviour_mix=t.behaviour_mix,
-                    buffer_capacity=t.buffer_capacity, buffer_sampling=t.buffer_sampling, dedup_tol=t.dedup_tol,
-                    lora_rank=prof.lora_rank, lora_alpha=prof.lora_alpha,
-                    warmup_steps=min(20, max(1, prof.train_steps // 5)), total_steps=self.steps)
-
-    @property
-    def policy(self):
-        return self.module.policy
+        t = self.task.training
+        return {**gflownet_family_defaults(self.task, self.ctx.profile, self.steps), "loss": self.loss,
+                "behaviour_mix": t.behaviour_mix, "buffer_capacity": t.buffer_capacity,
+                "buffer_sampling": t.buffer_sampling, "dedup_tol": t.dedup_tol, "total_steps": self.steps}
 
     def fit(self) -> dict:
         accumulate = self.ctx.profile.prompts_per_step
-        curve = learning_curve(self.task, self.module.policy, self.lm.tokenizer, self.steps * accumulate,
-                               self.cfg.samples_per_prompt)
-        fit_module(self.module, len(self.module.examples), self.ctx, accumulate, self.steps,
-                   callbacks=[curve] if curve else [], weights=self.task.prompt_weights(self.module.examples))
-        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
-
-    def sample(self, examples, n, generator) -> Trajectories:
-        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+        return self.train_on_prompts(self.steps * accumulate, 1, self.cfg.samples_per_prompt, checkpoints=True,
+                                     max_steps=self.steps, accumulate_grad_batches=accumulate)
 
     def budget(self) -> Budget:
         batches = self.steps * self.ctx.profile.prompts_per_step

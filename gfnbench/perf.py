@@ -64,7 +64,9 @@ def machine() -> dict:
     return {"cpu": model_name or platform.processor(), "cores": os.cpu_count(), "cpu_flags": flags,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                    if k in os.environ}}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -365,16 +367,40 @@ def subtb_child(L: int, variant: str, B: int = 16) -> dict:
             "pair_matrix_mb": B * (L + 1) ** 2 * 4 / 2 ** 20, "loss": float(loss)}
 
 
+def _vm_hwm_mb() -> float | None:
+    """Peak resident set (VmHWM) of this process in MB, from /proc (Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the peak-RSS counter (Linux: write 5 to /proc/self/clear_refs), so the step's own peak is measured
+    and not the model load's (loading the checkpoint briefly holds extra copies of the weights)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def rss_child(model: str, workload: str, pipeline: str, samples: int, length: int, lora_rank: int,
               prompt_tokens: int, steps: int) -> dict:
     lm = load_model(model)
     wl = Workload(workload, lm, samples, length, lora_rank, prompt_tokens)
-    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    load_peak = _vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset = _reset_hwm()
+    after_setup = _vm_hwm_mb()
     fn = wl.gfnbench_step if pipeline == "gfnbench" else wl.naive_step
     for _ in range(steps):
         fn()
-    return {"pipeline": pipeline, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_after_setup_mb": after_load / 1024}
+    step_peak = _vm_hwm_mb() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"pipeline": pipeline, "peak_rss_mb": step_peak, "rss_after_setup_mb": after_setup or 0.0,
+            "load_peak_rss_mb": load_peak, "peak_reset_after_load": reset}
 
 
 def run_child(args: list[str]) -> dict:
@@ -425,7 +451,7 @@ def write_report(result: dict, out: Path) -> None:
              f"Written by `python -m gfnbench.perf {' '.join(result['argv'])}` on {result['date']}.", "",
              f"- machine: {m['cpu']}, {m['cores']} cores; flags: {', '.join(m['cpu_flags'])}",
              f"- torch {m['torch']}, transformers {m['transformers']}, python {m['python']}; torch threads "
-             f"{m['torch_threads']} (interop {m['interop_threads']})",
+             f"{m['torch_threads']} (interop {m['interop_threads']}); env {m.get('env') or '-'}",
              f"- model: {result['model']}; LoRA r{result['lora_rank']} on the architecture's default targets "
              f"(q/k/v/o for Llama), fp32",
              f"- same-run fp32 matmul peak (2048^3, best over the run): **{peak:.0f} GFLOP/s**; "
@@ -443,11 +469,14 @@ def write_report(result: dict, out: Path) -> None:
             lines.append(f"| {k} | {e['seconds'][k]:.2f} | {e['tokens_per_s'][k]:.0f} |")
         lines += ["", f"**gfnbench sampler vs HF generate: {e['ratio_vs_generate']:.2f}x tokens/s.**", ""]
     if "rss" in result:
-        lines += ["## Peak RSS (each pipeline in its own process: load, build, steps)", "",
-                  "| workload | pipeline | peak RSS | RSS after setup |", "|---|---|---|---|"]
+        lines += ["## Peak RSS (each pipeline in its own process: load, build, 2 steps)", "",
+                  "Peak of the steps: the high-water mark is reset after the model load (whose own transient peak "
+                  "is shown apart).", "",
+                  "| workload | pipeline | peak RSS of the steps | RSS after setup | peak during the model load |",
+                  "|---|---|---|---|---|"]
         for r in result["rss"]:
             lines.append(f"| {r['workload']} | {r['pipeline']} | {r['peak_rss_mb'] / 1024:.2f} GB | "
-                         f"{r['rss_after_setup_mb'] / 1024:.2f} GB |")
+                         f"{r['rss_after_setup_mb'] / 1024:.2f} GB | {r.get('load_peak_rss_mb', 0) / 1024:.2f} GB |")
         lines.append("")
     if "bf16" in result:
         b = result["bf16"]

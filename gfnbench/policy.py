@@ -1,4 +1,5 @@
-"""What trained methods share: a seeded LoRA policy, sampling a task, gold trajectories, schedules and loaders.
+"""What trained methods share: a seeded LoRA policy, sampling a task, gold trajectories, schedules, prompt loaders,
+the GFlowNet row's defaults, and `PolicyMethod`, the base of every row that fine-tunes a policy.
 
 Every method file imports from here rather than from another method's file, so a new method needs nothing but
 this module, `methods.py` and the core passes in `sampling.py`.
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from gfnbench.methods import Method, cpu_trainer
 from gfnbench.models import LanguageModel, add_lora
 from gfnbench.sampling import SamplingConfig, sample
 from gfnbench.tasks.base import Example, Task
@@ -116,3 +118,55 @@ def seeded_prompt_loader(n_examples: int, batch_size: int, batches: int, seed: i
     from gfnbench.checkpoints import PromptLoader
 
     return PromptLoader(n_examples, batch_size, batches, seed, weights)
+
+
+def train_steps(task: Task, profile) -> int:
+    """Optimizer steps (or rollout batches) of a trained row: the profile's, scaled by the task."""
+    return max(1, round(profile.train_steps * task.training.steps_multiplier))
+
+
+def gflownet_family_defaults(task: Task, profile, steps: int) -> dict:
+    """What the GFlowNet row takes from profile and task (lr, temperature ramp, LoRA shape, warm-up, batch), so
+    the GFlowNet-family rows differ from it in objective only."""
+    t = task.training
+    start, end, horizon = t.reward_temperature
+    ramp = (start, end, min(horizon, steps)) if t.anneal_within_budget else t.reward_temperature
+    return dict(lr=t.learning_rate or profile.learning_rate, decay_to=t.decay_to, reward_temperature=ramp,
+                samples_per_prompt=profile.samples_per_prompt, lora_rank=profile.lora_rank,
+                lora_alpha=profile.lora_alpha, warmup_steps=min(20, max(1, profile.train_steps // 5)))
+
+
+def fit_on_prompts(module, ctx, batches: int, batch_size: int, callbacks: list | None = None,
+                   checkpoints: bool = False, **trainer_settings) -> None:
+    """Lightning `fit` of `module` over `batches` seeded batches of training-prompt indices, drawn by the task's
+    `prompt_weights`; `checkpoints` (modules that save their whole state) makes the run resumable."""
+    from gfnbench.checkpoints import resume_path
+
+    weights = module.task.prompt_weights(module.examples)
+    loader = seeded_prompt_loader(len(module.examples), batch_size, batches, ctx.seed, weights)
+    trainer = cpu_trainer(ctx, checkpoints=checkpoints, callbacks=list(callbacks or []), **trainer_settings)
+    trainer.fit(module, train_dataloaders=loader,
+                ckpt_path=resume_path(ctx.checkpoint_dir, ctx.resume) if checkpoints else None)
+
+
+class PolicyMethod(Method):
+    """A row that fine-tunes `self.module.policy` (a LightningModule with `task`, `examples` and a `curve` list):
+    it samples like every trained row and trains on seeded prompts with the task's learning curve."""
+
+    trains = True
+
+    @property
+    def policy(self):
+        return self.module.policy
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+
+    def train_on_prompts(self, batches: int, batch_size: int, reward_evals_per_batch: int, **settings) -> dict:
+        """Fit over `batches` prompt batches; the record's train_curve and (when the task has a probe) its
+        learning curve against reward evaluations."""
+        from gfnbench.curves import learning_curve
+
+        curve = learning_curve(self.task, self.policy, self.lm.tokenizer, batches, reward_evals_per_batch)
+        fit_on_prompts(self.module, self.ctx, batches, batch_size, callbacks=[curve] if curve else [], **settings)
+        return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}

@@ -50,7 +50,7 @@ def test_gflownet_matches_an_enumerable_target(loss, steps):
     module = GFlowNetModule(task, lm, cfg, task.examples("train"), seed=0)
     prompt = task.prompt(task.examples("test")[0])
     before = task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
-    fit_module(module, 1, RunContext(seed=0, profile=PROFILES["smoke"]), accumulate=1, steps=steps)
+    fit_module(module, RunContext(seed=0, profile=PROFILES["smoke"]), accumulate=1, steps=steps)
     after = task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
     assert before > 0.3, before
     # TB measured after the log Z head and penalty changes: 0.071 (Huber, default) and 0.056 (r^2) at 300 steps,
@@ -140,7 +140,7 @@ def train_tv(task, steps: int, **overrides) -> tuple[float, float]:
     module = GFlowNetModule(task, lm, GFlowNetConfig(**{**settings, **overrides}), task.examples("train"), seed=0)
     prompt = task.prompt(task.examples("test")[0])
     before = task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
-    fit_module(module, 1, RunContext(seed=0, profile=PROFILES["smoke"]), accumulate=1, steps=steps)
+    fit_module(module, RunContext(seed=0, profile=PROFILES["smoke"]), accumulate=1, steps=steps)
     return before, task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
 
 

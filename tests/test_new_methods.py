@@ -166,10 +166,24 @@ def top_shape(dist: dict) -> dict:
     return normalised({k: dist[k] for k in "01234"})
 
 
+def fit_rollouts(module, ctx, iterations: int) -> None:
+    """GRPO/FlowRL: one rollout batch of `prompts_per_step` prompts per iteration, as their methods fit."""
+    from gfnbench.policy import fit_on_prompts
+
+    fit_on_prompts(module, ctx, iterations, module.cfg.prompts_per_step, max_epochs=1, limit_val_batches=0)
+
+
+def fit_steps(module, ctx, steps: int) -> None:
+    """VarGrad TB: one prompt per optimizer step, as GFlowNet."""
+    from gfnbench.policy import fit_on_prompts
+
+    fit_on_prompts(module, ctx, steps, 1, max_steps=steps)
+
+
 def train_on_two_levels(method: str, iterations: int):
-    from gfnbench.baselines.flowrl import FlowRLConfig, FlowRLModule, fit_flowrl
-    from gfnbench.baselines.grpo import GRPOConfig, GRPOModule, fit_grpo
-    from gfnbench.baselines.tb_vargrad import VarGradConfig, VarGradModule, fit_vargrad
+    from gfnbench.baselines.flowrl import FlowRLConfig, FlowRLModule
+    from gfnbench.baselines.grpo import GRPOConfig, GRPOModule
+    from gfnbench.baselines.tb_vargrad import VarGradConfig, VarGradModule
     from gfnbench.methods import RunContext
     from gfnbench.models import build_tiny
 
@@ -179,13 +193,13 @@ def train_on_two_levels(method: str, iterations: int):
     if method == "flowrl":        # beta 1 and the default reference prior: target pi_ref x R
         module = FlowRLModule(task, lm, FlowRLConfig(beta=1.0, logz_lr=1e-2, warmup_steps=1, **shared), examples,
                               total_steps=iterations)
-        fit = fit_flowrl
+        fit = fit_rollouts
     elif method == "tb_vargrad":
-        module, fit = VarGradModule(task, lm, VarGradConfig(warmup_steps=1, **shared), examples), fit_vargrad
+        module, fit = VarGradModule(task, lm, VarGradConfig(warmup_steps=1, **shared), examples), fit_steps
     else:
         dr = method == "dr_grpo"
         cfg = GRPOConfig(scale_by_std=not dr, normalise_by_length=not dr, **shared)
-        module, fit = GRPOModule(task, lm, cfg, examples), fit_grpo
+        module, fit = GRPOModule(task, lm, cfg, examples), fit_rollouts
     prompt = task.prompt(task.examples("test")[0])
     before = task.exact_distribution(module.policy, lm.tokenizer, prompt)
     fit(module, RunContext(seed=0, profile=PROFILES["smoke"]), iterations)
@@ -247,3 +261,49 @@ def test_runs_through_the_harness_on_gflownets_reward_budget(tmp_path, method, s
     assert record["learning_curve"][-1]["reward_evals"] == gfn.reward_evaluations
     assert all(math.isfinite(v) for p in record["train_curve"] for v in p.values() if isinstance(v, float))
     assert (out / "train" / "metrics.csv").is_file()
+
+
+def test_sampler_log_probs_equal_ppos_action_log_probs_on_a_tool_trajectory(tiny):
+    """Independent check on a real model: the sampler's action log-probs (stop blocked before min_len, tool tokens
+    in the state and not actions) are what PPO's separate action pass computes."""
+    from gfnbench.baselines.ppo import action_forward, action_mask
+    from gfnbench.objectives import action_slots
+    from gfnbench.policy import gold_trajectory, trajectories_from_states
+    from gfnbench.sampling import encode, policy_log_probs
+    from gfnbench.tasks import get_task
+
+    task, tok = get_task("arith"), tiny.tokenizer
+    ex = task.examples("train")[0]
+    tokens, acts = gold_trajectory(task, tok, task.target(ex))
+    traj = trajectories_from_states(task.prompt(ex), encode(tok, [task.prompt(ex)])[0], [(tokens, acts, True)], tok)
+    allowed, stop = task.allowed_tokens(tok), task.stop_id(tok)
+    with torch.no_grad():
+        ours = sampler_action_log_probs(*policy_log_probs(tiny.model, traj, allowed, stop), traj.lengths,
+                                        traj.stopped, task.min_len)
+        ppo = action_forward(tiny.model, traj, allowed, stop, task.min_len)
+    assert action_slots(traj.lengths, traj.stopped, traj.max_actions + 1).tolist() == action_mask(traj).tolist()
+    assert torch.allclose(ours, ppo.logp, atol=1e-5)
+
+
+def test_later_epochs_are_off_policy_and_weighted():
+    """With 2 epochs a batch's second update sees pi != pi_old: FlowRL's weight leaves 1 (clipped to [0.8, 1.2]),
+    and GRPO counts both updates as optimizer steps."""
+    from gfnbench.baselines.flowrl import FlowRLConfig, FlowRLModule
+    from gfnbench.methods import RunContext
+    from gfnbench.models import build_tiny
+
+    task, lm = TwoLevels(), build_tiny("llama")
+    cfg = FlowRLConfig(lr=1e-2, epochs=2, samples_per_prompt=8, lora_rank=4, lora_alpha=8, lora_targets="all-linear",
+                       warmup_steps=1)
+    module = FlowRLModule(task, lm, cfg, task.examples("train"), total_steps=2)
+    fit_rollouts(module, RunContext(seed=0, profile=SMOKE), 2)
+    weights = [p["importance_weight"] for p in module.curve]         # mean over the 2 epochs of each batch
+    assert all(0.9 <= w <= 1.1 for w in weights) and any(w != 1.0 for w in weights), weights
+    from gfnbench.catalog import get_method
+    from gfnbench.tasks import get_task
+
+    rng = get_task("rng")
+    ctx = RunContext(seed=0, profile=SMOKE, settings={"epochs": 2}, method="grpo")
+    budget = get_method("grpo").factory(rng, build_tiny("llama"), ctx).budget()
+    steps = round(SMOKE.train_steps * rng.training.steps_multiplier)
+    assert (budget.reward_evaluations, budget.optimizer_steps) == (steps * SMOKE.samples_per_prompt, 2 * steps)
