@@ -29,29 +29,27 @@ import torch
 from torch import Tensor
 
 from gfnbench.losses import balance_penalty, check_log_reward, reward_temperature
-from gfnbench.methods import Budget, register_method
+from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
-    action_slots,
     clipped_importance_weight,
     flowrl_residual,
     group_advantages,
-    sampler_action_log_probs,
-    sequence_log_prob,
     terminal_log_reward,
     weighted_mean,
 )
 from gfnbench.policy import (
-    PolicyMethod,
+    RolloutMethod,
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
     sample_task,
+    sequence_log_prob_of,
     stepwise_schedule,
     train_steps,
     trainable_parameters,
 )
-from gfnbench.sampling import policy_log_probs, positions_from_mask
+from gfnbench.sampling import positions_from_mask
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
 
@@ -133,9 +131,7 @@ class FlowRLModule(L.LightningModule):
         self.curve: list[dict] = []
 
     def sequence_logp(self, model, traj: Trajectories) -> Tensor:
-        log_pf, log_pterm = policy_log_probs(model, traj, self.allowed, self.stop_id)
-        logp = sampler_action_log_probs(log_pf, log_pterm, traj.lengths, traj.stopped, self.task.min_len)
-        return sequence_log_prob(logp, action_slots(traj.lengths, traj.stopped, traj.max_actions + 1))
+        return sequence_log_prob_of(model, traj, self.task, self.allowed, self.stop_id)
 
     @torch.no_grad()
     def prompt_features(self, traj: Trajectories) -> Tensor:
@@ -206,7 +202,7 @@ class FlowRLModule(L.LightningModule):
 
 @register_method("flowrl", "FlowRL (Zhu et al. 2026): length-normalised TB to pi_ref x exp(beta r_hat), "
                  "prompt-conditioned log Z, clipped importance weight", trains=True)
-class FlowRLMethod(PolicyMethod):
+class FlowRLMethod(RolloutMethod):
     settings_class = FlowRLConfig
 
     def __init__(self, task, lm, ctx):
@@ -218,17 +214,6 @@ class FlowRLMethod(PolicyMethod):
         self.iterations = self.cfg.iterations or steps
         self.module = FlowRLModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed,
                                    total_steps=self.iterations)
-
-    def fit(self) -> dict:
-        return self.train_on_prompts(self.iterations, self.cfg.prompts_per_step,
-                                     self.cfg.prompts_per_step * self.cfg.samples_per_prompt, max_epochs=1,
-                                     limit_val_batches=0)
-
-    def budget(self) -> Budget:
-        return Budget(self.iterations * self.cfg.prompts_per_step * self.cfg.samples_per_prompt,
-                      self.iterations * self.cfg.epochs,
-                      f"{self.iterations} iterations x {self.cfg.prompts_per_step * self.cfg.samples_per_prompt} "
-                      f"samples, {self.cfg.epochs} epochs each")
 
     def config(self) -> dict:
         return {"flowrl": asdict(self.cfg), "iterations": self.iterations}

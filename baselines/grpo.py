@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from gfnbench.losses import check_log_reward
-from gfnbench.methods import Budget, register_method
+from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
     action_slots,
@@ -33,7 +33,7 @@ from gfnbench.objectives import (
     sampler_action_log_probs,
     terminal_log_reward,
 )
-from gfnbench.policy import PolicyMethod, lora_policy, sample_task, train_steps, trainable_parameters
+from gfnbench.policy import RolloutMethod, lora_policy, sample_task, train_steps, trainable_parameters
 from gfnbench.sampling import policy_log_probs
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -144,7 +144,7 @@ class GRPOModule(L.LightningModule):
 
 @register_method("grpo", "GRPO (LoRA, group-standardised terminal log reward, clipped ratio, k3 KL to the base "
                  "model; Dr. GRPO as a setting)", trains=True)
-class GRPOMethod(PolicyMethod):
+class GRPOMethod(RolloutMethod):
     settings_class = GRPOConfig
 
     def __init__(self, task, lm, ctx):
@@ -156,17 +156,6 @@ class GRPOMethod(PolicyMethod):
                                             lora_alpha=prof.lora_alpha))
         self.iterations = self.cfg.iterations or train_steps(task, prof)
         self.module = GRPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
-
-    def fit(self) -> dict:
-        return self.train_on_prompts(self.iterations, self.cfg.prompts_per_step,
-                                     self.cfg.prompts_per_step * self.cfg.samples_per_prompt, max_epochs=1,
-                                     limit_val_batches=0)
-
-    def budget(self) -> Budget:
-        return Budget(self.iterations * self.cfg.prompts_per_step * self.cfg.samples_per_prompt,
-                      self.iterations * self.cfg.epochs,
-                      f"{self.iterations} iterations x {self.cfg.prompts_per_step * self.cfg.samples_per_prompt} "
-                      f"samples, {self.cfg.epochs} epochs each")
 
     def config(self) -> dict:
         return {"grpo": asdict(self.cfg), "iterations": self.iterations,

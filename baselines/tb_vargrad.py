@@ -36,10 +36,7 @@ from gfnbench.losses import balance_penalty, check_log_reward, reward_temperatur
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
-    action_slots,
     replay_probabilities,
-    sampler_action_log_probs,
-    sequence_log_prob,
     terminal_log_reward,
     vargrad_log_z,
     vargrad_residual,
@@ -50,12 +47,13 @@ from gfnbench.policy import (
     lora_policy,
     lr_multiplier,
     sample_task,
+    sequence_log_prob_of,
     stepwise_schedule,
     train_steps,
     trainable_parameters,
     trajectories_from_states,
 )
-from gfnbench.sampling import encode, policy_log_probs
+from gfnbench.sampling import encode
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories, right_pad
 
@@ -142,9 +140,7 @@ class VarGradModule(L.LightningModule):
         self.curve: list[dict] = []
 
     def sequence_logp(self, model, traj: Trajectories) -> Tensor:
-        log_pf, log_pterm = policy_log_probs(model, traj, self.allowed, self.stop_id)
-        logp = sampler_action_log_probs(log_pf, log_pterm, traj.lengths, traj.stopped, self.task.min_len)
-        return sequence_log_prob(logp, action_slots(traj.lengths, traj.stopped, traj.max_actions + 1))
+        return sequence_log_prob_of(model, traj, self.task, self.allowed, self.stop_id)
 
     @torch.no_grad()
     def fresh(self, ex: Example) -> Trajectories:

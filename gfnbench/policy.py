@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gfnbench.methods import Method, cpu_trainer
+from gfnbench.methods import Budget, Method, cpu_trainer
 from gfnbench.models import LanguageModel, add_lora
 from gfnbench.sampling import SamplingConfig, sample
 from gfnbench.tasks.base import Example, Task
@@ -120,6 +120,17 @@ def seeded_prompt_loader(n_examples: int, batch_size: int, batches: int, seed: i
     return PromptLoader(n_examples, batch_size, batches, seed, weights)
 
 
+def sequence_log_prob_of(model, traj: Trajectories, task: Task, allowed, stop_id: int) -> Tensor:
+    """[B] log q(trajectory) under `model` with gradients, in the sampler's own distribution: its tokens, then
+    the stop when it chose to stop (stop blocked before min_len, so those steps renormalise without it)."""
+    from gfnbench.objectives import action_slots, sampler_action_log_probs, sequence_log_prob
+    from gfnbench.sampling import policy_log_probs
+
+    log_pf, log_pterm = policy_log_probs(model, traj, allowed, stop_id)
+    logp = sampler_action_log_probs(log_pf, log_pterm, traj.lengths, traj.stopped, task.min_len)
+    return sequence_log_prob(logp, action_slots(traj.lengths, traj.stopped, traj.max_actions + 1))
+
+
 def train_steps(task: Task, profile) -> int:
     """Optimizer steps (or rollout batches) of a trained row: the profile's, scaled by the task."""
     return max(1, round(profile.train_steps * task.training.steps_multiplier))
@@ -170,3 +181,20 @@ class PolicyMethod(Method):
         curve = learning_curve(self.task, self.policy, self.lm.tokenizer, batches, reward_evals_per_batch)
         fit_on_prompts(self.module, self.ctx, batches, batch_size, callbacks=[curve] if curve else [], **settings)
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
+
+
+class RolloutMethod(PolicyMethod):
+    """Rows trained on rollout batches (GRPO, FlowRL): `iterations` batches of prompts_per_step x
+    samples_per_prompt fresh samples, `epochs` updates on each; their settings carry those four fields."""
+
+    iterations: int
+
+    def fit(self) -> dict:
+        per_batch = self.cfg.prompts_per_step * self.cfg.samples_per_prompt
+        return self.train_on_prompts(self.iterations, self.cfg.prompts_per_step, per_batch, max_epochs=1,
+                                     limit_val_batches=0)
+
+    def budget(self) -> Budget:
+        per_batch = self.cfg.prompts_per_step * self.cfg.samples_per_prompt
+        return Budget(self.iterations * per_batch, self.iterations * self.cfg.epochs,
+                      f"{self.iterations} iterations x {per_batch} samples, {self.cfg.epochs} epochs each")

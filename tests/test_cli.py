@@ -82,8 +82,8 @@ def test_same_seed_same_numbers(tmp_path):
 
 def test_a_task_can_exclude_registered_methods(tmp_path):
     """rng drops rows that cannot say anything about matching a distribution; running one is refused."""
-    from gfnbench.harness import run
     from gfnbench.catalog import methods_for
+    from gfnbench.harness import run
 
     rng_methods = methods_for("rng")
     assert "temperature" in rng_methods and "gflownet" in rng_methods
