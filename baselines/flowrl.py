@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.losses import balance_penalty, check_log_reward, reward_temperature
+from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
@@ -43,7 +43,7 @@ from gfnbench.policy import (
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
-    sample_task,
+    sample_scored,
     sequence_log_prob_of,
     stepwise_schedule,
     train_steps,
@@ -149,14 +149,11 @@ class FlowRLModule(L.LightningModule):
 
     @torch.no_grad()
     def rollout(self, examples: list[Example]) -> FlowRollout:
-        self.policy.eval()
-        traj = sample_task(self.task, self.policy, self.tokenizer, [self.task.prompt(ex) for ex in examples],
-                           self.cfg.samples_per_prompt, self.task.sampling(train=True), context=self.context,
-                           generator=self.generator)
+        traj = sample_scored(self.task, self.policy, self.tokenizer, examples, self.cfg.samples_per_prompt,
+                             context=self.context, generator=self.generator,
+                             what=f"FlowRL iteration {len(self.curve)}")
         with adapters_off(self.policy) as base:
-            traj.log_reward = self.task.log_reward(base, self.tokenizer, traj, examples)
             ref = self.sequence_logp(base, traj) if self.cfg.reference else None
-        check_log_reward(traj.log_reward, f"task {self.task.name}, FlowRL iteration {len(self.curve)}", traj.lengths)
         temperature = reward_temperature(len(self.curve), *self.cfg.reward_temperature)
         r = terminal_log_reward(traj.log_reward / temperature, traj.lengths, self.cfg.min_log_reward)
         return FlowRollout(traj, traj.lengths + traj.stopped.long(), None, ref,

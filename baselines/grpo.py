@@ -22,7 +22,6 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.losses import check_log_reward
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
@@ -33,7 +32,7 @@ from gfnbench.objectives import (
     sampler_action_log_probs,
     terminal_log_reward,
 )
-from gfnbench.policy import RolloutMethod, lora_policy, sample_task, train_steps, trainable_parameters
+from gfnbench.policy import RolloutMethod, lora_policy, sample_scored, train_steps, trainable_parameters
 from gfnbench.sampling import policy_log_probs
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -92,14 +91,10 @@ class GRPOModule(L.LightningModule):
 
     @torch.no_grad()
     def rollout(self, examples: list[Example]) -> GroupRollout:
-        self.policy.eval()
-        traj = sample_task(self.task, self.policy, self.tokenizer, [self.task.prompt(ex) for ex in examples],
-                           self.cfg.samples_per_prompt, self.task.sampling(train=True), context=self.context,
-                           generator=self.generator)
+        traj = sample_scored(self.task, self.policy, self.tokenizer, examples, self.cfg.samples_per_prompt,
+                             context=self.context, generator=self.generator, what=f"GRPO iteration {len(self.curve)}")
         with adapters_off(self.policy) as base:
-            traj.log_reward = self.task.log_reward(base, self.tokenizer, traj, examples)
             ref = self.action_logp(base, traj) if self.cfg.kl_coef else None
-        check_log_reward(traj.log_reward, f"task {self.task.name}, GRPO iteration {len(self.curve)}", traj.lengths)
         score = terminal_log_reward(traj.log_reward, traj.lengths, self.cfg.min_log_reward)
         advantages = group_advantages(score, traj.group, self.cfg.scale_by_std)
         slots = action_slots(traj.lengths, traj.stopped, traj.max_actions + 1)

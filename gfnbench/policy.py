@@ -49,6 +49,23 @@ def sample_task(task: Task, model, tokenizer, prompts: list[str], n: int, cfg: S
                   context=context, generator=generator)
 
 
+@torch.no_grad()
+def sample_scored(task: Task, policy, tokenizer, examples: list[Example], n: int, *, context: int | None,
+                  generator: torch.Generator | None, what: str) -> Trajectories:
+    """n on-policy training samples of each example's prompt, with their per-prefix log rewards under the base
+    model (adapters off), checked for NaN/+inf (`what` names the step in the error)."""
+    from gfnbench.losses import check_log_reward
+    from gfnbench.models import adapters_off
+
+    policy.eval()
+    traj = sample_task(task, policy, tokenizer, [task.prompt(ex) for ex in examples], n, task.sampling(train=True),
+                       context=context, generator=generator)
+    with adapters_off(policy) as base:
+        traj.log_reward = task.log_reward(base, tokenizer, traj, examples)
+    check_log_reward(traj.log_reward, f"task {task.name}, {what}", traj.lengths)
+    return traj
+
+
 def sample_policy(task: Task, policy, lm: LanguageModel, examples: list[Example], n: int,
                   generator: torch.Generator) -> Trajectories:
     """Evaluation sampling of a fine-tuned policy: the task's prompt and evaluation decoding."""
