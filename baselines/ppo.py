@@ -29,10 +29,17 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.losses import check_log_reward, floor_log_reward
+from gfnbench.losses import floor_log_reward
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
-from gfnbench.policy import PolicyMethod, fit_on_prompts, lora_policy, sample_task, train_steps, trainable_parameters
+from gfnbench.policy import (
+    PolicyMethod,
+    fit_on_prompts,
+    lora_policy,
+    sample_scored,
+    train_steps,
+    trainable_parameters,
+)
 from gfnbench.sampling import positions_from_mask
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -206,20 +213,11 @@ class PPOModule(L.LightningModule):
     def forward_actions(self, traj: Trajectories, hidden: bool = False) -> ActionPass:
         return action_forward(self.policy, traj, self.allowed, self.stop_id, self.task.min_len, hidden)
 
-    def log_reward(self, traj: Trajectories, examples: list[Example]) -> Tensor:
-        with torch.no_grad(), adapters_off(self.policy) as base:
-            log_r = self.task.log_reward(base, self.tokenizer, traj, examples)
-        check_log_reward(log_r, f"task {self.task.name}, PPO iteration {len(self.curve)}", traj.lengths)
-        return log_r
-
     @torch.no_grad()
     def rollout(self, examples: list[Example]) -> Rollout:
         cfg = self.cfg
-        self.policy.eval()
-        traj = sample_task(self.task, self.policy, self.tokenizer, [self.task.prompt(ex) for ex in examples],
-                           cfg.samples_per_prompt, self.task.sampling(train=True), context=self.context,
-                           generator=self.generator)
-        traj.log_reward = self.log_reward(traj, examples)
+        traj = sample_scored(self.task, self.policy, self.tokenizer, examples, cfg.samples_per_prompt,
+                             context=self.context, generator=self.generator, what=f"PPO iteration {len(self.curve)}")
         score = floor_log_reward(traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1), cfg.min_log_reward)
         old = self.forward_actions(traj, hidden=True)
         values = self.value_head(old.hidden)

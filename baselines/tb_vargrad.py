@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.losses import balance_penalty, check_log_reward, reward_temperature
+from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
@@ -46,7 +46,7 @@ from gfnbench.policy import (
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
-    sample_task,
+    sample_scored,
     sequence_log_prob_of,
     stepwise_schedule,
     train_steps,
@@ -145,14 +145,8 @@ class VarGradModule(L.LightningModule):
     @torch.no_grad()
     def fresh(self, ex: Example) -> Trajectories:
         """`samples_per_prompt` on-policy samples of one prompt, scored (the step's reward evaluations)."""
-        self.policy.eval()
-        traj = sample_task(self.task, self.policy, self.tokenizer, [self.task.prompt(ex)],
-                           self.cfg.samples_per_prompt, self.task.sampling(train=True), context=self.context,
-                           generator=self.generator)
-        with adapters_off(self.policy) as base:
-            traj.log_reward = self.task.log_reward(base, self.tokenizer, traj, [ex])
-        check_log_reward(traj.log_reward, f"task {self.task.name}, tb_vargrad step {self.global_step}", traj.lengths)
-        return traj
+        return sample_scored(self.task, self.policy, self.tokenizer, [ex], self.cfg.samples_per_prompt,
+                             context=self.context, generator=self.generator, what=f"tb_vargrad step {self.global_step}")
 
     def batch_for(self, ex: Example) -> tuple[Trajectories, int]:
         """Fresh samples plus replayed ones of the same prompt as one batch (group 0), and how many are fresh."""
