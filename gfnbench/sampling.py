@@ -391,7 +391,7 @@ def _tail_hidden(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, att
 
 
 def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None = None,
-                    chunk: int = 1024) -> Tensor:
+                    chunk: int = 256) -> Tensor:
     """log p(targets[..., m] | position) [B, K, m] from hidden states [B, K, H] (or logits when `parts` is None),
     normalised over `vocab` (the allowed tokens: disallowed targets get -inf, as the masked softmax gives) or the
     whole vocabulary. Only the output rows of `vocab` are computed; without gradients positions go in chunks, so

@@ -138,7 +138,7 @@ class Continuation(Task):
     report_logp_ref_max = True
     excluded_methods = ("zero_shot",)     # no shots to drop: it would repeat `temperature` row for row
     opt_in_methods = ("tempered",)        # the paper's "LM tempered" baseline (T = the final reward temperature)
-    costly_methods = ("ppo",)
+    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (README "Methods")
     # The task is about the lowered temperature: a run shorter than the paper's 750-step ramp (the cpu profile's
     # 40 steps) still ends at T = 0.8, the target the `tempered` row is compared with.
     training = TrainingDefaults(reward_temperature=(1.0, 0.8, 750), behaviour_mix=(0.25, 0.5, 0.25),

@@ -90,7 +90,7 @@ class Infill(Task):
     eval_temperature = 0.9          # the paper's evaluation temperature
     eval_samples = 8
     opt_in_methods = ("few_shot", "sft")
-    costly_methods = ("ppo",)
+    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (README "Methods")
     training = TrainingDefaults(reward_temperature=(1.1, 0.85, 100), behaviour_mix=(0.25, 0.5, 0.25),
                                 buffer_capacity=50, buffer_sampling="reward")
 

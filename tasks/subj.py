@@ -117,7 +117,7 @@ class Subjectivity(LabelledClassification):
     excluded_methods = ("greedy", "nucleus", "beam", "diverse_beam")
     # M-step repeats the gflownet row's training before its own (431 s a seed on 2 cores): with it the cpu bench
     # takes ~48 min, over its 45-minute budget; both run with --methods.
-    costly_methods = ("ppo", "gflownet_mstep")
+    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad", "gflownet_mstep")
     training = TrainingDefaults(reward_temperature=(1.2, 1.0, 150), behaviour_mix=(0.25, 0.25, 0.5),
                                 buffer_capacity=100, buffer_sampling="reward", dedup_tol=0.1)
 
