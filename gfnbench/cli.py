@@ -118,6 +118,21 @@ def leaderboard(task: str = "arith", profile: str = "cpu", results_dir: str | No
         print(f"[gfnbench] wrote {path}")
 
 
+def perf(quick: bool = False, model: str = "embedded", steps: int = 6, out: str = "results/perf.md") -> None:
+    """Measure a GFlowNet step against a naive pipeline, interleaved in one run, and write results/perf.md + .json
+    (FLOPs, FLOP limits, step breakdown, eval sampling vs HF generate, peak RSS, SubTB cost, bf16 check).
+
+    Args:
+        quick: tiny model, one step: checks that the script runs (seconds).
+        model: embedded, tiny, an HF name or a local directory.
+        steps: timed steps per pipeline (median), after one warm-up step.
+        out: the report's path (the JSON goes beside it).
+    """
+    from gfnbench.perf import main as perf_main
+
+    perf_main(["--model", model, "--steps", str(steps), "--out", out] + (["--quick"] if quick else []))
+
+
 def tasks() -> None:
     """List the registered tasks."""
     from gfnbench.tasks import TASKS
@@ -199,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = settings_argv(argv)
         for command in (run, bench):
             command.__doc__ = command.__doc__.replace("METHOD_SETTINGS_HELP", method_settings_help())
-        auto_cli([run, bench, leaderboard, tasks, methods], args=argv, parser_class=_parser_class(),
+        auto_cli([run, bench, leaderboard, perf, tasks, methods], args=argv, parser_class=_parser_class(),
                  description=f"gfnbench: GFlowNet fine-tuning benchmark.\n{_registry_epilog()}")
     except (ValueError, FileExistsError, PermissionError, ModelNotAvailable, KeyError, RunInProgress,
             OSError) as err:

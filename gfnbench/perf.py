@@ -574,7 +574,7 @@ def lora_dims(policy) -> int:
     return dims
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--steps", type=int, default=6)
@@ -590,32 +590,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 step: a smoke test of the script")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    limit_threads()
-    if args.child:
-        kind, *rest = args.child.split(":")
-        if kind == "subtb":
-            res = subtb_child(int(rest[0]), rest[1])
-        else:
-            res = rss_child(args.model, rest[0], rest[1], args.samples, args.length, args.lora_rank,
-                            args.prompt_tokens, int(rest[2]))
-        print("CHILD " + json.dumps(res), flush=True)
-        return res
     if args.quick:
         args.model, args.steps, args.warmup, args.samples, args.length = "tiny", 1, 0, 4, 6
         args.lora_rank, args.prompt_tokens = 4, 20
         args.skip = args.skip or "rss,subtb"
-    skip = set(filter(None, args.skip.split(",")))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = {"argv": argv if argv is not None else sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                       time.gmtime()),
-              "machine": machine(), "model": args.model, "lora_rank": args.lora_rank, "steps": args.steps,
-              "warmup": args.warmup, "workloads": {}, "notes": []}
-    global PEAK_N
-    PEAK_N = 512 if args.quick else 2048
-    PEAKS.clear()
-    result["matmul_peak_gflops"] = peak = matmul_peak(PEAK_N)
-    LOG(f"matmul peak {peak:.0f} GFLOP/s")
-    lm = None
+    return args
+
+
+def child_main(args: argparse.Namespace) -> dict:
+    """One measurement in its own process (peak RSS, SubTB memory), printed as a JSON line for the parent."""
+    kind, *rest = args.child.split(":")
+    if kind == "subtb":
+        res = subtb_child(int(rest[0]), rest[1])
+    else:
+        res = rss_child(args.model, rest[0], rest[1], args.samples, args.length, args.lora_rank,
+                        args.prompt_tokens, int(rest[2]))
+    print("CHILD " + json.dumps(res), flush=True)
+    return res
+
+
+def measure_workloads(args: argparse.Namespace, skip: set, peak: float, result: dict) -> None:
+    """Each workload's interleaved gfnbench/naive steps; on the first, eval throughput and the bf16 check."""
     for i, name in enumerate(filter(None, args.workloads.split(","))):
         lm = load_model(args.model)      # a fresh copy per workload: each gets its own LoRA
         wl = Workload(name, lm, args.samples, args.length, args.lora_rank, args.prompt_tokens)
@@ -630,12 +625,16 @@ def main(argv: list[str] | None = None) -> dict:
                             if b["speedup"] < 1.1 else "A real speed-up: worth a `precision` setting.")
             result["bf16"] = b
         del wl, lm
-    result["matmul_peak_gflops_end"] = peak_end = matmul_peak(PEAK_N)
-    PEAKS.extend([peak, peak_end])
+
+
+def apply_flop_limits(result: dict, end_peak: float) -> None:
+    """FLOP limits at the run's best matmul peak (the machine's capability; the most conservative multiple)."""
+    PEAKS.extend([result["matmul_peak_gflops"], end_peak])
     best = max(PEAKS)
+    result["matmul_peak_gflops_end"] = end_peak
     result["matmul_peak_per_round"] = list(PEAKS)
     result["matmul_peak_gflops"] = best
-    for w in result["workloads"].values():       # FLOP limits at the run's best peak (the machine's capability)
+    for w in result["workloads"].values():
         for d in w["pipelines"].values():
             d["x_own_limit"] = d["median_s"] / (d["flops"] / best / 1e9)
             d["x_minimal_limit"] = d["median_s"] / (w["minimal_flops"]["total"] / best / 1e9)
@@ -644,6 +643,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"end): best {best:.0f}, median {statistics.median(PEAKS):.0f}, worst {min(PEAKS):.0f} GFLOP/s. The "
         f"cores are shared with other processes, so absolute times swing; the FLOP limits use the best peak "
         f"(the most conservative multiple), and every gfnbench/naive ratio compares steps interleaved in time.")
+
+
+def measure_children(args: argparse.Namespace, skip: set, result: dict) -> None:
+    """Peak RSS of each pipeline and SubTB's memory, each in its own process."""
     if "rss" not in skip:
         result["rss"] = []
         for name in filter(None, args.rss_workloads.split(",")):
@@ -663,6 +666,27 @@ def main(argv: list[str] | None = None) -> dict:
                                 "the model's activations; at B = 16 it reaches ~100 MB per tensor near L = 1,300 "
                                 "and 1 GB near L = 4,000, where a loop over diagonals (or a blocked sum) is the "
                                 "better form.")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`make perf` / `gfnbench perf`: every measurement of results/perf.md in one run."""
+    global PEAK_N
+    args = parse_args(argv)
+    limit_threads()
+    if args.child:
+        return child_main(args)
+    skip = set(filter(None, args.skip.split(",")))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = {"argv": argv if argv is not None else sys.argv[1:],
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "model": args.model,
+              "lora_rank": args.lora_rank, "steps": args.steps, "warmup": args.warmup, "workloads": {}, "notes": []}
+    PEAK_N = 512 if args.quick else 2048
+    PEAKS.clear()
+    result["matmul_peak_gflops"] = peak = matmul_peak(PEAK_N)
+    LOG(f"matmul peak {peak:.0f} GFLOP/s")
+    measure_workloads(args, skip, peak, result)
+    apply_flop_limits(result, matmul_peak(PEAK_N))
+    measure_children(args, skip, result)
     result["targets"] = targets(result)
     write_report(result, Path(args.out))
     LOG(f"wrote {args.out}")
@@ -672,7 +696,6 @@ def main(argv: list[str] | None = None) -> dict:
 def targets(result: dict) -> list[dict]:
     out = []
     w = result["workloads"].get("continuation")
-    peak = result["matmul_peak_gflops"]
     if w:
         g = w["pipelines"]["gfnbench"]
         out.append({"target": "gfnbench >= 3.5x faster than naive (continuation)",
@@ -690,7 +713,6 @@ def targets(result: dict) -> list[dict]:
     a = result["workloads"].get("arith")
     if a:
         out.append({"target": "arith workload ratio (reported)", "value": f"{a['ratio_vs_naive']:.2f}x", "met": True})
-    _ = peak
     return out
 
 

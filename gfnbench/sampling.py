@@ -275,60 +275,72 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     attn = prompt_mask.repeat_interleave(n, 0)
     next_pos = attn.sum(-1)
 
-    states = [[] for _ in range(B)]
-    acts = [[] for _ in range(B)]
-    log_pf = [[] for _ in range(B)]
-    log_pterm = [[] for _ in range(B)]
-    pending = [[] for _ in range(B)]
-    stopped = [False] * B
-    done = [False] * B
-    n_actions = [0] * B
-
-    while not all(done):
+    rows = _RowStates(B)
+    while not all(rows.done):
         logp = masked_log_softmax(logits, col_allowed)
-        n_act = torch.tensor(n_actions)
-        chosen = _choose_tokens(logp, cfg, n_act < cfg.min_len, stop_col, generator)
+        chosen = _choose_tokens(logp, cfg, torch.tensor(rows.n_actions) < cfg.min_len, stop_col, generator)
         # one conversion per step, not per row
         chosen_lp = logp.gather(1, chosen[:, None]).squeeze(1).tolist()
         stop_lp = logp[:, stop_col].tolist()
         chosen_ids = (chosen if vocab is None else vocab[chosen]).tolist()
-        feed = [pad_id] * B
-        for b in range(B):
-            if done[b]:
-                continue
-            if pending[b]:
-                tok = pending[b].pop(0)
-                states[b].append(tok)
-                acts[b].append(False)
-                feed[b] = tok
-                continue
-            forced = n_actions[b] >= cfg.max_len
-            log_pterm[b].append(0.0 if forced else stop_lp[b])
-            tok = chosen_ids[b]
-            if forced or tok == stop_id:
-                done[b], stopped[b] = True, not forced
-                continue
-            log_pf[b].append(chosen_lp[b])
-            states[b].append(tok)
-            acts[b].append(True)
-            n_actions[b] += 1
-            feed[b] = tok
-            if tool is not None:
-                inserted = tool(tokenizer.decode(states[b], skip_special_tokens=True))
-                if inserted:
-                    pending[b] = tokenizer(inserted, add_special_tokens=False)["input_ids"][: cfg.max_tool_tokens]
-        if all(done):
+        feed = rows.advance(chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
+        if all(rows.done):
             break
-        alive = torch.tensor([not d for d in done], dtype=torch.long)
+        alive = torch.tensor([not d for d in rows.done], dtype=torch.long)
         attn = torch.cat([attn, alive[:, None]], dim=1)
         logits = decoder.step(torch.tensor(feed, dtype=torch.long), attn, next_pos)
         next_pos = next_pos + 1
 
-    texts = [tokenizer.decode(s, skip_special_tokens=True) for s in states]
-    rows = [p for p in prompts for _ in range(n)]
+    texts = [tokenizer.decode(s, skip_special_tokens=True) for s in rows.states]
+    prompt_rows = [p for p in prompts for _ in range(n)]
     groups = [i for i in range(len(prompts)) for _ in range(n)]
-    return from_rows(rows, groups, [ids[g] for g in groups], states, acts, stopped, log_pf, log_pterm, texts,
-                     pad_id)
+    return from_rows(prompt_rows, groups, [ids[g] for g in groups], rows.states, rows.acts, rows.stopped,
+                     rows.log_pf, rows.log_pterm, texts, pad_id)
+
+
+class _RowStates:
+    """The sampler's per-row Python state: what each row has written, and the tool tokens it must still feed."""
+
+    def __init__(self, B: int):
+        self.states = [[] for _ in range(B)]
+        self.acts = [[] for _ in range(B)]
+        self.log_pf = [[] for _ in range(B)]
+        self.log_pterm = [[] for _ in range(B)]
+        self.pending = [[] for _ in range(B)]
+        self.stopped = [False] * B
+        self.done = [False] * B
+        self.n_actions = [0] * B
+
+    def advance(self, chosen_ids: list[int], chosen_lp: list[float], stop_lp: list[float], cfg: SamplingConfig,
+                stop_id: int, tool: Tool | None, tokenizer, pad_id: int) -> list[int]:
+        """Apply one lock-step: each live row feeds a pending tool token or takes its sampled action (the stop
+        ends it; max_len forces the stop). Returns the token each row feeds next (pad for finished rows)."""
+        feed = [pad_id] * len(self.done)
+        for b in range(len(self.done)):
+            if self.done[b]:
+                continue
+            if self.pending[b]:
+                tok = self.pending[b].pop(0)
+                self.states[b].append(tok)
+                self.acts[b].append(False)
+                feed[b] = tok
+                continue
+            forced = self.n_actions[b] >= cfg.max_len
+            self.log_pterm[b].append(0.0 if forced else stop_lp[b])
+            tok = chosen_ids[b]
+            if forced or tok == stop_id:
+                self.done[b], self.stopped[b] = True, not forced
+                continue
+            self.log_pf[b].append(chosen_lp[b])
+            self.states[b].append(tok)
+            self.acts[b].append(True)
+            self.n_actions[b] += 1
+            feed[b] = tok
+            if tool is not None:
+                inserted = tool(tokenizer.decode(self.states[b], skip_special_tokens=True))
+                if inserted:
+                    self.pending[b] = tokenizer(inserted, add_special_tokens=False)["input_ids"][: cfg.max_tool_tokens]
+        return feed
 
 
 def _forward_tail(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, keep: int) -> Tensor:
