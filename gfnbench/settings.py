@@ -153,7 +153,7 @@ def parse_dotted(argv: list[str], reserved: set[str]) -> tuple[list[str], dict[s
             continue
         if "=" in arg:
             value = arg.split("=", 1)[1]
-        elif i + 1 < len(argv):
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             value, i = argv[i + 1], i + 1
         else:
             raise ValueError(f"{arg} needs a value")
