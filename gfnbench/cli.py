@@ -58,7 +58,7 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
             file; they are checked against the method's fields and stored in the record. METHOD_SETTINGS_HELP
         resume: continue an interrupted training run from its last checkpoint (`bench` always does).
         keep_checkpoints: keep the run's checkpoints/ folder after the record is written.
-        checkpoint_every: optimizer steps between training checkpoints (GFlowNet-family methods).
+        checkpoint_every: optimizer steps between training checkpoints (the GFlowNet rows; others restart).
     """
     from gfnbench.harness import run as run_one
 
