@@ -64,19 +64,14 @@ def check_methods(task_name: str, methods) -> list[str]:
 
 def task_class(task: str):
     """The task's class (importing a task file), without constructing it."""
-    from gfnbench.tasks import TASKS
-    from gfnbench.tasks.base import load_task_file
+    from gfnbench.tasks.base import get_task_class
 
-    name = task
-    if task.endswith(".py"):
-        added = load_task_file(task)
-        if len(added) != 1:
-            raise InputError(f"{task} must register exactly one task with @register_task, found {added}")
-        name = added[0]
-    if name not in TASKS:
-        raise InputError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))} "
-                         f"(or a path to a task .py file)")
-    return TASKS[name]
+    try:
+        return get_task_class(task)
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def check_data_path(cls, data: str) -> None:

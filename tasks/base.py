@@ -225,6 +225,11 @@ def load_task_file(path: str) -> list[str]:
 
 def get_task(name: str, **kwargs) -> Task:
     """A registered task by name, or the task defined in a .py file (`path/to/task.py`)."""
+    return get_task_class(name)(**kwargs)
+
+
+def get_task_class(name: str) -> type[Task]:
+    """The task's class, importing a task file when given one, without constructing the task."""
     if name.endswith(".py"):
         added = load_task_file(name)
         if len(added) != 1:
@@ -233,4 +238,4 @@ def get_task(name: str, **kwargs) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} "
                          f"(or a path to a task .py file)")
-    return TASKS[name](**kwargs)
+    return TASKS[name]

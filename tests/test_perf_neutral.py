@@ -4,6 +4,7 @@ batches with mixed lengths, tool-inserted tokens, replayed (buffer) trajectories
 at their zero init."""
 import pytest
 import torch
+from helpers import digit_mask
 
 from gfnbench.losses import subtb_loss
 from gfnbench.models import adapters_off, add_lora, build_tiny
@@ -20,15 +21,6 @@ from gfnbench.sampling import (
 from gfnbench.trajectories import from_rows, left_pad
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def _digit_mask(tok):
-    allowed = torch.zeros(len(tok), dtype=torch.bool)
-    for i in range(len(tok)):
-        s = tok.decode([i])
-        allowed[i] = bool(s) and all(c in " 0123456789+-=," for c in s)
-    allowed[tok.eos_token_id] = True
-    return allowed
 
 
 def _tool(text):
@@ -52,7 +44,7 @@ def _batches(lm, policy):
     """A sampled batch (one shared prompt, tools, mixed lengths, forced and chosen stops), a two-prompt batch
     (left-padded prompts of different lengths) and a replayed batch rebuilt from stored states."""
     tok = lm.tokenizer
-    allowed = _digit_mask(tok)
+    allowed = digit_mask(tok)
     g = torch.Generator().manual_seed(0)
     cfg = SamplingConfig(temperature=1.5, min_len=1, max_len=9)
     shared = sample(policy, tok, ["Question: 1 + 2 = ? Answer:"], 6, cfg, stop_id=lm.eos_id, allowed=allowed,
@@ -193,7 +185,7 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
     if not _LlamaDecoder.supports(policy):
         pytest.skip("the lean decoder covers Llama-family models only")
     tok = lm.tokenizer
-    allowed = _digit_mask(tok)
+    allowed = digit_mask(tok)
     ids, mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in ["Question: 1 + 2 = ? Answer:",
                                                                                    "the cat"]], tok.pad_token_id)
     g = torch.Generator().manual_seed(3)

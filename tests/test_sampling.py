@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import digit_mask
 
 from gfnbench.sampling import (
     PromptTooLong,
@@ -10,15 +11,6 @@ from gfnbench.sampling import (
     state_token_log_probs,
 )
 from gfnbench.trajectories import left_pad
-
-
-def _digit_mask(tok):
-    allowed = torch.zeros(len(tok), dtype=torch.bool)
-    for i in range(len(tok)):
-        s = tok.decode([i])
-        allowed[i] = bool(s) and all(c in " 0123456789+-=," for c in s)
-    allowed[tok.eos_token_id] = True
-    return allowed
 
 
 def _add_tool(text):
@@ -32,7 +24,7 @@ def _add_tool(text):
 def test_sampled_log_probs_equal_teacher_forced(fixture, request):
     lm = request.getfixturevalue(fixture)
     tok = lm.tokenizer
-    allowed = _digit_mask(tok)
+    allowed = digit_mask(tok)
     g = torch.Generator().manual_seed(0)
     cfg = SamplingConfig(temperature=1.3, min_len=2, max_len=9)
     traj = sample(lm.model, tok, ["Question: 1 + 2 = ? Answer:", "the cat"], 5, cfg, stop_id=lm.eos_id,
@@ -90,7 +82,7 @@ def test_every_prefix_reward_equals_explicit_forward(fixture, request):
     lm = request.getfixturevalue(fixture)
     tok, model = lm.tokenizer, lm.model
     traj = sample(model, tok, ["Question: 3 - 1 = ? Answer:"], 4, SamplingConfig(max_len=7),
-                  stop_id=lm.eos_id, allowed=_digit_mask(tok), tool=_add_tool,
+                  stop_id=lm.eos_id, allowed=digit_mask(tok), tool=_add_tool,
                   generator=torch.Generator().manual_seed(1))
     contexts = ["Q: 1 + 1 = ? A: 2.\nQuestion: 3 - 1 = ? Answer:", "x Question: 3 - 1 = ? Answer:"] * 2
     suffixes = [". The answer is 2.", ". The answer is 12."] * 2
@@ -130,7 +122,7 @@ def test_shared_context_reward_equals_per_row_context(fixture, request):
     lm = request.getfixturevalue(fixture)
     tok, model = lm.tokenizer, lm.model
     traj = sample(model, tok, ["Question: 3 - 1 = ? Answer:"], 4, SamplingConfig(max_len=7),
-                  stop_id=lm.eos_id, allowed=_digit_mask(tok), tool=_add_tool,
+                  stop_id=lm.eos_id, allowed=digit_mask(tok), tool=_add_tool,
                   generator=torch.Generator().manual_seed(2))
     ctx = "Q: 1 + 1 = ? A: 2.\\nQuestion: 3 - 1 = ? Answer:"
     ctx_ids, ctx_mask = left_pad([tok(ctx, add_special_tokens=False)["input_ids"]] * 4, tok.pad_token_id)
