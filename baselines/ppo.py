@@ -29,9 +29,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.losses import floor_log_reward
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
+from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import (
     PolicyMethod,
     fit_on_prompts,
@@ -218,7 +218,7 @@ class PPOModule(L.LightningModule):
         cfg = self.cfg
         traj = sample_scored(self.task, self.policy, self.tokenizer, examples, cfg.samples_per_prompt,
                              context=self.context, generator=self.generator, what=f"PPO iteration {len(self.curve)}")
-        score = floor_log_reward(traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1), cfg.min_log_reward)
+        score = terminal_log_reward(traj.log_reward, traj.lengths, cfg.min_log_reward)
         old = self.forward_actions(traj, hidden=True)
         values = self.value_head(old.hidden)
         with adapters_off(self.policy) as base:

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 import lightning as L
 import torch
 
-from gfnbench.losses import check_log_reward, floor_log_reward
+from gfnbench.losses import check_log_reward
 from gfnbench.methods import Budget, Method, cpu_trainer, register_method
 from gfnbench.models import adapters_off
+from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import lora_policy, sample_policy, sample_task, seeded_prompt_loader, trainable_parameters
 from gfnbench.sampling import policy_log_probs
 
@@ -55,7 +56,7 @@ class ReinforceModule(L.LightningModule):
             with adapters_off(self.policy) as base:
                 log_r = self.task.log_reward(base, tok, traj, [ex])
         check_log_reward(log_r, f"task {self.task.name}", traj.lengths)
-        final = floor_log_reward(log_r.gather(1, traj.lengths[:, None]).squeeze(1), self.cfg.min_log_reward)
+        final = terminal_log_reward(log_r, traj.lengths, self.cfg.min_log_reward)
         self.policy.train()
         log_pf, log_pterm = policy_log_probs(self.policy, traj, self.task.allowed_tokens(tok), self.task.stop_id(tok))
         log_q = log_pf.sum(1) + log_pterm.gather(1, traj.lengths[:, None]).squeeze(1)

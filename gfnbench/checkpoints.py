@@ -8,13 +8,14 @@ from its last checkpoint ends with the same record as an uninterrupted run with 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+
+from gfnbench.records import atomic_write_bytes
 
 LAST = "last.ckpt"
 
@@ -27,12 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(buffer.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 class PromptLoader(DataLoader):
@@ -87,8 +83,8 @@ def resume_path(folder: Path | None, resume: bool) -> str | None:
 
 
 def trainable_only(state_dict: dict, module: torch.nn.Module) -> dict:
-    """The entries of a module's state dict that training changes (requires_grad parameters and their buffers'
-    owners' trainable heads); the frozen base model is rebuilt from its own files."""
+    """The entries of a module's state dict that training changes (its requires_grad parameters: LoRA adapters,
+    log Z or value heads); the frozen base model is rebuilt from its own files."""
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     return {k: v for k, v in state_dict.items() if k in trainable}
 
@@ -97,7 +93,7 @@ def remove_checkpoints(folder: Path | None) -> None:
     if folder is None or not Path(folder).is_dir():
         return
     for file in Path(folder).iterdir():
-        if file.name.endswith(".ckpt") or file.name.endswith(".ckpt.tmp"):
+        if file.name.endswith(".ckpt") or file.name.endswith(".tmp"):     # (a temp file left by a kill)
             file.unlink()
     if not any(Path(folder).iterdir()):
         Path(folder).rmdir()

@@ -20,15 +20,14 @@ from torchmetrics import MeanMetric
 from gfnbench.buffer import BufferItem, ReplayBuffer
 from gfnbench.checkpoints import trainable_only
 from gfnbench.losses import (
-    balance_penalty,
     check_log_reward,
-    floor_log_reward,
     reward_temperature,
-    subtb_pairs,
+    subtb_terms,
     tb_loss,
 )
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
+from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import (
     PolicyMethod,
     fit_on_prompts,
@@ -116,6 +115,7 @@ class GFlowNetModule(L.LightningModule):
         self.train_loss, self.train_log_reward = MeanMetric(), MeanMetric()
         self.curve: list[dict] = []
         self.diagnostics: dict = {}
+        self.prompt_feature_cache: dict[tuple, Tensor] = {}    # log Z features of each prompt (frozen base model)
         self.buffer_seeded = False
         self.strict_loading = False     # checkpoints hold the trainable weights only (checkpoints.trainable_only)
 
@@ -206,20 +206,18 @@ class GFlowNetModule(L.LightningModule):
         log_z = None
         if self.log_z is not None:
             # the features come from the frozen base model (adapters off): one pass per distinct prompt, ever
-            cache = self.__dict__.setdefault("_prompt_feature_cache", {})
             key = tuple(traj.prompt_ids[0][traj.prompt_mask[0].bool()].tolist())
-            if key not in cache:
-                cache[key] = self.prompt_features(traj)
-            log_z = self.log_z(cache[key]).expand(len(traj))
+            if key not in self.prompt_feature_cache:
+                self.prompt_feature_cache[key] = self.prompt_features(traj)
+            log_z = self.log_z(self.prompt_feature_cache[key]).expand(len(traj))
             self.log("train/log_z", log_z.mean(), on_step=True)
         self.diagnostics = {"log_z": float(log_z.detach().mean()) if log_z is not None else None}
         if self.cfg.loss == "tb":
             return tb_loss(log_pf, log_pterm, log_r, traj.lengths, log_z, min_log_reward=self.cfg.min_log_reward,
                            huber_delta=self.cfg.huber_delta)
-        residual, weight = subtb_pairs(log_pf, log_pterm, log_r, traj.lengths, lam=self.cfg.lam,
-                                       min_log_reward=self.cfg.min_log_reward, min_len=self.task.min_len,
-                                       log_root_flow=log_z)
-        terms = weight * balance_penalty(residual, self.cfg.huber_delta)
+        terms, weight = subtb_terms(log_pf, log_pterm, log_r, traj.lengths, lam=self.cfg.lam,
+                                    min_log_reward=self.cfg.min_log_reward, min_len=self.task.min_len,
+                                    log_root_flow=log_z, huber_delta=self.cfg.huber_delta)
         self.diagnostics["invalid_pair_share"] = float(invalid_pair_share(terms.detach(), log_r))
         return terms.sum() / weight.sum()
 
@@ -228,8 +226,7 @@ class GFlowNetModule(L.LightningModule):
         ex = self.examples[int(batch[0])]
         traj, mode = self.draw(ex)
         loss = self.loss(traj)
-        final = traj.log_reward.gather(1, traj.lengths[:, None]).squeeze(1)
-        final = floor_log_reward(final, self.cfg.min_log_reward)
+        final = terminal_log_reward(traj.log_reward, traj.lengths, self.cfg.min_log_reward)
         self.train_loss.update(loss.detach())
         self.train_log_reward.update(final.mean())
         self.log_dict({"train/loss": self.train_loss, "train/log_reward": self.train_log_reward},

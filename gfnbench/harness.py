@@ -25,9 +25,9 @@ from gfnbench.profiles import Profile, get_profile
 from gfnbench.records import (
     check_writable,
     data_fingerprint,
-    data_results_dir,
     git_commit,
     package_versions,
+    results_root,
     run_dir,
     write_run,
 )
@@ -138,13 +138,6 @@ def load_task(task: str, data: str | None = None) -> Task:
         raise ValueError(f"task {task} does not read a data file (--data)") from None
 
 
-def results_root(prof: Profile, results_dir: str | None, data: str | None) -> Path:
-    """--results_dir if given; runs on --data get their own folder, so they never mix with built-in-data runs."""
-    if results_dir:
-        return Path(results_dir)
-    return data_results_dir(prof.results_dir, data) if data else Path(prof.results_dir)
-
-
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
         settings: dict | None = None, resume: bool = False, keep_checkpoints: bool = False,
@@ -163,11 +156,6 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     if others:
         raise ValueError(f"settings given for {', '.join(others)}, but this run is {method}")
     overrides = settings_for(spec, settings)
-    if not spec.applies_to(task_obj.name):
-        raise ValueError(f"method {method!r} does not apply to task {task_obj.name!r}; "
-                         f"methods for it: {', '.join(methods_for(task_obj.name))}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
     root = results_root(prof, results_dir, data)
     check_writable(root)
     out = run_dir(root, task_obj.name, method, seed)

@@ -112,9 +112,19 @@ def subtb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: T
     """Modified sub-trajectory balance (paper Eq. 3): lam^(j-i-1)-weighted mean of squared residuals over all
     pairs 0 <= i < j <= n of every trajectory, normalised by the batch's total weight (as the official code).
     See `subtb_pairs` for the residuals and `balance_penalty` for `huber_delta`."""
+    terms, weight = subtb_terms(log_pf, log_pterm, log_reward, lengths, lam, min_log_reward, min_len, log_root_flow,
+                                huber_delta)
+    return terms.sum() / weight.sum()
+
+
+def subtb_terms(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, lam: float = 1.0,
+                min_log_reward: float = -99.0, min_len: int = 0, log_root_flow: Tensor | None = None,
+                huber_delta: float | None = None) -> tuple[Tensor, Tensor]:
+    """([B, L+1, L+1] weighted penalty of every pair, [B, L+1, L+1] weights): `subtb_loss` before its reduction,
+    for callers that also report how the loss splits over pairs."""
     residual, weight = subtb_pairs(log_pf, log_pterm, log_reward, lengths, lam, min_log_reward, min_len,
                                    log_root_flow)
-    return (weight * balance_penalty(residual, huber_delta)).sum() / weight.sum()
+    return weight * balance_penalty(residual, huber_delta), weight
 
 
 def tb_loss(log_pf: Tensor, log_pterm: Tensor, log_reward: Tensor, lengths: Tensor, log_z: Tensor | float,

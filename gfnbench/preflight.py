@@ -322,14 +322,6 @@ def check_results_dir(root: str | Path) -> None:
 
 # --------------------------------------------------------------------------- entry points
 
-def _results_root(prof, results_dir: str | None, data: str | None) -> Path:
-    from gfnbench.records import data_results_dir
-
-    if results_dir:
-        return Path(results_dir)
-    return data_results_dir(prof.results_dir, data) if data else Path(prof.results_dir)
-
-
 def _check(task: str, methods, seeds, profile: str, results_dir: str | None, model: str | None,
            data: str | None):
     from gfnbench.profiles import get_profile
@@ -350,7 +342,9 @@ def _check(task: str, methods, seeds, profile: str, results_dir: str | None, mod
         else:
             check_lengths(task_obj, data, tokenizer, context, label, names)
         _LENGTHS_OK.add(key)
-    check_results_dir(_results_root(prof, results_dir, data))
+    from gfnbench.records import results_root
+
+    check_results_dir(results_root(prof, results_dir, data))
     return task_obj
 
 

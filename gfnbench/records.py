@@ -104,6 +104,13 @@ def data_results_dir(profile_dir: str | Path, data: str | Path) -> Path:
     return Path(profile_dir) / f"data-{Path(data).name}-{data_fingerprint(data)[:8]}"
 
 
+def results_root(prof, results_dir: str | None, data: str | None) -> Path:
+    """--results_dir if given; runs on --data get their own folder, so they never mix with built-in-data runs."""
+    if results_dir:
+        return Path(results_dir)
+    return data_results_dir(prof.results_dir, data) if data else Path(prof.results_dir)
+
+
 def run_dir(results_dir: str | Path, task: str, method: str, seed: int) -> Path:
     """The one folder a (task, method, seed) run may occupy."""
     return Path(results_dir) / "runs" / task / method / f"seed{seed}"

@@ -343,13 +343,6 @@ class _RowStates:
         return feed
 
 
-def _forward_tail(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, keep: int) -> Tensor:
-    """Logits of the last `keep` positions only: the prompt's logits would cost B*P*V floats for nothing."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=keep)
-    return out.logits[:, -keep:].float()
-
-
 # Architectures whose logits are exactly lm_head(final hidden state): for them the teacher-forced passes run the
 # decoder body and apply the output layer only where (and to the vocabulary rows that) a log-prob is needed.
 _PLAIN_HEAD = {"llama", "gpt2", "qwen2", "mistral", "gptj"}
@@ -369,6 +362,12 @@ def _body_and_head(model):
         return None
     head = _effective_linear(head)          # (weight, bias), adapters included if the output layer has any
     return None if head is None else (body, head)
+
+
+def _context_state_positions(ctx_mask: Tensor, S: int) -> Tensor:
+    """Position ids of [left-padded context | S right-padded state tokens]: the state continues each row's context."""
+    return torch.cat([positions_from_mask(ctx_mask), ctx_mask.sum(-1, keepdim=True) + torch.arange(S)[None, :]],
+                     dim=1)
 
 
 def _shared_rows(ids: Tensor, mask: Tensor) -> bool:
@@ -444,15 +443,14 @@ def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id:
 
     The state includes tool outputs, so a replayed tool trajectory is scored in the context it was sampled in.
     The shared prompt of a GFlowNet batch runs once (forward and backward; see `_tail_hidden`), and the output
-    layer is evaluated only at the S+1 state positions and the allowed tokens' rows. `_reference_policy_log_probs`
-    is the plain full-batch pass it must equal (tests/test_perf_neutral.py).
+    layer is evaluated only at the S+1 state positions and the allowed tokens' rows. tests/test_perf_neutral.py
+    checks it against the plain full-batch pass.
     """
     S = traj.state_ids.shape[1]
     B = len(traj)
     mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
     P = traj.prompt_ids.shape[1]
-    pos = torch.cat([positions_from_mask(traj.prompt_mask),
-                     traj.prompt_mask.sum(-1, keepdim=True) + torch.arange(S)[None, :]], dim=1)
+    pos = _context_state_positions(traj.prompt_mask, S)
     if P == 0:
         pos = positions_from_mask(mask)
     hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
@@ -481,26 +479,6 @@ def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id:
     return log_pf, log_pterm
 
 
-def _reference_policy_log_probs(model, traj: Trajectories, allowed: Tensor | None,
-                                stop_id: int) -> tuple[Tensor, Tensor]:
-    """The straightforward pass `policy_log_probs` replaced: every row runs prompt + state, full-vocabulary
-    logits. Kept as the reference of the neutrality tests."""
-    S = traj.state_ids.shape[1]
-    input_ids = torch.cat([traj.prompt_ids, traj.state_ids], dim=1)
-    mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
-    logp = masked_log_softmax(_forward_tail(model, input_ids, mask, positions_from_mask(mask), S + 1), allowed)
-    token_logp = logp[:, :S].gather(-1, traj.state_ids[:, :, None]).squeeze(-1)
-    pos = traj.action_positions().clamp(max=max(S - 1, 0))
-    log_pf = token_logp.gather(1, pos) if S else token_logp.new_zeros(len(traj), traj.max_actions)
-    log_pf = torch.where(traj.action_mask(), log_pf, torch.zeros_like(log_pf))
-    stop_logp = logp[:, :, stop_id]
-    log_pterm = stop_logp.gather(1, traj.state_ends())
-    j = torch.arange(traj.max_actions + 1)[None, :]
-    forced_end = (j == traj.lengths[:, None]) & ~traj.stopped[:, None]
-    log_pterm = torch.where(forced_end | (j > traj.lengths[:, None]), torch.zeros_like(log_pterm), log_pterm)
-    return log_pf, log_pterm
-
-
 def state_token_log_probs(model, traj: Trajectories) -> Tensor:
     """[B, S] log p(state token | prompt, earlier state tokens) under `model`, unmasked (for likelihood metrics).
 
@@ -509,23 +487,10 @@ def state_token_log_probs(model, traj: Trajectories) -> Tensor:
     if S == 0:
         return torch.zeros(len(traj), 0)
     mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
-    pos = torch.cat([positions_from_mask(traj.prompt_mask),
-                     traj.prompt_mask.sum(-1, keepdim=True) + torch.arange(S)[None, :]], dim=1)
+    pos = _context_state_positions(traj.prompt_mask, S)
     hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
     lp = _head_log_probs(hidden[:, :S], parts, traj.state_ids[:, :, None])[..., 0]
     return lp * traj.state_mask
-
-
-def _reference_state_token_log_probs(model, traj: Trajectories) -> Tensor:
-    """The full-batch pass `state_token_log_probs` replaced (reference of the neutrality tests)."""
-    S = traj.state_ids.shape[1]
-    if S == 0:
-        return torch.zeros(len(traj), 0)
-    input_ids = torch.cat([traj.prompt_ids, traj.state_ids], dim=1)
-    mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
-    logits = _forward_tail(model, input_ids, mask, positions_from_mask(mask), S + 1)
-    logp = torch.log_softmax(logits[:, :S], dim=-1)
-    return logp.gather(-1, traj.state_ids[:, :, None]).squeeze(-1) * traj.state_mask
 
 
 def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block_len: Tensor, M: int) -> Tensor:
@@ -558,20 +523,10 @@ def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block
 
 def _context_then_rest_logits(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, bias: Tensor,
                               pos: Tensor) -> Tensor:
-    """Logits from the last context position on. When every row shares the context (a GFlowNet batch: one
-    prompt x n samples; arithmetic's 3-shot context is ~170 tokens) it is run once and its cache copied."""
-    C = ctx_ids.shape[1]
-    B = ctx_ids.shape[0]
-    keep = rest_ids.shape[1] + 1
-    shared = B > 1 and bool((ctx_ids == ctx_ids[:1]).all()) and bool((ctx_mask == ctx_mask[:1]).all())
-    if not shared:
-        return _forward_tail(model, torch.cat([ctx_ids, rest_ids], dim=1), bias, pos, keep)
-    out = model(input_ids=ctx_ids[:1], attention_mask=ctx_mask[:1], position_ids=pos[:1, :C], use_cache=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(B)
-    rest = model(input_ids=rest_ids, attention_mask=bias[:, :, C:, :], position_ids=pos[:, C:],
-                 past_key_values=cache, use_cache=True).logits.float()
-    return torch.cat([out.logits[:, -1:].float().expand(B, 1, -1), rest], dim=1)
+    """Full-vocabulary logits from the last context position on, under the 4D `bias`; a context shared by every
+    row (a GFlowNet batch: one prompt x n samples; arithmetic's 3-shot context is ~170 tokens) runs once."""
+    hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, rest_ids, bias, pos)
+    return (hidden if parts is None else torch.nn.functional.linear(hidden, *parts[1])).float()
 
 
 def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
@@ -595,8 +550,7 @@ def _single_token_suffix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, tr
                                     suffix: Tensor) -> Tensor:
     B, C = ctx_ids.shape
     S = traj.state_ids.shape[1]
-    ctx_len = ctx_mask.sum(-1)
-    pos = torch.cat([positions_from_mask(ctx_mask), ctx_len[:, None] + torch.arange(S)[None, :]], dim=1)
+    pos = _context_state_positions(ctx_mask, S)
     attn = torch.cat([ctx_mask, traj.state_mask], dim=1)
     hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, traj.state_ids, attn, pos)
     nxt = torch.cat([traj.state_ids, traj.state_ids.new_zeros(B, 1)], dim=1)
@@ -624,8 +578,7 @@ def _suffix_copies_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Tr
         suffix[b, : len(s)] = torch.tensor(s, dtype=torch.long)
     allowed = prefix_reward_mask(ctx_mask, traj.state_mask, ends, block_len, M)
     ctx_len = ctx_mask.sum(-1)
-    pos = torch.cat([positions_from_mask(ctx_mask),
-                     ctx_len[:, None] + torch.arange(S)[None, :],
+    pos = torch.cat([_context_state_positions(ctx_mask, S),
                      (ctx_len[:, None, None] + ends[:, :, None] + torch.arange(M)[None, None, :]).reshape(B, -1)],
                     dim=1)
     rest_ids = torch.cat([traj.state_ids, suffix.repeat(1, J)], dim=1)
@@ -646,13 +599,6 @@ def _suffix_copies_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Tr
     total = prefix_lp + suffix_lp
     j = torch.arange(J)[None, :]
     return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
-
-
-def _reference_every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
-                                       suffix_ids: list[list[int]]) -> Tensor:
-    """The pass `every_prefix_log_reward` replaced for single-token suffixes (one suffix copy per prefix); the
-    reference of the neutrality tests."""
-    return _suffix_copies_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
 
 
 def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: list[str],

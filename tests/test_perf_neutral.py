@@ -1,26 +1,68 @@
 """The fast paths of the GFlowNet step change no number: each is compared with a straightforward reference
-(the previous full-batch pass, kept as a private function, or plain per-row HF forwards) to 1e-5 in fp32, on
+(the previous full-batch pass, kept below, or plain per-row HF forwards) to 1e-5 in fp32, on
 batches with mixed lengths, tool-inserted tokens, replayed (buffer) trajectories and LoRA adapters that are not
 at their zero init."""
+from __future__ import annotations
+
 import pytest
 import torch
 from helpers import digit_mask
+from torch import Tensor
 
 from gfnbench.losses import subtb_loss
 from gfnbench.models import adapters_off, add_lora, build_tiny
 from gfnbench.sampling import (
     SamplingConfig,
-    _reference_every_prefix_log_reward,
-    _reference_policy_log_probs,
-    _reference_state_token_log_probs,
+    _suffix_copies_log_reward,
     every_prefix_log_reward,
+    masked_log_softmax,
     policy_log_probs,
+    positions_from_mask,
     sample,
     state_token_log_probs,
 )
-from gfnbench.trajectories import from_rows, left_pad
+from gfnbench.trajectories import Trajectories, from_rows, left_pad
 
 TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def forward_tail(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, keep: int) -> Tensor:
+    """Logits of the last `keep` positions only: the prompt's logits would cost B*P*V floats for nothing."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=keep)
+    return out.logits[:, -keep:].float()
+
+
+def reference_policy_log_probs(model, traj: Trajectories, allowed: Tensor | None,
+                                stop_id: int) -> tuple[Tensor, Tensor]:
+    """The straightforward pass `policy_log_probs` replaced: every row runs prompt + state, full-vocabulary
+    logits."""
+    S = traj.state_ids.shape[1]
+    input_ids = torch.cat([traj.prompt_ids, traj.state_ids], dim=1)
+    mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
+    logp = masked_log_softmax(forward_tail(model, input_ids, mask, positions_from_mask(mask), S + 1), allowed)
+    token_logp = logp[:, :S].gather(-1, traj.state_ids[:, :, None]).squeeze(-1)
+    pos = traj.action_positions().clamp(max=max(S - 1, 0))
+    log_pf = token_logp.gather(1, pos) if S else token_logp.new_zeros(len(traj), traj.max_actions)
+    log_pf = torch.where(traj.action_mask(), log_pf, torch.zeros_like(log_pf))
+    stop_logp = logp[:, :, stop_id]
+    log_pterm = stop_logp.gather(1, traj.state_ends())
+    j = torch.arange(traj.max_actions + 1)[None, :]
+    forced_end = (j == traj.lengths[:, None]) & ~traj.stopped[:, None]
+    log_pterm = torch.where(forced_end | (j > traj.lengths[:, None]), torch.zeros_like(log_pterm), log_pterm)
+    return log_pf, log_pterm
+
+
+def reference_state_token_log_probs(model, traj: Trajectories) -> Tensor:
+    """The full-batch pass `state_token_log_probs` replaced."""
+    S = traj.state_ids.shape[1]
+    if S == 0:
+        return torch.zeros(len(traj), 0)
+    input_ids = torch.cat([traj.prompt_ids, traj.state_ids], dim=1)
+    mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
+    logits = forward_tail(model, input_ids, mask, positions_from_mask(mask), S + 1)
+    logp = torch.log_softmax(logits[:, :S], dim=-1)
+    return logp.gather(-1, traj.state_ids[:, :, None]).squeeze(-1) * traj.state_mask
 
 
 def _tool(text):
@@ -90,7 +132,7 @@ def test_policy_log_probs_and_gradients_equal_the_full_batch_pass(lora_lm):
     for name, traj in batches.items():
         for mask in (allowed, None):
             new = policy_log_probs(policy, traj, mask, lm.eos_id)
-            ref = _reference_policy_log_probs(policy, traj, mask, lm.eos_id)
+            ref = reference_policy_log_probs(policy, traj, mask, lm.eos_id)
             for a, b in zip(new, ref):
                 torch.testing.assert_close(a, b, **TOL, msg=name)
             log_r = -torch.rand(len(traj), traj.max_actions + 1, generator=torch.Generator().manual_seed(1)) * 5
@@ -137,7 +179,7 @@ def test_single_token_suffix_reward_equals_suffix_copies(lora_lm, shared_context
         for suffix in ([[tok.eos_token_id]] * B, [tok(".", add_special_tokens=False)["input_ids"][-1:]] * B):
             with torch.no_grad(), adapters_off(policy) as base:
                 got = every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
-                want = _reference_every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
+                want = _suffix_copies_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
             torch.testing.assert_close(got, want, **TOL, msg=name)
 
 
@@ -219,5 +261,5 @@ def test_state_token_log_probs_equal_the_full_batch_pass(lora_lm):
     _, batches = _batches(lm, policy)
     with torch.no_grad(), adapters_off(policy) as base:
         for name, traj in batches.items():
-            torch.testing.assert_close(state_token_log_probs(base, traj), _reference_state_token_log_probs(base, traj),
+            torch.testing.assert_close(state_token_log_probs(base, traj), reference_state_token_log_probs(base, traj),
                                        **TOL, msg=name)
