@@ -5,6 +5,7 @@ or decoding the method used, so the column means the same thing in every row.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import asdict
@@ -26,6 +27,7 @@ from gfnbench.records import (
     check_writable,
     data_fingerprint,
     git_commit,
+    machine,
     package_versions,
     results_root,
     run_dir,
@@ -36,11 +38,17 @@ from gfnbench.tasks import Example, Task, get_task
 from gfnbench.trajectories import Trajectories
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+
+
+def batch_generator(seed: int, split: str, batch_index: int) -> torch.Generator:
+    """Each evaluation batch draws from its own seeded stream, so its samples do not depend on which process
+    draws it or in what order (a sharded evaluation gathers to exactly the one-process samples)."""
+    key = hashlib.sha256(f"{seed}/{split}/{batch_index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
 
 def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, examples: list[Example]) -> torch.Tensor:
@@ -102,7 +110,7 @@ def question_scores(method: Method, task: Task, traj: Trajectories, examples: li
     return scores, samples
 
 
-def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Generator,
+def evaluate(method: Method, task: Task, profile: Profile, seed: int,
              label: str = "") -> tuple[dict, list[dict], dict]:
     """Metrics per evaluation split (means over questions), every sample drawn, and each question's metrics
     ({split: {"ids": [...], metric: [...]}}: what the leaderboard's question-level bootstrap resamples)."""
@@ -113,9 +121,10 @@ def evaluate(method: Method, task: Task, profile: Profile, generator: torch.Gene
         if not examples:
             raise ValueError(f"split {split!r} of task {task.name} has no examples")
         scores = []
-        for batch in tqdm(chunks(examples, profile.eval_batch), desc=f"{label} {split}".strip(), leave=False):
+        batches = chunks(examples, profile.eval_batch)
+        for i, batch in enumerate(tqdm(batches, desc=f"{label} {split}".strip(), leave=False)):
             with torch.no_grad():
-                traj = method.sample(batch, n, generator)
+                traj = method.sample(batch, n, batch_generator(seed, split, i))
             batch_scores, batch_samples = question_scores(method, task, traj, batch, split)
             scores += batch_scores
             samples += batch_samples
@@ -162,14 +171,14 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     lock = locks.acquire(out)  # RunInProgress if another process has this run; released on return or exit
     if (out / "record.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true to replace it")
-    generator = seed_everything(seed)
+    seed_everything(seed)
     lm: LanguageModel = load_model(model or prof.model)
     started = time.time()
     ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", settings=overrides, method=method,
                      checkpoint_dir=out / "checkpoints", checkpoint_every=checkpoint_every, resume=resume)
     impl = spec.factory(task_obj, lm, ctx)
     extra = impl.fit()
-    metrics, samples, per_question = evaluate(impl, task_obj, prof, generator, label=f"{method} seed {seed}")
+    metrics, samples, per_question = evaluate(impl, task_obj, prof, seed, label=f"{method} seed {seed}")
     record = {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
@@ -178,6 +187,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
         "metric_directions": task_obj.metric_directions, "task_version": task_obj.version,
         "settings": overrides, "budget": (budget := impl.budget()) and asdict(budget),
         "config": run_config(prof, impl, task_obj), "versions": package_versions(), "git_commit": git_commit(),
+        "machine": machine(),
         "wall_time_s": time.time() - started, **extra,
     }
     write_run(out, record, samples, overwrite=overwrite)

@@ -201,12 +201,27 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
     budget = training_budget(records)
     if budget:
         lines.append(f"- training budget: {budget}")
+    compute = compute_cost(records)
+    if compute:
+        lines.append(f"- compute: {compute}")
     if versions:
         shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
         lines.append(f"- packages: {shown}")
     lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as mean [lo, hi], over {_seed_phrase(df)}"
                  f"{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
     return "\n".join(lines) + "\n"
+
+
+def compute_cost(records: list[dict]) -> str:
+    """What the table cost to make: the runs' summed wall time (training and evaluation, model loads excluded)
+    and the machines, so a reader can tell what re-running it takes."""
+    timed = [r["wall_time_s"] for r in records if r.get("wall_time_s") is not None]
+    if not timed:
+        return ""
+    machines = sorted({f"{m['cpu_count']} cores, {m['torch_threads']} torch thread(s) per run"
+                       for r in records if (m := r.get("machine"))})
+    where = f" on {'; '.join(machines)}" if machines else ""
+    return f"{len(timed)} runs, {sum(timed) / 60:.0f} min of run wall time in all (summed over runs){where}"
 
 
 def training_budget(records: list[dict]) -> str:

@@ -29,7 +29,7 @@ PROFILES = {
     "smoke": Profile("smoke", model="tiny", eval_questions=3, eval_samples=4, eval_batch=3, train_steps=3,
                      prompts_per_step=1, samples_per_prompt=4, lora_rank=4, lora_alpha=8, learning_rate=1e-3,
                      results_dir="results/smoke"),
-    "cpu": Profile("cpu", model="embedded", eval_questions=8, eval_samples=None, eval_batch=8, train_steps=40,
+    "cpu": Profile("cpu", model="embedded", eval_questions=100, eval_samples=None, eval_batch=10, train_steps=40,
                    prompts_per_step=1, samples_per_prompt=8, lora_rank=16, lora_alpha=16, learning_rate=1e-4,
                    results_dir="results", skip_costly=True, task_eval_floor=True),
     "paper": Profile("paper", model="EleutherAI/gpt-j-6b", eval_questions=None, eval_samples=None, eval_batch=16,

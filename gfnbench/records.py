@@ -62,6 +62,17 @@ def package_versions(names: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, str]:
     return out
 
 
+def machine() -> dict:
+    """Where the numbers were computed: same seed and same thread count on CPU give the same numbers (float
+    reductions depend on the thread count), and the wall times only mean something next to the cores."""
+    import os
+    import platform
+
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.machine()}
+
+
 def _git(args: list[str], cwd: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
                           timeout=30).stdout.strip()
