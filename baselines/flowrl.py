@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gfnbench.checkpoints import ResumableModule
 from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
@@ -40,6 +41,7 @@ from gfnbench.objectives import (
 )
 from gfnbench.policy import (
     RolloutMethod,
+    SeededStreams,
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
@@ -115,7 +117,7 @@ class FlowRollout:
     score: Tensor              # [B] untempered floored log reward (for logs)
 
 
-class FlowRLModule(L.LightningModule):
+class FlowRLModule(ResumableModule, SeededStreams, L.LightningModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: FlowRLConfig, train_examples: list[Example],
                  seed: int = 0, total_steps: int = 1):
         super().__init__()
@@ -126,9 +128,16 @@ class FlowRLModule(L.LightningModule):
         self.log_z = FlowLogZ(lm.model.config.hidden_size, cfg.logz_layers)
         self.allowed, self.stop_id = task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer)
         self.context = lm.context_length
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
         self.features_cache: dict[str, Tensor] = {}
         self.curve: list[dict] = []
+
+    def training_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "curve": self.curve}
+
+    def load_training_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.curve = list(state["curve"])
 
     def sequence_logp(self, model, traj: Trajectories) -> Tensor:
         return sequence_log_prob_of(model, traj, self.task, self.allowed, self.stop_id)
@@ -184,7 +193,7 @@ class FlowRLModule(L.LightningModule):
             opt.step()
             stats.append(st)
         sched.step()
-        point = {"step": batch_idx, "log_reward": float(ro.score.mean()),
+        point = {"step": len(self.curve), "log_reward": float(ro.score.mean()),
                  **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
         self.log_dict({f"train/{k}": v for k, v in point.items() if k != "step"}, on_step=True, prog_bar=True,
                       batch_size=len(ro.score))

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gfnbench.checkpoints import ResumableModule
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
@@ -32,7 +33,14 @@ from gfnbench.objectives import (
     sampler_action_log_probs,
     terminal_log_reward,
 )
-from gfnbench.policy import RolloutMethod, lora_policy, sample_scored, train_steps, trainable_parameters
+from gfnbench.policy import (
+    RolloutMethod,
+    SeededStreams,
+    lora_policy,
+    sample_scored,
+    train_steps,
+    trainable_parameters,
+)
 from gfnbench.sampling import policy_log_probs
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trajectories import Trajectories
@@ -74,7 +82,7 @@ class GroupRollout:
     score: Tensor               # [B] floored terminal log reward
 
 
-class GRPOModule(L.LightningModule):
+class GRPOModule(ResumableModule, SeededStreams, L.LightningModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: GRPOConfig, train_examples: list[Example], seed: int = 0):
         super().__init__()
         self.automatic_optimization = False
@@ -82,8 +90,15 @@ class GRPOModule(L.LightningModule):
         self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
         self.allowed, self.stop_id = task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer)
         self.context = lm.context_length
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
         self.curve: list[dict] = []
+
+    def training_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "curve": self.curve}
+
+    def load_training_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.curve = list(state["curve"])
 
     def action_logp(self, model, traj: Trajectories) -> Tensor:
         log_pf, log_pterm = policy_log_probs(model, traj, self.allowed, self.stop_id)
@@ -121,7 +136,7 @@ class GRPOModule(L.LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.cfg.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
             losses.append(float(loss.detach()))
-        self.record(batch_idx, ro, sum(losses) / len(losses))
+        self.record(len(self.curve), ro, sum(losses) / len(losses))   # the iteration (batch_idx restarts on resume)
 
     def record(self, iteration: int, ro: GroupRollout, loss: float) -> None:
         kl = 0.0

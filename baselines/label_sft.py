@@ -19,7 +19,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.methods import Budget, Method, cpu_trainer
+from gfnbench.devices import rank, rank_seed
+from gfnbench.methods import Budget, Method, make_trainer
 from gfnbench.models import LanguageModel
 from gfnbench.policy import (
     SUPERVISED_LR_MULTIPLIER,
@@ -53,7 +54,7 @@ def label_log_likelihoods(model, tokenizer, prompts: list[str], label_texts: lis
 def label_loss(model, tokenizer, prompts: list[str], label_texts: list[str], gold: list[int]) -> Tensor:
     """Mean cross-entropy of the softmax over the labels' log-likelihoods (the paper's two-label loss)."""
     scores = label_log_likelihoods(model, tokenizer, prompts, label_texts)
-    return torch.nn.functional.cross_entropy(scores, torch.tensor(gold))
+    return torch.nn.functional.cross_entropy(scores, torch.tensor(gold, device=scores.device))
 
 
 class LabelClassifierModule(L.LightningModule):
@@ -93,9 +94,9 @@ def fit_label_classifier(module: LabelClassifierModule, ctx) -> None:
 
     n, batch = len(module.items), min(module.cfg.batch_size, len(module.items))
     sampler = RandomSampler(range(n), replacement=False, num_samples=math.ceil(module.steps * batch / n) * n,
-                            generator=torch.Generator().manual_seed(ctx.seed))
+                            generator=torch.Generator().manual_seed(rank_seed(ctx.seed, rank())))
     loader = DataLoader(list(range(n)), batch_size=batch, sampler=sampler, drop_last=True)
-    trainer = cpu_trainer(ctx, max_steps=module.steps, gradient_clip_val=module.cfg.max_grad_norm,
+    trainer = make_trainer(ctx, model=module.policy, max_steps=module.steps, gradient_clip_val=module.cfg.max_grad_norm,
                           limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)
 
@@ -125,6 +126,9 @@ class LabelSFTMethod(Method):
     @property
     def policy(self):
         return self.module.policy
+
+    def trained_module(self):
+        return self.module
 
     def fit(self) -> dict:
         fit_label_classifier(self.module, self.ctx)

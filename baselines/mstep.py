@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from gfnbench.baselines.label_sft import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
+from gfnbench.devices import run_device, seeded_generator
 from gfnbench.gflownet import GFlowNetConfig, GFlowNetSubTB
 from gfnbench.methods import Budget, register_method
 from gfnbench.text_finetune import plain_copy
@@ -47,8 +48,10 @@ class GFlowNetMStep(GFlowNetSubTB):
 
     def fit(self) -> dict:
         extra = super().fit()
+        device = run_device(self.ctx.profile)
+        self.policy.to(device)           # Lightning hands the E-step's module back on the CPU
         train = self.task.examples("train")
-        generator = torch.Generator().manual_seed(self.ctx.seed + 1)
+        generator = seeded_generator(self.ctx.seed + 1, device)
         with torch.no_grad():
             traj = self.sample(train, self.rationales_per_example, generator)
         items = [(self.task.prompt(train[g]) + text, list(self.task.labels).index(train[g].answer))
@@ -60,6 +63,9 @@ class GFlowNetMStep(GFlowNetSubTB):
         fit_label_classifier(module, replace(self.ctx, log_dir=self.ctx.log_dir and self.ctx.log_dir / "mstep"))
         self.classifier = module.policy.eval()
         return {**extra, "mstep_curve": module.curve}
+
+    def evaluation_modules(self) -> list:
+        return [self.policy, self.classifier]
 
     def score_with_model(self, model, tokenizer, texts, ex) -> dict:
         """The task's scores with the M-step model as the predictor (the base LM's are the gflownet row's)."""

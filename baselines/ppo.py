@@ -29,11 +29,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gfnbench.checkpoints import ResumableModule
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
 from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import (
     PolicyMethod,
+    SeededStreams,
     fit_on_prompts,
     lora_policy,
     sample_scored,
@@ -97,7 +99,7 @@ class KLController:
 
 def action_mask(traj: Trajectories) -> Tensor:
     """[B, L+1] True for real actions: slots 0..n-1 (tokens) and slot n when the policy chose to stop."""
-    j = torch.arange(traj.max_actions + 1)[None, :]
+    j = torch.arange(traj.max_actions + 1, device=traj.device)[None, :]
     return j < (traj.lengths + traj.stopped.long())[:, None]
 
 
@@ -106,8 +108,8 @@ def action_ids(traj: Trajectories, stop_id: int) -> Tensor:
     S = traj.state_ids.shape[1]
     pos = traj.action_positions().clamp(max=max(S - 1, 0))
     tokens = traj.state_ids.gather(1, pos) if S else traj.state_ids.new_zeros(len(traj), traj.max_actions)
-    ids = torch.cat([tokens, torch.full((len(traj), 1), stop_id, dtype=torch.long)], dim=1)
-    j = torch.arange(traj.max_actions + 1)[None, :]
+    ids = torch.cat([tokens, torch.full((len(traj), 1), stop_id, dtype=torch.long, device=traj.device)], dim=1)
+    j = torch.arange(traj.max_actions + 1, device=traj.device)[None, :]
     return torch.where(j < traj.lengths[:, None], ids, torch.full_like(ids, stop_id))
 
 
@@ -195,7 +197,7 @@ class Rollout:
 
 # ---------------------------------------------------------------------------------------------- module
 
-class PPOModule(L.LightningModule):
+class PPOModule(ResumableModule, SeededStreams, L.LightningModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: PPOConfig, train_examples: list[Example],
                  seed: int = 0):
         super().__init__()
@@ -207,8 +209,16 @@ class PPOModule(L.LightningModule):
         self.allowed = task.allowed_tokens(lm.tokenizer)
         self.stop_id = task.stop_id(lm.tokenizer)
         self.context = lm.context_length
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
         self.curve: list[dict] = []
+
+    def training_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "curve": self.curve, "kl_coef": self.kl_ctl.value}
+
+    def load_training_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.curve = list(state["curve"])
+        self.kl_ctl.value = state["kl_coef"]
 
     def forward_actions(self, traj: Trajectories, hidden: bool = False) -> ActionPass:
         return action_forward(self.policy, traj, self.allowed, self.stop_id, self.task.min_len, hidden)
@@ -259,8 +269,9 @@ class PPOModule(L.LightningModule):
 
     def minibatches(self, n: int) -> list[Tensor]:
         if self.cfg.minibatches <= 1:
-            return [torch.arange(n)]
-        return list(torch.randperm(n, generator=self.generator).chunk(self.cfg.minibatches))
+            return [torch.arange(n, device=self.generator.device)]
+        return list(torch.randperm(n, generator=self.generator, device=self.generator.device)
+                    .chunk(self.cfg.minibatches))
 
     def training_step(self, batch, batch_idx):
         examples = [self.examples[int(i)] for i in batch]
@@ -277,7 +288,7 @@ class PPOModule(L.LightningModule):
                 opt.step()
                 stats.append(st)
         self.kl_ctl.update(float(ro.kl.mean()), len(ro.score))
-        self.record(batch_idx, ro, stats)
+        self.record(len(self.curve), ro, stats)      # the iteration (batch_idx restarts on resume)
 
     def record(self, iteration: int, ro: Rollout, stats: list[dict]) -> None:
         """Log this iteration: rollout numbers (before the update) and means over the PPO epochs."""

@@ -24,7 +24,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.baselines.label_sft import LabelSFTMethod
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.devices import rank, rank_seed
+from gfnbench.methods import Budget, Method, make_trainer, register_method
 from gfnbench.models import LanguageModel
 from gfnbench.policy import (
     SUPERVISED_LR_MULTIPLIER,
@@ -180,9 +181,11 @@ def fit_sft(module: SFTModule, ctx, steps: int) -> None:
     from lightning.pytorch.callbacks import EarlyStopping
 
     cfg = module.cfg
-    train = module.loader(module.train_items, cfg.batch_size, shuffle=True, seed=ctx.seed)
+    # each process its own shuffle (rank 0: the run's seed); every process validates on all of val, so early
+    # stopping decides the same everywhere
+    train = module.loader(module.train_items, cfg.batch_size, shuffle=True, seed=rank_seed(ctx.seed, rank()))
     val = module.loader(module.val_items, cfg.val_batch_size, shuffle=False) if module.val_items else None
-    trainer = cpu_trainer(ctx, max_steps=steps, max_epochs=-1,
+    trainer = make_trainer(ctx, model=module.policy, max_steps=steps, max_epochs=-1,
                           val_check_interval=max(1, min(cfg.val_every, steps)), check_val_every_n_epoch=None,
                           limit_val_batches=1.0 if val is not None else 0,
                           callbacks=[EarlyStopping("val/nll", patience=cfg.patience, mode="min")] if val else [],
@@ -213,6 +216,9 @@ class SFTMethod(Method):
     @property
     def policy(self):
         return self.module.policy
+
+    def trained_module(self):
+        return self.module
 
     def fit(self) -> dict:
         fit_sft(self.module, self.ctx, self.steps)

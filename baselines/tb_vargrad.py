@@ -32,6 +32,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gfnbench.checkpoints import ResumableModule
+from gfnbench.devices import model_device
 from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, adapters_off
@@ -43,6 +45,7 @@ from gfnbench.objectives import (
 )
 from gfnbench.policy import (
     PolicyMethod,
+    SeededStreams,
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
@@ -111,8 +114,8 @@ class RecentRewardReplay:
         stored = self.items.get(key, [])
         if not stored or n <= 0:
             return []
-        final = torch.tensor([s.log_reward[-1] for s in stored])
-        age = torch.tensor([step - s.step for s in stored])
+        final = torch.tensor([s.log_reward[-1] for s in stored], device=generator.device)
+        age = torch.tensor([step - s.step for s in stored], device=generator.device)
         probs = replay_probabilities(final, age, self.recent, self.reward_share)
         return [stored[i] for i in torch.multinomial(probs, n, replacement=True, generator=generator).tolist()]
 
@@ -127,7 +130,7 @@ def stored_rows(traj: Trajectories, step: int) -> list[Stored]:
     return rows
 
 
-class VarGradModule(L.LightningModule):
+class VarGradModule(ResumableModule, SeededStreams, L.LightningModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: VarGradConfig, train_examples: list[Example],
                  seed: int = 0):
         super().__init__()
@@ -136,8 +139,17 @@ class VarGradModule(L.LightningModule):
         self.buffer = RecentRewardReplay(cfg.buffer_capacity, cfg.replay_recent, cfg.replay_reward_share)
         self.allowed, self.stop_id = task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer)
         self.context = lm.context_length
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
         self.curve: list[dict] = []
+
+    def training_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "curve": self.curve,
+                "replay": {k: [asdict(s) for s in v] for k, v in self.buffer.items.items()}}
+
+    def load_training_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.curve = list(state["curve"])
+        self.buffer.items = {k: [Stored(**s) for s in v] for k, v in state["replay"].items()}
 
     def sequence_logp(self, model, traj: Trajectories) -> Tensor:
         return sequence_log_prob_of(model, traj, self.task, self.allowed, self.stop_id)
@@ -156,8 +168,9 @@ class VarGradModule(L.LightningModule):
         rows = new + self.buffer.sample(prompt, n_replay, step, self.generator)
         self.buffer.add(prompt, new)
         traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0],
-                                        [(r.tokens, r.is_action, r.stopped) for r in rows], self.tokenizer)
-        traj.log_reward = right_pad([r.log_reward for r in rows], 0.0, torch.float32)
+                                        [(r.tokens, r.is_action, r.stopped) for r in rows], self.tokenizer,
+                                        model_device(self.policy))
+        traj.log_reward = right_pad([r.log_reward for r in rows], 0.0, torch.float32, traj.device)
         return traj, len(new)
 
     def loss(self, traj: Trajectories) -> tuple[Tensor, dict]:

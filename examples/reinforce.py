@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from gfnbench.losses import check_log_reward
-from gfnbench.methods import Budget, Method, cpu_trainer, register_method
+from gfnbench.methods import Budget, Method, make_trainer, register_method
 from gfnbench.models import adapters_off
 from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import lora_policy, sample_policy, sample_task, seeded_prompt_loader, trainable_parameters
@@ -85,7 +85,7 @@ class Reinforce(Method):
 
     def fit(self) -> dict:
         loader = seeded_prompt_loader(len(self.module.examples), 1, self.steps, self.ctx.seed)
-        cpu_trainer(self.ctx, max_steps=self.steps).fit(self.module, train_dataloaders=loader)
+        make_trainer(self.ctx, max_steps=self.steps).fit(self.module, train_dataloaders=loader)
         return {}
 
     def sample(self, examples, n, generator):

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from gfnbench.devices import model_device
 from gfnbench.sampling import SamplingConfig, Tool, check_context, encode, masked_log_softmax, prefill
 from gfnbench.trajectories import Trajectories, from_rows, left_pad
 
@@ -75,7 +76,7 @@ def _top_tokens(beams: list[Beam], logp: Tensor, cfg: SamplingConfig, stop_id: i
                 width: int) -> tuple[list[list[float]], list[list[int]]]:
     """Every row's `width` best (log-prob, token) in one batched topk, stop blocked below min_len."""
     scores = logp.clone()
-    below_min = torch.tensor([b.n_actions < cfg.min_len for b in beams])
+    below_min = torch.tensor([b.n_actions < cfg.min_len for b in beams], device=logp.device)
     scores[below_min, stop_id] = NEG_INF
     top = scores.topk(min(width, scores.shape[-1]), dim=-1)
     return top.values.tolist(), top.indices.tolist()
@@ -136,11 +137,12 @@ def _initial_beams(n_prompts: int, num_beams: int, per_group: int) -> list[Beam]
 
 def _feed(model, cache, attn: Tensor, parents: list[int], feeds: list[int | None], pad_id: int):
     """Reorder the KV cache to the chosen parents and run one token per row. Returns (logits, attn)."""
-    index = torch.tensor(parents, dtype=torch.long)
+    dev = attn.device
+    index = torch.tensor(parents, dtype=torch.long, device=dev)
     cache.reorder_cache(index)
-    alive = torch.tensor([f is not None for f in feeds], dtype=torch.long)
+    alive = torch.tensor([f is not None for f in feeds], dtype=torch.long, device=dev)
     attn = torch.cat([attn[index], alive[:, None]], dim=1)
-    ids = torch.tensor([pad_id if f is None else f for f in feeds], dtype=torch.long)
+    ids = torch.tensor([pad_id if f is None else f for f in feeds], dtype=torch.long, device=dev)
     positions = (attn.sum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids[:, None], attention_mask=attn, position_ids=positions[:, None],
                 past_key_values=cache, use_cache=True)
@@ -155,14 +157,16 @@ def _best(beams: list[Beam], n: int) -> list[Beam]:
     return [ranked[i % len(ranked)] for i in range(n)]
 
 
-def _to_trajectories(prompts: list[str], ids: list[list[int]], picked: list[list[Beam]], tokenizer) -> Trajectories:
+def _to_trajectories(prompts: list[str], ids: list[list[int]], picked: list[list[Beam]], tokenizer,
+                     device: torch.device) -> Trajectories:
     """Prompt-major rows, with the same fields the sampler fills, plus the beam scores in extras."""
     rows = [(i, b) for i, beams in enumerate(picked) for b in beams]
     traj = from_rows([prompts[i] for i, _ in rows], [i for i, _ in rows], [ids[i] for i, _ in rows],
                      [b.state for _, b in rows], [b.acts for _, b in rows], [b.stopped for _, b in rows],
                      [b.log_pf for _, b in rows], [b.log_pterm for _, b in rows],
-                     [tokenizer.decode(b.state, skip_special_tokens=True) for _, b in rows], tokenizer.pad_token_id)
-    traj.extras["beam_score"] = torch.tensor([b.score for _, b in rows], dtype=torch.float32)
+                     [tokenizer.decode(b.state, skip_special_tokens=True) for _, b in rows], tokenizer.pad_token_id,
+                     device=device)
+    traj.extras["beam_score"] = torch.tensor([b.score for _, b in rows], dtype=torch.float32, device=device)
     return traj
 
 
@@ -178,7 +182,9 @@ def beam_search(model, tokenizer, prompts: list[str], n_return: int, cfg: Sampli
     pad_id = tokenizer.pad_token_id
     ids = encode(tokenizer, prompts)
     check_context(ids, cfg.max_len * (1 + (cfg.max_tool_tokens if tool else 0)), context or 10**9, prompts)
-    prompt_ids, prompt_mask = left_pad(ids, pad_id)
+    dev = model_device(model)
+    allowed = None if allowed is None else allowed.to(dev)
+    prompt_ids, prompt_mask = left_pad(ids, pad_id, dev)
     logits, cache = prefill(model, prompt_ids, prompt_mask, K)
     attn = prompt_mask.repeat_interleave(K, 0)
     beams = _initial_beams(len(prompts), K, per_group)
@@ -211,4 +217,4 @@ def beam_search(model, tokenizer, prompts: list[str], n_return: int, cfg: Sampli
             break
         logits, attn = _feed(model, cache, attn, parents, feeds, pad_id)
     picked = [_best(beams[p * K:(p + 1) * K], n_return) for p in range(len(prompts))]
-    return _to_trajectories(prompts, ids, picked, tokenizer)
+    return _to_trajectories(prompts, ids, picked, tokenizer, dev)

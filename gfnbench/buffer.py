@@ -112,7 +112,8 @@ class ReplayBuffer:
             return []
         if self.sampling == "reward" and len(stored) < n:
             return list(stored)
-        log_r = torch.tensor([it.log_reward for it in stored], dtype=torch.float64)
+        device = generator.device if generator is not None else "cpu"      # draws happen where the generator is
+        log_r = torch.tensor([it.log_reward for it in stored], dtype=torch.float64, device=device)
         if self.sampling == "uniform" or not bool(torch.isfinite(log_r).any()):
             probs = torch.ones_like(log_r)                       # all -inf: no preference left to express
         else:

@@ -1,9 +1,10 @@
 """Resumable training: Lightning checkpoints of what a run cannot recompute, written atomically into the run folder.
 
-A checkpoint holds the trainable weights only (LoRA adapters, log Z head: megabytes, not the frozen base model),
-the optimizer and scheduler (Lightning's own), the prompt loader's position, and whatever else a module saves in
-`on_save_checkpoint` (GFlowNet: replay buffer, RNG states, training curve). A run killed at any step and resumed
-from its last checkpoint ends with the same record as an uninterrupted run with the same seed.
+A checkpoint holds the trainable weights only (LoRA adapters, log Z, value heads: megabytes, not the frozen base
+model), the optimizer and scheduler (Lightning's own), the prompt loader's position, and each process's
+`training_state()` (`ResumableModule`: RNG states, replay buffers, KL controller, training curve). A run killed at
+any step and resumed from its last checkpoint ends with the same record as an uninterrupted run with the same seed.
+Rows whose training is not checkpointed (SFT: early stopping keeps its best weights in memory) restart, and say so.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
+from gfnbench.devices import gather, rank, world_size
 from gfnbench.records import atomic_write_bytes
 
 LAST = "last.ckpt"
@@ -87,6 +89,33 @@ def trainable_only(state_dict: dict, module: torch.nn.Module) -> dict:
     log Z or value heads); the frozen base model is rebuilt from its own files."""
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     return {k: v for k, v in state_dict.items() if k in trainable}
+
+
+class ResumableModule:
+    """LightningModule mixin: checkpoints keep the trainable weights only and every process's `training_state()`
+    (what the module cannot recompute), so a resumed run continues exactly. A multi-process run stores each
+    process's state (their buffers and random streams differ) and must resume with as many processes."""
+
+    def training_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_training_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = trainable_only(checkpoint["state_dict"], self)
+        checkpoint["process_states"] = gather(self.training_state())      # every process calls this hook
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.strict_loading = False     # the frozen base model is not in the checkpoint
+        states = checkpoint.get("process_states")
+        if states is None:
+            raise ValueError("this checkpoint was written by an older gfnbench without per-process training "
+                             "state; delete the run's checkpoints/ folder to start the run again")
+        if len(states) != world_size():
+            raise ValueError(f"this checkpoint was written by {len(states)} process(es), this run has "
+                             f"{world_size()}: resume with --devices {len(states)}")
+        self.load_training_state(states[rank()])
 
 
 def remove_checkpoints(folder: Path | None) -> None:

@@ -39,7 +39,9 @@ def method_settings_help() -> str:
 def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
         settings: str | None = None, method_settings: dict | None = None, resume: bool = False,
-        keep_checkpoints: bool = False, checkpoint_every: int = 10) -> None:
+        keep_checkpoints: bool = False, checkpoint_every: int = 10, accelerator: str | None = None,
+        devices: int | None = None, strategy: str | None = None, precision: str | None = None,
+        save_adapters: bool = False) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
@@ -58,20 +60,30 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
             file; they are checked against the method's fields and stored in the record. METHOD_SETTINGS_HELP
         resume: continue an interrupted training run from its last checkpoint (`bench` always does).
         keep_checkpoints: keep the run's checkpoints/ folder after the record is written.
-        checkpoint_every: optimizer steps between training checkpoints (the GFlowNet rows; others restart).
+        checkpoint_every: optimizer steps between training checkpoints (every trained row but sft, whose
+            training restarts and says so).
+        accelerator: auto, cpu or gpu (default: the profile's, cpu).
+        devices: processes, one per device; more than 1 needs --strategy ddp or fsdp (default: the profile's, 1).
+        strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
+        precision: 32 or bf16-mixed (training under autocast; evaluation in the model's dtype).
+        save_adapters: also write the trained weights (LoRA adapters, heads) to the run folder's adapters.pt.
     """
+    from gfnbench.devices import rank
     from gfnbench.harness import run as run_one
 
+    compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
     out = run_one(task, method, seed, profile, results_dir, model, overwrite, data,
                   collect_settings(settings, method_settings), resume=resume, keep_checkpoints=keep_checkpoints,
-                  checkpoint_every=checkpoint_every)
-    print(f"[gfnbench] wrote {out}")
+                  checkpoint_every=checkpoint_every, compute=compute, save_adapters=save_adapters)
+    if rank() == 0:
+        print(f"[gfnbench] wrote {out}")
 
 
 def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2],  # noqa: B006
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
           overwrite: bool = False, data: str | None = None, settings: str | None = None,
-          method_settings: dict | None = None) -> None:
+          method_settings: dict | None = None, accelerator: str | None = None, devices: int | None = None,
+          strategy: str | None = None, precision: str | None = None, save_adapters: bool = False) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
@@ -85,11 +97,18 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         data: the task's examples from this file or folder instead of its built-in set (see `run`).
         settings: a YAML file of method settings, {method: {field: value}} (see `run`).
         method_settings: method settings as --METHOD.FIELD VALUE, per method (see `run`).
+        accelerator: auto, cpu or gpu (default: the profile's, cpu).
+        devices: processes, one per device; more than 1 needs --strategy ddp or fsdp (default: the profile's, 1).
+        strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
+        precision: 32 or bf16-mixed (training under autocast; evaluation in the model's dtype).
+        save_adapters: also write each trained run's weights to its folder's adapters.pt.
     """
     from gfnbench.harness import bench as run_bench
 
+    compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
     for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data,
-                          collect_settings(settings, method_settings)):
+                          collect_settings(settings, method_settings), compute=compute,
+                          save_adapters=save_adapters):
         print(f"[gfnbench] wrote {path}")
 
 

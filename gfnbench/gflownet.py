@@ -18,7 +18,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gfnbench.buffer import BufferItem, ReplayBuffer
-from gfnbench.checkpoints import trainable_only
+from gfnbench.checkpoints import ResumableModule
+from gfnbench.devices import model_device, rank_seed
 from gfnbench.losses import (
     check_log_reward,
     reward_temperature,
@@ -30,6 +31,7 @@ from gfnbench.models import LanguageModel, ScalarHead, adapters_off, add_lora
 from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import (
     PolicyMethod,
+    SeededStreams,
     fit_on_prompts,
     gflownet_family_defaults,
     gold_trajectory,
@@ -97,7 +99,7 @@ class LogZHead(ScalarHead):
         return super().forward(features / features.abs().sum(-1, keepdim=True).clamp(min=1e-6))
 
 
-class GFlowNetModule(L.LightningModule):
+class GFlowNetModule(ResumableModule, SeededStreams, L.LightningModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: GFlowNetConfig, train_examples: list[Example],
                  seed: int = 0):
         super().__init__()
@@ -110,14 +112,13 @@ class GFlowNetModule(L.LightningModule):
         self.allowed = task.allowed_tokens(lm.tokenizer)
         self.stop_id = task.stop_id(lm.tokenizer)
         self.context = lm.context_length
-        self.rng = random.Random(seed)
+        self.seed, self.rng = seed, random.Random(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.train_loss, self.train_log_reward = MeanMetric(), MeanMetric()
         self.curve: list[dict] = []
         self.diagnostics: dict = {}
         self.prompt_feature_cache: dict[tuple, Tensor] = {}    # log Z features of each prompt (frozen base model)
         self.buffer_seeded = False
-        self.strict_loading = False     # checkpoints hold the trainable weights only (checkpoints.trainable_only)
 
     # ------------------------------------------------------------------ rewards and behaviour policy
     def log_reward(self, traj: Trajectories, examples: list[Example]) -> Tensor:
@@ -138,7 +139,8 @@ class GFlowNetModule(L.LightningModule):
                 continue
             prompt = self.task.prompt(ex)
             rows = [(*gold_trajectory(self.task, self.tokenizer, text), True) for text in texts]
-            traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0], rows, self.tokenizer)
+            traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0], rows, self.tokenizer,
+                                            model_device(self.policy))
             traj.log_reward = self.log_reward(traj, [ex])
             added += self._remember(prompt, traj)
         return added
@@ -169,8 +171,8 @@ class GFlowNetModule(L.LightningModule):
             if items:
                 traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0],
                                                 [(t, a, s) for t, a, s, _ in (i.payload for i in items)],
-                                                self.tokenizer)
-                traj.log_reward = right_pad([i.payload[3] for i in items], 0.0, torch.float32)
+                                                self.tokenizer, model_device(self.policy))
+                traj.log_reward = right_pad([i.payload[3] for i in items], 0.0, torch.float32, traj.device)
                 return traj, mode
             mode = "tempered"   # nothing stored for this prompt yet (the paper's fallback)
         temperature = 1.0 if mode == "on_policy" else self.rng.uniform(*self.cfg.tempered_range)
@@ -184,6 +186,11 @@ class GFlowNetModule(L.LightningModule):
         return traj, mode
 
     # ------------------------------------------------------------------------------ Lightning
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.global_rank != 0:       # each process its own behaviour choices too
+            self.rng = random.Random(rank_seed(self.seed, self.global_rank))
+
     def on_train_start(self) -> None:
         if self.cfg.seed_buffer_with_gold and not self.buffer_seeded:     # (a resumed run has its buffer)
             self.seed_buffer()
@@ -245,21 +252,16 @@ class GFlowNetModule(L.LightningModule):
         return stepwise_schedule(
             opt, lambda step: lr_multiplier(step, self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.decay_to))
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What a resumed run needs to continue exactly: trainable weights, buffer, RNG states, the curve."""
-        checkpoint["state_dict"] = trainable_only(checkpoint["state_dict"], self)
-        checkpoint["replay_buffer"] = self.buffer.state_dict()
-        checkpoint["gflownet"] = {"rng": self.rng.getstate(), "generator": self.generator.get_state(),
-                                  "curve": self.curve, "buffer_seeded": self.buffer_seeded}
+    def training_state(self) -> dict:
+        """What a resumed run needs to continue exactly besides the weights: buffer, RNG states, the curve."""
+        return {"replay_buffer": self.buffer.state_dict(), "rng": self.rng.getstate(),
+                "generator": self.generator.get_state(), "curve": self.curve, "buffer_seeded": self.buffer_seeded}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "replay_buffer" in checkpoint:
-            self.buffer.load_state_dict(checkpoint["replay_buffer"])
-        state = checkpoint.get("gflownet")
-        if state:
-            self.rng.setstate(state["rng"])
-            self.generator.set_state(state["generator"])
-            self.curve, self.buffer_seeded = list(state["curve"]), state["buffer_seeded"]
+    def load_training_state(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["replay_buffer"])
+        self.rng.setstate(state["rng"])
+        self.generator.set_state(state["generator"])
+        self.curve, self.buffer_seeded = list(state["curve"]), state["buffer_seeded"]
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

@@ -6,9 +6,10 @@ or decoding the method used, so the column means the same thing in every row.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,24 @@ from tqdm.auto import tqdm
 from gfnbench import locks
 from gfnbench.catalog import get_method, methods_for
 from gfnbench.checkpoints import remove_checkpoints
+from gfnbench.devices import (
+    broadcast,
+    check_compute,
+    full_parameters,
+    gather,
+    launch,
+    model_device,
+    rank,
+    run_device,
+    world_size,
+)
 from gfnbench.methods import Method, MethodSpec, RunContext
 from gfnbench.metrics import mean
 from gfnbench.models import LanguageModel, adapters_off, load_model
 from gfnbench.preflight import check_bench, check_run
 from gfnbench.profiles import Profile, get_profile
 from gfnbench.records import (
+    atomic_write_bytes,
     check_writable,
     data_fingerprint,
     git_commit,
@@ -44,11 +57,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batch_generator(seed: int, split: str, batch_index: int) -> torch.Generator:
+def batch_generator(seed: int, split: str, batch_index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """Each evaluation batch draws from its own seeded stream, so its samples do not depend on which process
-    draws it or in what order (a sharded evaluation gathers to exactly the one-process samples)."""
+    draws it or in what order (a sharded evaluation gathers to exactly the one-process samples). It lives on
+    the model's device (the sampler draws there)."""
     key = hashlib.sha256(f"{seed}/{split}/{batch_index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
 
 def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, examples: list[Example]) -> torch.Tensor:
@@ -120,19 +134,45 @@ def evaluate(method: Method, task: Task, profile: Profile, seed: int,
         examples = task.examples(split)[: eval_questions(profile, task)]
         if not examples:
             raise ValueError(f"split {split!r} of task {task.name} has no examples")
-        scores = []
-        batches = chunks(examples, profile.eval_batch)
-        for i, batch in enumerate(tqdm(batches, desc=f"{label} {split}".strip(), leave=False)):
-            with torch.no_grad():
-                traj = method.sample(batch, n, batch_generator(seed, split, i))
-            batch_scores, batch_samples = question_scores(method, task, traj, batch, split)
-            scores += batch_scores
-            samples += batch_samples
+        scores, split_samples = evaluate_batches(method, task, chunks(examples, profile.eval_batch), n, seed, split,
+                                                 f"{label} {split}".strip())
+        samples += split_samples
         per_question[split] = {"ids": [ex.id for ex in examples],
                                **{key: [q[key] for q in scores] for key in scores[0]}}
         metrics[split] = {key: mean(per_question[split][key]) for key in scores[0]}
         metrics[split].update(exact_metrics(method, task, examples))
     return metrics, samples, per_question
+
+
+def evaluate_batches(method: Method, task: Task, batches: list[list[Example]], n: int, seed: int, split: str,
+                     label: str) -> tuple[list[dict], list[dict]]:
+    """Each question's metrics and every sample, in batch order. Process r of W samples and scores batches r,
+    r + W, ... and the shares are gathered: every batch has its own generator, so any number of processes gives
+    exactly the one-process samples and metrics."""
+    device = model_device(method.policy)
+    mine = {}
+    for i in tqdm(range(rank(), len(batches), world_size()), desc=label, leave=False):
+        with torch.no_grad():
+            traj = method.sample(batches[i], n, batch_generator(seed, split, i, device))
+        mine[i] = question_scores(method, task, traj, batches[i], split)
+    done = {i: share for part in gather(mine) for i, share in part.items()}
+    scores, samples = [], []
+    for i in range(len(batches)):
+        scores += done[i][0]
+        samples += done[i][1]
+    return scores, samples
+
+
+def run_profile(profile: str, compute: dict | None = None) -> Profile:
+    """The profile with this run's accelerator, devices, strategy and precision (those given), checked."""
+    prof = get_profile(profile)
+    given = {k: v for k, v in (compute or {}).items() if v is not None}
+    unknown = set(given) - {"accelerator", "devices", "strategy", "precision"}
+    if unknown:
+        raise ValueError(f"unknown compute settings {sorted(unknown)}")
+    prof = replace(prof, **given) if given else prof
+    check_compute(prof.accelerator, prof.devices, prof.strategy, str(prof.precision))
+    return prof
 
 
 def load_task(task: str, data: str | None = None) -> Task:
@@ -150,14 +190,16 @@ def load_task(task: str, data: str | None = None) -> Task:
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
         settings: dict | None = None, resume: bool = False, keep_checkpoints: bool = False,
-        checkpoint_every: int = 10) -> Path:
+        checkpoint_every: int = 10, compute: dict | None = None, save_adapters: bool = False) -> Path:
     """Train (if the method trains), evaluate and write one run record. Returns the record's folder.
 
-    `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}}). Training saves a
-    checkpoint every `checkpoint_every` steps into the run folder; `resume` continues from it, and it is
-    removed once the record is written unless `keep_checkpoints`."""
+    `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}}); `compute` overrides
+    the profile's accelerator, devices, strategy and precision. Training saves a checkpoint every
+    `checkpoint_every` steps into the run folder; `resume` continues from it, and it is removed once the record
+    is written unless `keep_checkpoints`. With several processes (--devices N) every process trains and
+    evaluates its share, and process 0 alone writes the record."""
     check_run(task, method, seed, profile, results_dir, model, data)   # every input, before anything is created
-    prof = get_profile(profile)
+    prof = run_profile(profile, compute)
     task_obj = load_task(task, data)
     spec = get_method(method)
     method = spec.name
@@ -168,18 +210,54 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
     root = results_root(prof, results_dir, data)
     check_writable(root)
     out = run_dir(root, task_obj.name, method, seed)
-    lock = locks.acquire(out)  # RunInProgress if another process has this run; released on return or exit
-    if (out / "record.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true to replace it")
+    lock = claim_run(out, overwrite)       # process 0 only, before any other process starts
+    launch(prof)                           # the other processes (--devices N > 1), through Lightning
     seed_everything(seed)
     lm: LanguageModel = load_model(model or prof.model)
+    lm.model.to(run_device(prof))
     started = time.time()
     ctx = RunContext(seed=seed, profile=prof, log_dir=out / "train", settings=overrides, method=method,
                      checkpoint_dir=out / "checkpoints", checkpoint_every=checkpoint_every, resume=resume)
     impl = spec.factory(task_obj, lm, ctx)
+    if resume and impl.trains and not impl.resumable and rank() == 0:
+        print(f"[gfnbench] {method} does not checkpoint its training (see checkpoints.py): this run trains from "
+              f"step 0, it does not resume")
     extra = impl.fit()
-    metrics, samples, per_question = evaluate(impl, task_obj, prof, seed, label=f"{method} seed {seed}")
-    record = {
+    for module in impl.evaluation_modules():
+        module.to(run_device(prof))        # Lightning hands a trained module back on the CPU
+    with full_parameters(impl.trained_module()):
+        metrics, samples, per_question = evaluate(impl, task_obj, prof, seed, label=f"{method} seed {seed}")
+        adapters = adapter_bytes(impl) if save_adapters else None
+    extras, prints = gather(extra), (gather(weights_fingerprint(impl)) if world_size() > 1 else [])
+    if rank() == 0:
+        record = run_record(task_obj, method, seed, prof, lm, impl, data, overrides, metrics, per_question)
+        record.update({"wall_time_s": time.time() - started, **extra, **processes_field(extras, prints)})
+        if adapters is not None:
+            atomic_write_bytes(out / "adapters.pt", adapters)
+        write_run(out, record, samples, overwrite=overwrite)
+        if not keep_checkpoints:
+            remove_checkpoints(ctx.checkpoint_dir)
+    if lock is not None:
+        lock.release()
+    return out
+
+
+def claim_run(out: Path, overwrite: bool):
+    """Process 0's lock on the run folder (RunInProgress if another run has it; released on return or exit)
+    after checking that no record is there; other processes of a multi-process run return None."""
+    if rank() != 0:
+        return None
+    lock = locks.acquire(out)
+    if (out / "record.json").exists() and not overwrite:
+        lock.release()
+        raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true to replace it")
+    return lock
+
+
+def run_record(task_obj: Task, method: str, seed: int, prof: Profile, lm: LanguageModel, impl: Method,
+               data: str | None, overrides: dict, metrics: dict, per_question: dict) -> dict:
+    """The record's fields (the caller adds wall time and the method's training extras)."""
+    return {
         "task": task_obj.name, "method": method, "seed": seed, "profile": prof.name,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
@@ -188,13 +266,39 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
         "settings": overrides, "budget": (budget := impl.budget()) and asdict(budget),
         "config": run_config(prof, impl, task_obj), "versions": package_versions(), "git_commit": git_commit(),
         "machine": machine(),
-        "wall_time_s": time.time() - started, **extra,
     }
-    write_run(out, record, samples, overwrite=overwrite)
-    if not keep_checkpoints:
-        remove_checkpoints(ctx.checkpoint_dir)
-    lock.release()
-    return out
+
+
+def processes_field(extras: list[dict], prints: list[str]) -> dict:
+    """A multi-process run's record keeps every process's training curve (its own prompts and samples; the
+    top-level `train_curve` is process 0's) and the fingerprint of the weights each evaluated with (equal when
+    the gradients were all-reduced as they should be). Nothing for one process."""
+    if len(extras) == 1:
+        return {}
+    return {"processes": {"count": len(extras), "train_curves": [e.get("train_curve") for e in extras],
+                          "weights_sha256": prints}}
+
+
+def weights_fingerprint(impl: Method) -> str:
+    """sha256 of the trained weights of every network evaluation runs (names and values)."""
+    from gfnbench.policy import trainable_state
+
+    digest = hashlib.sha256()
+    for module in impl.evaluation_modules():
+        for name, value in sorted(trainable_state(module).items()):
+            digest.update(name.encode())
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def adapter_bytes(impl: Method) -> bytes:
+    """The trained weights of every network evaluation runs ([{name: tensor}] in `evaluation_modules` order:
+    LoRA adapters and heads), for `--save_adapters` (kilobytes to megabytes)."""
+    from gfnbench.policy import trainable_state
+
+    buffer = io.BytesIO()
+    torch.save([{k: v.cpu() for k, v in trainable_state(m).items()} for m in impl.evaluation_modules()], buffer)
+    return buffer.getvalue()
 
 
 def run_config(prof: Profile, impl: Method, task: Task) -> dict:
@@ -226,12 +330,14 @@ def default_methods(task: Task, prof: Profile) -> list[str]:
 
 def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
-          data: str | None = None, settings: dict | None = None) -> list[Path]:
-    """Every method registered for the task x seeds (runs that already have a record are kept), then tables."""
+          data: str | None = None, settings: dict | None = None, compute: dict | None = None,
+          save_adapters: bool = False) -> list[Path]:
+    """Every method registered for the task x seeds (runs that already have a record are kept), then tables.
+    With several processes (--devices N) they are started once, and all follow process 0's list of runs."""
     from gfnbench.leaderboard import write_leaderboard
 
     check_bench(task, profile, seeds, methods, results_dir, model, data)   # every seed and method, before any run
-    prof = get_profile(profile)
+    prof = run_profile(profile, compute)
     task_obj = load_task(task, data)
     names = [get_method(m).name for m in methods] if methods else default_methods(task_obj, prof)
     unused = sorted(set(settings or {}) - set(names))
@@ -242,11 +348,33 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
         settings_for(get_method(name), settings)
     root = results_root(prof, results_dir, data)
     check_writable(root)
-    print(f"[gfnbench] runs and tables go to {root}")
+    launch(prof)
+    lead = rank() == 0
+    if lead:
+        print(f"[gfnbench] runs and tables go to {root}")
     for name in names:
-        for seed in locks.claim(root, task_obj.name, name, seeds_for(get_method(name), seeds), overwrite):
+        claims = locks.claim(root, task_obj.name, name, seeds_for(get_method(name), seeds), overwrite) if lead else ()
+        for seed in follow_lead(claims):
             t0 = time.time()
             out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data,
-                      {name: (settings or {}).get(name) or {}}, resume=True)   # an interrupted run continues
-            print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
-    return write_leaderboard(root, task_obj.name, method_order=names)
+                      {name: (settings or {}).get(name) or {}}, resume=True,    # an interrupted run continues
+                      compute=compute, save_adapters=save_adapters)
+            if lead:
+                print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
+    return write_leaderboard(root, task_obj.name, method_order=names) if lead else []
+
+
+def follow_lead(items):
+    """Process 0's items (its claimed runs) in every process, one at a time as process 0 takes them (a lock is
+    held only while its run runs); the identity with one process."""
+    if world_size() == 1:
+        yield from items
+        return
+    if rank() == 0:
+        for item in items:
+            broadcast(item)
+            yield item
+        broadcast(None)
+        return
+    while (item := broadcast(None)) is not None:
+        yield item

@@ -194,8 +194,7 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
         evaluation.append(f"{cfg['eval_samples']} samples per question")
     if cfg.get("eval_temperature") is not None:
         evaluation.append(f"temperature {cfg['eval_temperature']}")
-    questions = cfg["eval_questions"] if "eval_questions" in cfg else (cfg.get("profile") or {}).get("eval_questions")
-    evaluation.append(f"{questions if questions else 'all'} questions per split")
+    evaluation.append(questions_per_split(records, cfg))
     if evaluation:
         lines.append(f"- evaluation: {', '.join(evaluation)} (methods may override; see each run's config.json)")
     budget = training_budget(records)
@@ -210,6 +209,19 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
     lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as mean [lo, hi], over {_seed_phrase(df)}"
                  f"{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
     return "\n".join(lines) + "\n"
+
+
+def questions_per_split(records: list[dict], cfg: dict) -> str:
+    """How many questions each split was scored on, counted in the records (the profile's cap says only the
+    most: rng has one prompt under a cap of 100)."""
+    counts = {split: len(q.get("ids") or []) for r in records for split, q in (r.get("per_question") or {}).items()}
+    if counts:
+        sizes = sorted(set(counts.values()))
+        if len(sizes) == 1:
+            return f"{sizes[0]} question{'s' if sizes[0] != 1 else ''} per split"
+        return "questions per split: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    questions = cfg["eval_questions"] if "eval_questions" in cfg else (cfg.get("profile") or {}).get("eval_questions")
+    return f"{questions if questions else 'all'} questions per split"
 
 
 def compute_cost(records: list[dict]) -> str:
@@ -460,30 +472,48 @@ def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
 CURVE_AXES = ("batches", "reward_evals", "wall_s")
 
 
-def learning_curves(records: list[dict]) -> tuple[str | None, dict[str, pd.DataFrame]]:
-    """(metric, method -> frame of reward_evals, wall_s and the metric, one column per seed) from the records'
-    `learning_curve`s; the metric is the first one the curves carry (rng: tv_exact)."""
-    metric, out = None, {}
+def learning_curves(records: list[dict]) -> dict[str, dict[str, pd.DataFrame]]:
+    """metric -> method -> frame of reward_evals, wall_s and the metric (one row per probe and seed), for every
+    metric the records' `learning_curve`s carry (rng: exact TV, KL both ways, JS and valid mass)."""
+    out: dict[str, dict[str, list]] = {}
     for r in records:
         points = r.get("learning_curve") or []
         if not points:
             continue
-        metric = metric or next((k for k in points[0] if k not in CURVE_AXES), None)
-        if metric is None:
-            continue
         frame = pd.DataFrame(points)
-        if metric not in frame:
-            continue
         frame["seed"] = r["seed"]
-        out.setdefault(r["method"], []).append(frame)
-    return metric, {m: pd.concat(frames, ignore_index=True) for m, frames in out.items()}
+        for metric in (k for k in points[0] if k not in CURVE_AXES):
+            out.setdefault(metric, {}).setdefault(r["method"], []).append(frame)
+    return {metric: {m: pd.concat(frames, ignore_index=True) for m, frames in by_method.items()}
+            for metric, by_method in out.items()}
+
+
+def _curve_row(axes, metric: str, curves: dict[str, pd.DataFrame], records: list[dict],
+               method_order: Sequence[str] | None) -> None:
+    """One metric against reward evaluations (left) and training wall-clock (right), a line per method."""
+    for i, method in enumerate(_ordered(curves, method_order)):
+        by_x = curves[method].groupby("reward_evals")
+        ys = by_x[metric]
+        label = f"{method} ({curves[method]['seed'].nunique()} seeds)"
+        for ax, x in zip(axes, ("reward_evals", "wall_s")):
+            xs = by_x[x].mean()
+            ax.plot(xs.values, ys.mean().values, marker="o", ms=3, color=f"C{i % 10}", label=label)
+            ax.fill_between(xs.values, ys.min().values, ys.max().values, color=f"C{i % 10}", alpha=0.18)
+    direction = metric_direction(metric, records)
+    for ax, xlabel in zip(axes, ("reward evaluations (samples scored during training)",
+                                 "training wall-clock (s, probes excluded)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric + (f" ({direction} is better)" if direction in ("higher", "lower") else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
 
 
 def plot_learning_curves(records: list[dict], path: str | Path, method_order: Sequence[str] | None = None,
                          ) -> Path | None:
-    """<task>_curves.png: the curve metric against reward evaluations and against training wall-clock, one line
-    per trained method (mean over seeds) with a band from the best to the worst seed. None when no run has one."""
-    metric, curves = learning_curves(records)
+    """<task>_curves.png: every curve metric against reward evaluations and against training wall-clock, one
+    line per trained method (mean over seeds) with a band from the best to the worst seed. None when no run has
+    one."""
+    curves = learning_curves(records)
     if not curves:
         return None
     import matplotlib
@@ -491,26 +521,13 @@ def plot_learning_curves(records: list[dict], path: str | Path, method_order: Se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    direction = metric_direction(metric, records)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
-    for i, method in enumerate(_ordered(curves, method_order)):
-        frame = curves[method]
-        for ax, x in zip(axes[0], ("reward_evals", "wall_s")):
-            by_x = frame.groupby("reward_evals")
-            xs = by_x[x].mean()
-            ys = by_x[metric]
-            label = f"{method} ({frame['seed'].nunique()} seeds)"
-            ax.plot(xs.values, ys.mean().values, marker="o", ms=3, color=f"C{i % 10}", label=label)
-            ax.fill_between(xs.values, ys.min().values, ys.max().values, color=f"C{i % 10}", alpha=0.18)
-    for ax, xlabel in zip(axes[0], ("reward evaluations (samples scored during training)",
-                                    "training wall-clock (s, probes excluded)")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric + (f" ({direction} is better)" if direction in ("higher", "lower") else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(curves), 2, figsize=(11, 3.8 * len(curves)), squeeze=False)
+    for row, (metric, by_method) in zip(axes, curves.items()):
+        _curve_row(row, metric, by_method, records, method_order)
     task = ", ".join(_unique(records, "task"))
-    fig.suptitle(f"{task}: {metric} during training (mean over seeds, band = seed range) — "
+    fig.suptitle(f"{task}: learning curves (mean over seeds, band = seed range) — "
                  f"{', '.join(_unique(records, 'model'))}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return save_png(fig, Path(path))
 
 

@@ -82,6 +82,7 @@ class Method:
     trains = False
     deterministic: ClassVar[bool] = False    # no sampling, no training (greedy, beam): `bench` runs one seed
     settings_class: ClassVar[type | None] = None
+    resumable: ClassVar[bool] = False        # its checkpoints resume a killed run exactly (see checkpoints.py)
 
     def __init__(self, task: Task, lm: LanguageModel, ctx: RunContext):
         self.task, self.lm, self.ctx = task, lm, ctx
@@ -121,25 +122,42 @@ class Method:
         """The network that samples (for its own likelihood); the base model for untrained methods."""
         return self.lm.model
 
+    def evaluation_modules(self) -> list[torch.nn.Module]:
+        """Every network evaluation runs (the harness puts them on the run's device after training: Lightning
+        hands a trained module back on the CPU)."""
+        return [self.policy]
 
-def cpu_trainer(ctx: RunContext, checkpoints: bool = False, **settings):
-    """The Lightning Trainer every trained method uses: CPU, CSV logs in the run's train/ folder (when it has
-    one), every step logged, no sanity validation; `checkpoints` (for modules that save their whole training
-    state, see checkpoints.py) adds atomic checkpoints every `ctx.checkpoint_every` steps when the run has a
-    checkpoint folder; `settings` add the method's own."""
+    def trained_module(self) -> torch.nn.Module | None:
+        """The LightningModule `fit` trained (None: the method does not train); FSDP's shards are gathered from
+        it for evaluation (devices.full_parameters)."""
+        return None
+
+
+def make_trainer(ctx: RunContext, checkpoints: bool = False, model: torch.nn.Module | None = None, **settings):
+    """The Lightning Trainer every trained method uses, on the run's accelerator, devices, strategy and precision
+    (`ctx.profile`; one CPU process by default): CSV logs in the run's train/ folder (when it has one), every step
+    logged, no sanity validation. Data loaders are never re-sharded by Lightning (`use_distributed_sampler` off):
+    in a multi-process run each process draws its own prompts from its own seed (devices.rank_seed).
+    `checkpoints` (modules that save their whole training state, see checkpoints.py) adds atomic checkpoints
+    every `ctx.checkpoint_every` steps when the run has a checkpoint folder; `model` (the network trained) lets
+    FSDP shard it by transformer block; `settings` add the method's own."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     from gfnbench.checkpoints import AtomicCheckpointIO, checkpoint_callback
+    from gfnbench.devices import LIGHTNING_PRECISION, strategy_for
 
+    prof = ctx.profile
     logger = CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False
     callbacks = list(settings.pop("callbacks", []))
     saving = checkpoints and ctx.checkpoint_dir is not None
     if saving:
         callbacks.append(checkpoint_callback(ctx.checkpoint_dir, ctx.checkpoint_every))
-    return L.Trainer(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=saving,
-                     enable_model_summary=False, num_sanity_val_steps=0, deterministic=False, log_every_n_steps=1,
-                     callbacks=callbacks, plugins=[AtomicCheckpointIO()], **settings)
+    return L.Trainer(accelerator=prof.accelerator, devices=prof.devices, strategy=strategy_for(prof, model),
+                     precision=LIGHTNING_PRECISION[str(prof.precision)], use_distributed_sampler=False,
+                     logger=logger, enable_checkpointing=saving, enable_model_summary=False, num_sanity_val_steps=0,
+                     deterministic=False, log_every_n_steps=1, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+                     **settings)
 
 
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False,

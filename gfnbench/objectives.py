@@ -148,10 +148,10 @@ def replay_probabilities(log_reward: Tensor, age: Tensor, recent: int, reward_sh
     high-reward samples): with probability `reward_share` by softmax(log R), else uniformly among the `recent`
     youngest (age = optimizer steps since it was sampled; ties broken towards the front)."""
     n = log_reward.shape[0]
-    young = torch.zeros(n, dtype=torch.float64)
+    young = torch.zeros(n, dtype=torch.float64, device=log_reward.device)
     young[age.argsort(stable=True)[: max(1, min(recent, n))]] = 1.0
     if bool(torch.isfinite(log_reward).any()):
         by_reward = torch.softmax(log_reward.double(), 0)
     else:
-        by_reward = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        by_reward = torch.full((n,), 1.0 / n, dtype=torch.float64, device=log_reward.device)
     return reward_share * by_reward + (1 - reward_share) * young / young.sum()

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gfnbench.methods import Budget, Method, cpu_trainer
+from gfnbench.devices import rank, rank_seed, seeded_generator
+from gfnbench.methods import Budget, Method, make_trainer
 from gfnbench.models import LanguageModel, add_lora
 from gfnbench.sampling import SamplingConfig, sample
 from gfnbench.tasks.base import Example, Task
@@ -98,13 +99,15 @@ def gold_trajectory(task: Task, tokenizer, target: str) -> tuple[list[int], list
 
 
 def trajectories_from_states(prompt: str, prompt_ids: list[int], states: list[tuple[list[int], list[bool], bool]],
-                             tokenizer) -> Trajectories:
-    """Rebuild a batch from stored state sequences (replay, gold seeds); log-probs get recomputed anyway."""
+                             tokenizer, device: torch.device | str = "cpu") -> Trajectories:
+    """Rebuild a batch from stored state sequences (replay, gold seeds) on `device` (the policy's); log-probs get
+    recomputed anyway."""
     n_actions = [sum(a) for _, a, _ in states]
     return from_rows([prompt] * len(states), [0] * len(states), [prompt_ids] * len(states),
                      [s for s, _, _ in states], [a for _, a, _ in states], [st for _, _, st in states],
                      [[0.0] * n for n in n_actions], [[0.0] * (n + 1) for n in n_actions],
-                     [tokenizer.decode(s, skip_special_tokens=True) for s, _, _ in states], tokenizer.pad_token_id)
+                     [tokenizer.decode(s, skip_special_tokens=True) for s, _, _ in states], tokenizer.pad_token_id,
+                     device=device)
 
 
 def lr_multiplier(step: int, warmup: int, total: int, decay_to: float) -> float:
@@ -167,25 +170,47 @@ def gflownet_family_defaults(task: Task, profile, steps: int) -> dict:
 def fit_on_prompts(module, ctx, batches: int, batch_size: int, callbacks: list | None = None,
                    checkpoints: bool = False, **trainer_settings) -> None:
     """Lightning `fit` of `module` over `batches` seeded batches of training-prompt indices, drawn by the task's
-    `prompt_weights`; `checkpoints` (modules that save their whole state) makes the run resumable."""
+    `prompt_weights`; `checkpoints` (modules that save their whole state) makes the run resumable. In a
+    multi-process run each process draws its own prompts (its seed: devices.rank_seed; rank 0 keeps the run's)."""
     from gfnbench.checkpoints import resume_path
 
     weights = module.task.prompt_weights(module.examples)
-    loader = seeded_prompt_loader(len(module.examples), batch_size, batches, ctx.seed, weights)
-    trainer = cpu_trainer(ctx, checkpoints=checkpoints, callbacks=list(callbacks or []), **trainer_settings)
+    loader = seeded_prompt_loader(len(module.examples), batch_size, batches, rank_seed(ctx.seed, rank()), weights)
+    trainer = make_trainer(ctx, checkpoints=checkpoints, model=module.policy, callbacks=list(callbacks or []),
+                           **trainer_settings)
     trainer.fit(module, train_dataloaders=loader,
                 ckpt_path=resume_path(ctx.checkpoint_dir, ctx.resume) if checkpoints else None)
 
 
+class SeededStreams:
+    """LightningModule mixin for modules that sample while training from `self.generator` (seeded `self.seed`):
+    at setup, where the training device and the process are known, the generator moves to that device and each
+    process gets its own stream (devices.rank_seed). Rank 0 on the CPU keeps the generator it was built with, so
+    a one-process CPU run draws exactly what it always drew."""
+
+    seed: int
+    generator: torch.Generator
+
+    def setup(self, stage: str) -> None:
+        device, process = self.trainer.strategy.root_device, self.global_rank
+        if process != 0 or self.generator.device != device:
+            self.generator = seeded_generator(rank_seed(self.seed, process), device)
+
+
 class PolicyMethod(Method):
     """A row that fine-tunes `self.module.policy` (a LightningModule with `task`, `examples` and a `curve` list):
-    it samples like every trained row and trains on seeded prompts with the task's learning curve."""
+    it samples like every trained row and trains on seeded prompts with the task's learning curve. Its module
+    saves its whole training state (checkpoints.ResumableModule), so its runs resume exactly."""
 
     trains = True
+    resumable = True
 
     @property
     def policy(self):
         return self.module.policy
+
+    def trained_module(self):
+        return self.module
 
     def sample(self, examples, n, generator) -> Trajectories:
         return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
@@ -196,6 +221,7 @@ class PolicyMethod(Method):
         from gfnbench.curves import learning_curve
 
         curve = learning_curve(self.task, self.policy, self.lm.tokenizer, batches, reward_evals_per_batch)
+        settings.setdefault("checkpoints", True)
         fit_on_prompts(self.module, self.ctx, batches, batch_size, callbacks=[curve] if curve else [], **settings)
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
 

@@ -20,6 +20,11 @@ class Profile:
     results_dir: str
     skip_costly: bool = False       # `bench` leaves out each task's `costly_methods` unless --methods names them
     task_eval_floor: bool = False   # raise eval_questions to a task's `min_eval_questions` (smoke stays tiny)
+    # where it computes (gfnbench/devices.py; `--accelerator` etc. override these for one run or bench)
+    accelerator: str = "cpu"        # auto, cpu or gpu
+    devices: int = 1                # processes, one per device (DDP/FSDP when > 1)
+    strategy: str = "auto"          # auto (one device), ddp or fsdp
+    precision: str = "32"           # 32 or bf16-mixed (training under autocast; evaluation in the model's dtype)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -34,7 +39,7 @@ PROFILES = {
                    results_dir="results", skip_costly=True, task_eval_floor=True),
     "paper": Profile("paper", model="EleutherAI/gpt-j-6b", eval_questions=None, eval_samples=None, eval_batch=16,
                      train_steps=2000, prompts_per_step=32, samples_per_prompt=16, lora_rank=64, lora_alpha=16,
-                     learning_rate=1e-4, results_dir="results/paper"),
+                     learning_rate=1e-4, results_dir="results/paper", accelerator="auto"),   # a GPU when torch sees one
 }
 
 

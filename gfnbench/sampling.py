@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gfnbench.devices import model_device
 from gfnbench.trajectories import Trajectories, from_rows, left_pad
 
 Tool = Callable[[str], "str | None"]
@@ -187,12 +188,14 @@ class _LlamaDecoder:
         b, T = ids.shape
         t0, t1 = self.t, self.t + T
         self.key_ok[:, t0:t1] = key_ok
-        q_idx = t0 + torch.arange(T)
-        k_idx = torch.arange(t1)
+        dev = ids.device
+        q_idx = t0 + torch.arange(T, device=dev)
+        k_idx = torch.arange(t1, device=dev)
         visible = self.key_ok[:, None, :t1] & (k_idx[None, None, :] <= q_idx[None, :, None])
         visible = visible | (k_idx[None, None, :] == q_idx[None, :, None])   # a padding query sees itself: no NaN
         x = self.body.embed_tokens(ids)
-        bias = torch.zeros(visible.shape, dtype=x.dtype).masked_fill_(~visible, float("-inf"))[:, None, None]
+        bias = torch.zeros(visible.shape, dtype=x.dtype, device=dev).masked_fill_(~visible, float("-inf"))
+        bias = bias[:, None, None]
         cos, sin = self.body.rotary_emb(x, pos)
         cos, sin = cos[:, None], sin[:, None]
         nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
@@ -224,10 +227,10 @@ class _LlamaDecoder:
     def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int) -> Tensor:
         nP, P = prompt_ids.shape
         cap = P + budget + 1
-        dtype = self.head_w.dtype
-        self.k = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype) for _ in self.body.layers]
-        self.v = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype) for _ in self.body.layers]
-        self.key_ok = torch.zeros(nP, cap, dtype=torch.bool)
+        dtype, dev = self.head_w.dtype, prompt_ids.device
+        self.k = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
+        self.v = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
+        self.key_ok = torch.zeros(nP, cap, dtype=torch.bool, device=dev)
         self.t = 0
         logits = self._forward(prompt_ids, positions_from_mask(prompt_mask), prompt_mask.bool())
         if repeats > 1:     # each distinct prompt ran once; its cache is copied to its rows
@@ -264,7 +267,9 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     ids = encode(tokenizer, prompts)
     budget = cfg.max_len * (1 + (cfg.max_tool_tokens if tool else 0))
     check_context(ids, budget, context or 10**9, prompts)
-    prompt_ids, prompt_mask = left_pad(ids, pad_id)
+    dev = model_device(model)
+    allowed = None if allowed is None else allowed.to(dev)
+    prompt_ids, prompt_mask = left_pad(ids, pad_id, dev)
     decoder = make_decoder(model, allowed, stop_id, fast)
     logits = decoder.prefill(prompt_ids, prompt_mask, n, budget)
     # columns of `logits`: the allowed tokens (lean decoder) or the whole vocabulary (masked here)
@@ -278,7 +283,8 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     rows = _RowStates(B)
     while not all(rows.done):
         logp = masked_log_softmax(logits, col_allowed)
-        chosen = _choose_tokens(logp, cfg, torch.tensor(rows.n_actions) < cfg.min_len, stop_col, generator)
+        chosen = _choose_tokens(logp, cfg, torch.tensor(rows.n_actions, device=dev) < cfg.min_len, stop_col,
+                                generator)
         # one conversion per step, not per row
         chosen_lp = logp.gather(1, chosen[:, None]).squeeze(1).tolist()
         stop_lp = logp[:, stop_col].tolist()
@@ -286,16 +292,16 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
         feed = rows.advance(chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
         if all(rows.done):
             break
-        alive = torch.tensor([not d for d in rows.done], dtype=torch.long)
+        alive = torch.tensor([not d for d in rows.done], dtype=torch.long, device=dev)
         attn = torch.cat([attn, alive[:, None]], dim=1)
-        logits = decoder.step(torch.tensor(feed, dtype=torch.long), attn, next_pos)
+        logits = decoder.step(torch.tensor(feed, dtype=torch.long, device=dev), attn, next_pos)
         next_pos = next_pos + 1
 
     texts = [tokenizer.decode(s, skip_special_tokens=True) for s in rows.states]
     prompt_rows = [p for p in prompts for _ in range(n)]
     groups = [i for i in range(len(prompts)) for _ in range(n)]
     return from_rows(prompt_rows, groups, [ids[g] for g in groups], rows.states, rows.acts, rows.stopped,
-                     rows.log_pf, rows.log_pterm, texts, pad_id)
+                     rows.log_pf, rows.log_pterm, texts, pad_id, device=dev)
 
 
 class _RowStates:
@@ -366,8 +372,8 @@ def _body_and_head(model):
 
 def _context_state_positions(ctx_mask: Tensor, S: int) -> Tensor:
     """Position ids of [left-padded context | S right-padded state tokens]: the state continues each row's context."""
-    return torch.cat([positions_from_mask(ctx_mask), ctx_mask.sum(-1, keepdim=True) + torch.arange(S)[None, :]],
-                     dim=1)
+    return torch.cat([positions_from_mask(ctx_mask),
+                      ctx_mask.sum(-1, keepdim=True) + torch.arange(S, device=ctx_mask.device)[None, :]], dim=1)
 
 
 def _shared_rows(ids: Tensor, mask: Tensor) -> bool:
@@ -416,8 +422,8 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
             weight, bias = weight[vocab], None if bias is None else bias[vocab]
     if vocab is not None:
         n_col = max(int(vocab.max()), int(flat_t.max()) if flat_t.numel() else 0) + 1
-        col = torch.full((n_col,), -1, dtype=torch.long)
-        col[vocab] = torch.arange(len(vocab))
+        col = torch.full((n_col,), -1, dtype=torch.long, device=flat_t.device)
+        col[vocab] = torch.arange(len(vocab), device=flat_t.device)
         t_col = col[flat_t]
     else:
         t_col = flat_t
@@ -456,6 +462,7 @@ def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id:
     hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
     vocab = None
     if allowed is not None:
+        allowed = allowed.to(traj.device)
         vocab = allowed.nonzero().squeeze(-1)
         if not bool(allowed[stop_id]):
             vocab = None          # the stop must be a column; otherwise fall back to the full masked softmax
@@ -473,7 +480,7 @@ def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id:
     log_pf = token_logp.gather(1, pos_a) if S else token_logp.new_zeros(B, traj.max_actions)
     log_pf = torch.where(traj.action_mask(), log_pf, torch.zeros_like(log_pf))
     log_pterm = stop_logp.gather(1, traj.state_ends())
-    j = torch.arange(traj.max_actions + 1)[None, :]
+    j = torch.arange(traj.max_actions + 1, device=traj.device)[None, :]
     forced_end = (j == traj.lengths[:, None]) & ~traj.stopped[:, None]
     log_pterm = torch.where(forced_end | (j > traj.lengths[:, None]), torch.zeros_like(log_pterm), log_pterm)
     return log_pf, log_pterm
@@ -485,7 +492,7 @@ def state_token_log_probs(model, traj: Trajectories) -> Tensor:
     A prompt shared by every row runs once; the output layer is applied in chunks at the state positions only."""
     S = traj.state_ids.shape[1]
     if S == 0:
-        return torch.zeros(len(traj), 0)
+        return torch.zeros(len(traj), 0, device=traj.device)
     mask = torch.cat([traj.prompt_mask, traj.state_mask], dim=1)
     pos = _context_state_positions(traj.prompt_mask, S)
     hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
@@ -503,12 +510,14 @@ def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block
     S = state_mask.shape[1]
     J = ends.shape[1]
     T = C + S + J * M
-    idx = torch.arange(T)
+    dev = ctx_mask.device
+    idx = torch.arange(T, device=dev)
     is_ctx, is_state = idx < C, (idx >= C) & (idx < C + S)
     block = torch.where(idx >= C + S, (idx - C - S) // M, -1)          # which copy a position belongs to
     offset = torch.where(idx >= C + S, (idx - C - S) % M, -1)
     key_valid = torch.cat([ctx_mask.bool(), state_mask.bool(),
-                           (torch.arange(M)[None, None, :] < block_len[:, None, None]).expand(B, J, M).reshape(B, -1)],
+                           (torch.arange(M, device=dev)[None, None, :] < block_len[:, None, None])
+                           .expand(B, J, M).reshape(B, -1)],
                           dim=1)                                        # [B, T]
     q, k = idx[:, None], idx[None, :]
     prefix_part = (~(block[:, None] >= 0)) & (k <= q) & (block[None, :] < 0)   # [T, T] ordinary causal
@@ -542,7 +551,8 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
     """
     if suffix_ids and all(len(s) == 1 for s in suffix_ids):
         return _single_token_suffix_log_reward(model, ctx_ids, ctx_mask, traj,
-                                               torch.tensor([s[0] for s in suffix_ids], dtype=torch.long))
+                                               torch.tensor([s[0] for s in suffix_ids], dtype=torch.long,
+                                                            device=traj.device))
     return _suffix_copies_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
 
 
@@ -557,10 +567,10 @@ def _single_token_suffix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, tr
     targets = torch.stack([nxt, suffix[:, None].expand(B, S + 1)], dim=-1)
     lp = _head_log_probs(hidden, parts, targets)                           # [B, S+1, 2]
     state_lp = lp[:, :S, 0] * traj.state_mask
-    cum = torch.cat([torch.zeros(B, 1), state_lp.cumsum(-1)], dim=1)       # [B, S+1] sum over first e tokens
+    cum = torch.cat([state_lp.new_zeros(B, 1), state_lp.cumsum(-1)], dim=1)   # [B, S+1] sum over first e tokens
     ends = traj.state_ends()
     total = cum.gather(1, ends) + lp[..., 1].gather(1, ends)
-    j = torch.arange(ends.shape[1])[None, :]
+    j = torch.arange(ends.shape[1], device=ends.device)[None, :]
     return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
 
 
@@ -571,33 +581,36 @@ def _suffix_copies_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Tr
     S = traj.state_ids.shape[1]
     ends = traj.state_ends()
     J = ends.shape[1]
-    block_len = torch.tensor([len(s) for s in suffix_ids])
+    dev = traj.device
+    block_len = torch.tensor([len(s) for s in suffix_ids], device=dev)
     M = max(int(block_len.max()), 1)
-    suffix = torch.zeros(B, M, dtype=torch.long)
+    suffix = torch.zeros(B, M, dtype=torch.long, device="cpu")
     for b, s in enumerate(suffix_ids):
-        suffix[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        suffix[b, : len(s)] = torch.tensor(s, dtype=torch.long, device="cpu")
+    suffix = suffix.to(dev)
     allowed = prefix_reward_mask(ctx_mask, traj.state_mask, ends, block_len, M)
     ctx_len = ctx_mask.sum(-1)
     pos = torch.cat([_context_state_positions(ctx_mask, S),
-                     (ctx_len[:, None, None] + ends[:, :, None] + torch.arange(M)[None, None, :]).reshape(B, -1)],
+                     (ctx_len[:, None, None] + ends[:, :, None] + torch.arange(M, device=dev)[None, None, :])
+                     .reshape(B, -1)],
                     dim=1)
     rest_ids = torch.cat([traj.state_ids, suffix.repeat(1, J)], dim=1)
     dtype = next(model.parameters()).dtype
-    bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     logp = torch.log_softmax(_context_then_rest_logits(model, ctx_ids, ctx_mask, rest_ids, bias, pos), dim=-1)
     # logp[:, k] predicts the token at sequence position C + k (k = 0: first state token).
     state_lp = logp[:, :S].gather(-1, traj.state_ids[:, :, None]).squeeze(-1) * traj.state_mask
-    cum = torch.cat([torch.zeros(B, 1), state_lp.cumsum(-1)], dim=1)       # [B, S+1] sum over first e tokens
+    cum = torch.cat([state_lp.new_zeros(B, 1), state_lp.cumsum(-1)], dim=1)   # [B, S+1] sum over first e tokens
     prefix_lp = cum.gather(1, ends)                                        # [B, J]
     # first suffix token of copy j is predicted from the last state token of s_j (index C + ends - 1)
     first = logp.gather(1, ends[:, :, None].expand(B, J, logp.shape[-1]))  # position C + ends - 1 -> k = ends
     first_lp = first.gather(-1, suffix[:, :1, None].expand(B, J, 1)).squeeze(-1)
     rest = logp[:, S + 1: S + 1 + J * M].reshape(B, J, M, -1)[:, :, : M - 1]   # copy j offset m predicts m+1
     rest_lp = rest.gather(-1, suffix[:, None, 1:, None].expand(B, J, M - 1, 1)).squeeze(-1)
-    rest_valid = torch.arange(1, M)[None, None, :] < block_len[:, None, None]
+    rest_valid = torch.arange(1, M, device=dev)[None, None, :] < block_len[:, None, None]
     suffix_lp = first_lp + (rest_lp * rest_valid).sum(-1)
     total = prefix_lp + suffix_lp
-    j = torch.arange(J)[None, :]
+    j = torch.arange(J, device=dev)[None, :]
     return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
 
 
@@ -606,9 +619,9 @@ def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: li
     """[B, L+1] log p(s_j, suffix | context) per row, -inf for prefixes shorter than min_len (the sampler cannot
     stop there): the reward shape of arith, continuation and infill, built once."""
     ctx = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
-    ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id)
+    ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id, traj.device)
     log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
-    too_short = torch.arange(log_r.shape[1])[None, :] < min_len
+    too_short = torch.arange(log_r.shape[1], device=log_r.device)[None, :] < min_len
     return log_r.masked_fill(too_short, float("-inf"))
 
 
@@ -618,7 +631,8 @@ def continuation_log_probs(model, pairs: list[tuple[list[int], list[int]]]) -> l
     Left padding puts every continuation at the end, so only the last K positions' logits are materialised
     (a 50-shot prompt is ~2,000 tokens; its full logits would be ~0.4 GB per row at SmolLM2's vocabulary).
     """
-    ids, mask = left_pad([p + c for p, c in pairs], 0)
+    dev = model_device(model)
+    ids, mask = left_pad([p + c for p, c in pairs], 0, dev)
     keep = max(len(c) for _, c in pairs) + 1
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                    logits_to_keep=keep).logits[:, -keep:].float()
@@ -626,5 +640,5 @@ def continuation_log_probs(model, pairs: list[tuple[list[int], list[int]]]) -> l
     out = []
     for b, (_, c) in enumerate(pairs):
         rows = logp[b, keep - 1 - len(c): keep - 1]          # the position before each continuation token
-        out.append(rows.gather(-1, torch.tensor(c)[:, None]).squeeze(-1))
+        out.append(rows.gather(-1, torch.tensor(c, device=dev)[:, None]).squeeze(-1))
     return out

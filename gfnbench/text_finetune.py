@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from gfnbench.devices import model_device
 from gfnbench.trajectories import right_pad
 
 
@@ -31,18 +32,19 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
     return clone.unload() if hasattr(clone, "peft_config") else clone
 
 
-def text_batch(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, mask and labels (-100 on padding, so it is not a target)."""
+def text_batch(tokenizer, texts: list[str], max_length: int, device: torch.device | str = "cpu"
+               ) -> dict[str, torch.Tensor]:
+    """Right-padded ids, mask and labels (-100 on padding, so it is not a target), on `device`."""
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
-    input_ids = right_pad(ids, tokenizer.pad_token_id)
-    mask = right_pad([[1] * len(i) for i in ids], 0)
+    input_ids = right_pad(ids, tokenizer.pad_token_id, device=device)
+    mask = right_pad([[1] * len(i) for i in ids], 0, device=device)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
 
 
 @torch.no_grad()
 def mean_token_nll(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int = 128) -> float:
     """Mean next-token NLL over all tokens of `texts` (what fine-tuning lowers)."""
-    batch = text_batch(tokenizer, texts, max_length)
+    batch = text_batch(tokenizer, texts, max_length, model_device(model))
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     targets = batch["labels"][:, 1:]
     return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100))
@@ -64,7 +66,7 @@ def finetune_on_texts(model: torch.nn.Module, tokenizer, texts: list[str],
             rng.shuffle(order)
             for b in range(n_batches):
                 batch = text_batch(tokenizer, [texts[i] for i in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]],
-                                   cfg.max_length)
+                                   cfg.max_length, model_device(tuned))
                 loss = tuned(**batch).loss
                 opt.zero_grad()
                 loss.backward()

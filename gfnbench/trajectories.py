@@ -12,24 +12,25 @@ import torch
 from torch import Tensor
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """(ids, mask) [N, width], built on the CPU row by row and moved to `device` once."""
     width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(seqs), width), dtype=torch.long, device="cpu")
     for i, s in enumerate(seqs):
         if s:
-            ids[i, width - len(s):] = torch.tensor(s)
+            ids[i, width - len(s):] = torch.tensor(s, device="cpu")
             mask[i, width - len(s):] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
-def right_pad(seqs: list[list], pad, dtype=torch.long) -> Tensor:
+def right_pad(seqs: list[list], pad, dtype=torch.long, device: torch.device | str = "cpu") -> Tensor:
     width = max((len(s) for s in seqs), default=0)
-    out = torch.full((len(seqs), width), pad, dtype=dtype)
+    out = torch.full((len(seqs), width), pad, dtype=dtype, device="cpu")
     for i, s in enumerate(seqs):
         if len(s):
-            out[i, : len(s)] = torch.tensor(s, dtype=dtype)
-    return out
+            out[i, : len(s)] = torch.tensor(s, dtype=dtype, device="cpu")
+    return out.to(device)
 
 
 @dataclass
@@ -55,16 +56,30 @@ class Trajectories:
         return len(self.texts)
 
     @property
+    def device(self) -> torch.device:
+        return self.state_ids.device
+
+    def to(self, device: torch.device | str) -> Trajectories:
+        """The same batch with every tensor on `device` (extras too)."""
+        move = lambda x: x.to(device) if isinstance(x, Tensor) else x  # noqa: E731
+        fields = ("group", "prompt_ids", "prompt_mask", "state_ids", "state_mask", "is_action", "lengths",
+                  "stopped", "log_pf", "log_pterm", "log_reward")
+        return replace(self, **{f: move(getattr(self, f)) for f in fields},
+                       extras={k: move(v) for k, v in self.extras.items()})
+
+    @property
     def max_actions(self) -> int:
         return self.log_pf.shape[1]
 
     def action_positions(self) -> Tensor:
         """[B, L] index into the state sequence of the t-th action (S where there is none)."""
         B, S = self.is_action.shape
-        order = torch.where(self.is_action, torch.arange(S).expand(B, S), torch.full((B, S), S))
+        dev = self.device
+        order = torch.where(self.is_action, torch.arange(S, device=dev).expand(B, S),
+                            torch.full((B, S), S, device=dev))
         pos = order.sort(dim=1).values[:, : self.max_actions]
         if pos.shape[1] < self.max_actions:
-            pos = torch.cat([pos, torch.full((B, self.max_actions - pos.shape[1]), S)], dim=1)
+            pos = torch.cat([pos, torch.full((B, self.max_actions - pos.shape[1]), S, device=dev)], dim=1)
         return pos
 
     def state_ends(self) -> Tensor:
@@ -72,15 +87,15 @@ class Trajectories:
         pos = self.action_positions()
         total = self.state_mask.sum(dim=1, keepdim=True)
         ends = torch.cat([pos, total], dim=1)
-        j = torch.arange(self.max_actions + 1).expand_as(ends)
+        j = torch.arange(self.max_actions + 1, device=self.device).expand_as(ends)
         return torch.where(j < self.lengths[:, None], ends, total)
 
     def action_mask(self) -> Tensor:
         """[B, L] True for real (non-stop) actions."""
-        return torch.arange(self.max_actions)[None, :] < self.lengths[:, None]
+        return torch.arange(self.max_actions, device=self.device)[None, :] < self.lengths[:, None]
 
     def select(self, index: Tensor | list[int]) -> Trajectories:
-        index = torch.as_tensor(index, dtype=torch.long)
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
         pick = lambda xs: [xs[i] for i in index.tolist()]  # noqa: E731
         return replace(
             self,
@@ -95,26 +110,28 @@ class Trajectories:
     def with_prompts(self, prompts: list[str], tokenizer) -> Trajectories:
         """The same state sequences after other prompts: e.g. to score every method under one plain prompt."""
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
+        prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id, self.device)
         return replace(self, prompts=list(prompts), prompt_ids=prompt_ids, prompt_mask=prompt_mask)
 
 
 def from_rows(prompts: list[str], group: list[int], prompt_ids: list[list[int]], states: list[list[int]],
               is_action: list[list[bool]], stopped: list[bool], log_pf: list[list[float]],
-              log_pterm: list[list[float]], texts: list[str], pad_id: int) -> Trajectories:
-    """Assemble per-row Python lists (as a sampler or a replay buffer holds them) into padded tensors."""
+              log_pterm: list[list[float]], texts: list[str], pad_id: int,
+              device: torch.device | str = "cpu") -> Trajectories:
+    """Assemble per-row Python lists (as a sampler or a replay buffer holds them) into padded tensors on
+    `device` (the model's: everything downstream computes where the batch is)."""
     pid, pmask = left_pad(prompt_ids, pad_id)
-    lengths = torch.tensor([len(x) for x in log_pf], dtype=torch.long)
+    lengths = torch.tensor([len(x) for x in log_pf], dtype=torch.long, device="cpu")
     L = int(lengths.max()) if len(lengths) else 0
     return Trajectories(
-        prompts=list(prompts), group=torch.tensor(group, dtype=torch.long), prompt_ids=pid, prompt_mask=pmask,
-        state_ids=right_pad(states, pad_id), state_mask=right_pad([[1] * len(s) for s in states], 0),
+        prompts=list(prompts), group=torch.tensor(group, dtype=torch.long, device="cpu"), prompt_ids=pid,
+        prompt_mask=pmask, state_ids=right_pad(states, pad_id), state_mask=right_pad([[1] * len(s) for s in states], 0),
         is_action=right_pad(is_action, False, torch.bool), lengths=lengths,
-        stopped=torch.tensor(stopped, dtype=torch.bool),
+        stopped=torch.tensor(stopped, dtype=torch.bool, device="cpu"),
         log_pf=_pad_to(right_pad(log_pf, 0.0, torch.float32), L),
         log_pterm=_pad_to(right_pad(log_pterm, 0.0, torch.float32), L + 1),
         texts=list(texts),
-    )
+    ).to(device)
 
 
 def _pad_to(x: Tensor, width: int) -> Tensor:

@@ -199,7 +199,7 @@ class LabelledClassification(Task):
 def token_mask(tokenizer, keep) -> Tensor:
     """[V] bool of tokens whose decoded text passes `keep`; the stop token is added by the caller."""
     texts = _decoded_vocab(tokenizer)
-    return torch.tensor([keep(t) for t in texts], dtype=torch.bool)
+    return torch.tensor([keep(t) for t in texts], dtype=torch.bool, device="cpu")   # moved where it is used
 
 
 @lru_cache(maxsize=8)

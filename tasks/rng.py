@@ -19,8 +19,10 @@ import re
 import torch
 from torch import Tensor
 
+from gfnbench.devices import model_device
 from gfnbench.sampling import masked_log_softmax, positions_from_mask
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
+from gfnbench.trajectories import left_pad
 
 PROMPT = "The following is a random integer drawn uniformly between 0 and 100: "
 
@@ -145,14 +147,14 @@ class RandomInteger(Task):
 
     def log_reward(self, model, tokenizer, traj, examples: list[Example]) -> Tensor:
         """log R(s_j stop) for every prefix: the target's log weight if s_j spells a valid integer, else -inf."""
-        ends = traj.state_ends()
-        out = torch.full(ends.shape, float("-inf"))
+        ends, states, lengths = traj.state_ends().cpu(), traj.state_ids.cpu(), traj.lengths.tolist()
+        out = torch.full(ends.shape, float("-inf"), device="cpu")      # text work on the CPU, moved once
         for b in range(len(traj)):
-            for j in range(int(traj.lengths[b]) + 1):
-                value = self.parse(tokenizer.decode(traj.state_ids[b, : int(ends[b, j])]))
+            for j in range(lengths[b] + 1):
+                value = self.parse(tokenizer.decode(states[b, : int(ends[b, j])]))
                 if value is not None:
                     out[b, j] = self.log_target(value)
-        return out
+        return out.to(traj.device)
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         """Distances of the samples' histogram (with an "invalid" bin) to the target, as the paper's notebook."""
@@ -186,11 +188,7 @@ class RandomInteger(Task):
                     outcomes[text] = outcomes.get(text, 0.0) + math.exp(lp)
                 break
             seqs = [base + s for s, _ in frontier]
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
-                ids[r, width - len(s):], mask[r, width - len(s):] = torch.tensor(s), 1
+            ids, mask = left_pad(seqs, tokenizer.pad_token_id, model_device(model))
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                            logits_to_keep=1).logits[:, -1]
             logp = masked_log_softmax(logits / temperature, allowed)

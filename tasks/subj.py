@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from gfnbench.devices import model_device
 from gfnbench.metrics import majority_vote
 from gfnbench.sampling import PromptTooLong, context_suffix_log_reward, continuation_log_probs, encode, sample
 from gfnbench.tasks.base import Example, LabelledClassification, TrainingDefaults, register_task
@@ -179,9 +180,10 @@ class Subjectivity(LabelledClassification):
                                                       self.min_len)
                      for label in LABELS}
         predicts_objective = per_label["objective"] > per_label["subjective"]   # a tie predicts subjective
-        gold_objective = torch.tensor([e.answer == "objective" for e in rows])[:, None]
+        gold_objective = torch.tensor([e.answer == "objective" for e in rows], device=traj.device)[:, None]
         gold = torch.where(gold_objective, per_label["objective"], per_label["subjective"])
-        wrong = (predicts_objective != gold_objective) & (torch.arange(gold.shape[1]) <= traj.lengths[:, None])
+        wrong = ((predicts_objective != gold_objective)
+                 & (torch.arange(gold.shape[1], device=traj.device) <= traj.lengths[:, None]))
         return gold + WRONG_PREDICTION_PENALTY * wrong     # -inf (too short) stays -inf
 
     def predict(self, model, tokenizer, ex: Example, texts: list[str]) -> list[str]:
@@ -231,7 +233,7 @@ class Subjectivity(LabelledClassification):
         states = [labels[c] for c in chosen]
         return from_rows(prompts, list(range(len(examples))), ids, states, [[True] * len(s) for s in states],
                          [True] * len(states), log_pf, [[0.0] * (len(s) + 1) for s in states],
-                         [f" {c}" for c in chosen], lm.pad_id)
+                         [f" {c}" for c in chosen], lm.pad_id, device=model_device(lm.model))
 
 
 @register_task("subj20")

@@ -292,10 +292,10 @@ def test_learning_curves_png_from_records(tmp_path):
         write_run(run_dir(tmp_path, "arith", "greedy", seed), fake_record("greedy", seed, 0.5), [])
     paths = write_leaderboard(tmp_path, "arith")
     assert paths[-1].name == "arith_curves.png" and paths[-1].stat().st_size > 1000
-    metric, curves = learning_curves([fake_record("gfn", s, 0.5, learning_curve=[
-        {"batches": 0, "reward_evals": 0, "wall_s": 0.0, "tv_exact": 0.9 - s}]) for s in (0, 1)])
-    assert metric == "tv_exact" and list(curves) == ["gfn"]
-    assert sorted(curves["gfn"]["tv_exact"]) == pytest.approx([-0.1, 0.9])
+    curves = learning_curves([fake_record("gfn", s, 0.5, learning_curve=[
+        {"batches": 0, "reward_evals": 0, "wall_s": 0.0, "js_exact": 0.5, "tv_exact": 0.9 - s}]) for s in (0, 1)])
+    assert sorted(curves) == ["js_exact", "tv_exact"] and list(curves["tv_exact"]) == ["gfn"]   # every metric
+    assert sorted(curves["tv_exact"]["gfn"]["tv_exact"]) == pytest.approx([-0.1, 0.9])
 
 
 def test_seed_question_bootstrap_by_hand():
