@@ -72,7 +72,12 @@ def rank_seed(seed: int, rank: int) -> int:
     for the others (independent streams, the same for the same seed and rank)."""
     if rank == 0:
         return seed
-    return int.from_bytes(hashlib.sha256(f"{seed}/rank{rank}".encode()).digest()[:8], "little") >> 1
+    return derived_seed(f"{seed}/rank{rank}")
+
+
+def derived_seed(key: str) -> int:
+    """A 63-bit seed hashed from a key: independent streams for distinct keys, the same for the same key."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
 
 
 def rank() -> int:

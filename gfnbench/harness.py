@@ -22,12 +22,14 @@ from gfnbench.checkpoints import remove_checkpoints
 from gfnbench.devices import (
     broadcast,
     check_compute,
+    derived_seed,
     full_parameters,
     gather,
     launch,
     model_device,
     rank,
     run_device,
+    seeded_generator,
     world_size,
 )
 from gfnbench.methods import Method, MethodSpec, RunContext
@@ -61,8 +63,7 @@ def batch_generator(seed: int, split: str, batch_index: int, device: torch.devic
     """Each evaluation batch draws from its own seeded stream, so its samples do not depend on which process
     draws it or in what order (a sharded evaluation gathers to exactly the one-process samples). It lives on
     the model's device (the sampler draws there)."""
-    key = hashlib.sha256(f"{seed}/{split}/{batch_index}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    return seeded_generator(derived_seed(f"{seed}/{split}/{batch_index}"), device)
 
 
 def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, examples: list[Example]) -> torch.Tensor:
