@@ -166,7 +166,8 @@ def _ci_phrase(df: pd.DataFrame) -> str:
     q = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     seed_only = sorted(set(df[df["ci"] == "seeds"]["metric"]))
     rest = f"; {', '.join(seed_only)}: seeds only (one value per run)" if seed_only else ""
-    return f" and {q} questions per split (seeds and questions resampled independently, 10,000 draws){rest}"
+    noun = "question" if counts == [1] else "questions"
+    return f" and {q} {noun} per split (seeds and questions resampled independently, 10,000 draws){rest}"
 
 
 def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
