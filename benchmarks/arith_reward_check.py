@@ -6,10 +6,16 @@ GFlowNet sees at its first steps). If wrong rationales out-score the gold one, t
 (R^(1/T)) puts its mass on wrong answers, and no amount of training makes the sampler accurate.
 
     python benchmarks/arith_reward_check.py [--questions 24] [--samples 16] [--model embedded]
+    python benchmarks/arith_reward_check.py --run results/runs/arith/gflownet/seed0 --split test_3op
+
+With --run, the candidates are a trained row's recorded evaluation samples (its samples.jsonl) instead of fresh
+base-model draws: whether the trained sampler sits where the reward is high (a sampler that matched R^(1/T)
+would put its samples near the gold rationale's log R, not far below it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 
@@ -28,14 +34,21 @@ def final_log_reward(task, model, tokenizer, traj, ex) -> list[float]:
     return log_r.gather(1, traj.lengths[:, None]).squeeze(1).tolist()
 
 
-def check_question(task, lm, ex, n: int, generator) -> dict:
+def text_trajectories(task, tok, prompt: str, texts: list[str]):
+    """Rebuild recorded texts as the sampler wrote them (calculator outputs as non-action state tokens)."""
+    return trajectories_from_states(prompt, encode(tok, [prompt])[0],
+                                    [(*gold_trajectory(task, tok, t), True) for t in texts], tok)
+
+
+def check_question(task, lm, ex, n: int, generator, recorded: list[str] | None = None) -> dict:
     tok, prompt = lm.tokenizer, task.prompt(ex)
-    gold = trajectories_from_states(prompt, encode(tok, [prompt])[0],
-                                    [(*gold_trajectory(task, tok, " " + ex.rationale), True)], tok)
-    gold_r = final_log_reward(task, lm.model, tok, gold, ex)[0]
-    with torch.no_grad():
-        drawn = sample_task(task, lm.model, tok, [prompt], n, task.sampling(train=True), context=lm.context_length,
-                            generator=generator)
+    gold_r = final_log_reward(task, lm.model, tok, text_trajectories(task, tok, prompt, [" " + ex.rationale]), ex)[0]
+    if recorded is not None:
+        drawn = text_trajectories(task, tok, prompt, recorded)
+    else:
+        with torch.no_grad():
+            drawn = sample_task(task, lm.model, tok, [prompt], n, task.sampling(train=True),
+                                context=lm.context_length, generator=generator)
     drawn.group = torch.zeros(len(drawn), dtype=torch.long)
     rewards = final_log_reward(task, lm.model, tok, drawn, ex)
     correct = [extract_answer(t) == ex.answer for t in drawn.texts]
@@ -57,17 +70,27 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run", default=None, help="a run folder: score its recorded samples instead of base draws")
+    ap.add_argument("--split", default="val")
     args = ap.parse_args()
     task, lm = get_task("arith"), load_model(args.model)
     generator = torch.Generator().manual_seed(args.seed)
+    recorded: dict[str, list[str]] = {}
+    if args.run:
+        with open(f"{args.run}/samples.jsonl") as f:
+            for r in map(json.loads, f):
+                if r["split"] == args.split:
+                    recorded.setdefault(r["id"], []).append(r["text"])
     rows = []
-    for ex in task.examples("val")[: args.questions]:
-        row = check_question(task, lm, ex, args.samples, generator)
+    for ex in task.examples(args.split)[: args.questions]:
+        row = check_question(task, lm, ex, args.samples, generator, recorded[ex.id] if args.run else None)
         rows.append(row)
         print(f"{ex.question:>16} = {ex.answer:>3}  log R gold {row['gold']:7.2f}  best sample {row['best']:7.2f} "
               f"({'right' if row['best_correct'] else 'wrong'}: {row['best_text'].strip()[:40]!r})  "
               f"samples above gold {row['beaten']}/{row['n']}", flush=True)
-    print(f"\nquestions {len(rows)}, {args.samples} base-model samples each (T = 1, policy prompt)")
+    source = (f"{args.run}'s recorded samples" if args.run
+              else f"{args.samples} base-model samples (T = 1, policy prompt)")
+    print(f"\nquestions {len(rows)} of {args.split}; candidates: {source}")
     print(f"gold rationale beaten by at least one sample: {sum(r['beaten'] > 0 for r in rows)}/{len(rows)}")
     print(f"best-rewarded candidate reaches the right answer: "
           f"{sum((r['gold'] >= r['best']) or r['best_correct'] for r in rows)}/{len(rows)}")
