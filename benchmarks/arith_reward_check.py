@@ -18,11 +18,13 @@ import argparse
 import json
 import math
 import statistics
+from pathlib import Path
 
 import torch
 
 from gfnbench.models import adapters_off, load_model
 from gfnbench.policy import gold_trajectory, sample_task, trajectories_from_states
+from gfnbench.records import SAMPLES
 from gfnbench.sampling import encode
 from gfnbench.tasks import get_task
 from gfnbench.tasks.arith import extract_answer
@@ -38,6 +40,16 @@ def text_trajectories(task, tok, prompt: str, texts: list[str]):
     """Rebuild recorded texts as the sampler wrote them (calculator outputs as non-action state tokens)."""
     return trajectories_from_states(prompt, encode(tok, [prompt])[0],
                                     [(*gold_trajectory(task, tok, t), True) for t in texts], tok)
+
+
+def recorded_texts(run: str, split: str) -> dict[str, list[str]]:
+    """A run's evaluation samples of one split, by question id (questions it did not evaluate are absent)."""
+    texts: dict[str, list[str]] = {}
+    with open(Path(run) / SAMPLES) as f:
+        for r in map(json.loads, f):
+            if r["split"] == split:
+                texts.setdefault(r["id"], []).append(r["text"])
+    return texts
 
 
 def check_question(task, lm, ex, n: int, generator, recorded: list[str] | None = None) -> dict:
@@ -75,15 +87,11 @@ def main() -> None:
     args = ap.parse_args()
     task, lm = get_task("arith"), load_model(args.model)
     generator = torch.Generator().manual_seed(args.seed)
-    recorded: dict[str, list[str]] = {}
-    if args.run:
-        with open(f"{args.run}/samples.jsonl") as f:
-            for r in map(json.loads, f):
-                if r["split"] == args.split:
-                    recorded.setdefault(r["id"], []).append(r["text"])
+    recorded = recorded_texts(args.run, args.split) if args.run else None
+    examples = [ex for ex in task.examples(args.split) if recorded is None or ex.id in recorded]
     rows = []
-    for ex in task.examples(args.split)[: args.questions]:
-        row = check_question(task, lm, ex, args.samples, generator, recorded[ex.id] if args.run else None)
+    for ex in examples[: args.questions]:
+        row = check_question(task, lm, ex, args.samples, generator, recorded[ex.id] if recorded else None)
         rows.append(row)
         print(f"{ex.question:>16} = {ex.answer:>3}  log R gold {row['gold']:7.2f}  best sample {row['best']:7.2f} "
               f"({'right' if row['best_correct'] else 'wrong'}: {row['best_text'].strip()[:40]!r})  "

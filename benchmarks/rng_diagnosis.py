@@ -14,6 +14,7 @@ import time
 
 from gfnbench.gflownet import GFlowNetSubTB, GFlowNetTB
 from gfnbench.harness import seed_everything
+from gfnbench.leaderboard import CURVE_AXES
 from gfnbench.methods import RunContext
 from gfnbench.models import load_model
 from gfnbench.profiles import get_profile
@@ -49,7 +50,7 @@ def main() -> None:
         previous = p["batches"]
         share = sum(r.get("invalid_pair_share") or 0 for r in window) / max(len(window), 1)
         logz = window[-1].get("log_z") if window else None
-        probes = "  ".join(f"{k} {v:.3f}" for k, v in p.items() if k not in ("batches", "reward_evals", "wall_s"))
+        probes = "  ".join(f"{k} {v:.3f}" for k, v in p.items() if k not in CURVE_AXES)
         print(f"step {p['batches']:4d} evals {p['reward_evals']:5d} wall {p['wall_s']:6.0f}s  {probes}  "
               f"logZ {logz if logz is None else round(logz, 2)}  invalid-pair loss share {share:.2f}", flush=True)
 
