@@ -120,9 +120,10 @@ def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
     ids = dict(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    if arch == "llama":
+    if arch in ("llama", "llama-gqa"):     # llama-gqa: 4 query heads share 2 key/value heads, as SmolLM2's 9 share 3
+        heads, kv_heads = (4, 2) if arch == "llama-gqa" else (2, 2)
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
                           initializer_range=TINY_INIT_RANGE, **ids)
         model = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
@@ -130,7 +131,7 @@ def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
                          initializer_range=TINY_INIT_RANGE, **ids)
         model = GPT2LMHeadModel(cfg)
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama' or 'gpt2'")
+        raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama', 'llama-gqa' or 'gpt2'")
     model.eval()
     return LanguageModel(model, tokenizer, f"tiny-{arch} (random init, seed {seed})")
 

@@ -87,6 +87,25 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
+def decode_matmul_floor(policy, rows: int, repeats: int = 3) -> dict:
+    """Seconds of the matmuls one decode step cannot avoid: `rows` x hidden through every weight matrix of the
+    model (LoRA merged, as the sampler does), at the sampler's own shape, best of `repeats`. At 16 rows these
+    matmuls run far below the 2048^3 peak (weight reads, not arithmetic, bound them), so this, not the FLOP
+    count, is the sampling phase's limit."""
+    weights = [m.weight for n, m in policy.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lora_" not in n]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+            best = min(best, time.perf_counter() - t)
+    return {"rows": rows, "seconds_per_step": best, "gflops_per_s": flops / best / 1e9}
+
+
 # ------------------------------------------------------------------------------------------- workloads
 class Workload:
     """A task, one example, the policy (LoRA) and a GFlowNetModule around it, shared by both pipelines."""
@@ -441,6 +460,14 @@ def workload_section(name: str, w: dict, peak: float) -> list[str]:
         lines += ["gfnbench step breakdown (median over timed steps, seconds):", "",
                   "| " + " | ".join(b) + " |", "|" + "---|" * len(b), "| " + " | ".join(f"{v:.2f}" for v in b.values())
                   + " |", ""]
+    if "decode_floor" in w:
+        d = w["decode_floor"]
+        floor = d["seconds_per_step"] * d["decode_steps"]
+        lines += [f"Decode matmuls at the sampler's shape ({d['rows']} rows through every weight matrix, LoRA "
+                  f"merged): {d['gflops_per_s']:.0f} GFLOP/s ({d['gflops_per_s'] / peak:.0%} of the 2048^3 peak), "
+                  f"{d['seconds_per_step'] * 1e3:.0f} ms per decode step; the {d['decode_steps']} decode steps' "
+                  f"matmuls alone take {floor:.2f} s of the sampling phase"
+                  + (f"'s {w['breakdown']['sampling']:.2f} s." if "breakdown" in w else "."), ""]
     return lines
 
 
@@ -558,6 +585,7 @@ def measure_workload(wl: Workload, steps: int, warmup: int, peak: float, breakdo
         bd = Breakdown(wl)
         parts = [bd.step() for _ in range(max(2, steps // 2))]
         res["breakdown"] = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+        res["decode_floor"] = {**decode_matmul_floor(wl.policy, wl.samples), "decode_steps": wl.length + 1}
     return res
 
 

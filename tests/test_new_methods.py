@@ -217,9 +217,11 @@ def test_tb_vargrad_moves_towards_the_reward_and_flattens_equal_rewards():
 
 
 def test_flowrl_moves_towards_the_reference_times_reward_and_keeps_the_base_ratios():
-    before, after, target, ref_target = train_on_two_levels("flowrl", 40)
+    # 60 iterations: at 40 the TV was 0.138 with one random stream and 0.208 with another (the sampler's draws
+    # changed), too near the bound; at 60 it is 0.116 and the base-ratio check 0.116
+    before, after, target, ref_target = train_on_two_levels("flowrl", 60)
     assert tv(before, ref_target) > 0.4
-    assert tv(after, ref_target) < 0.2, (tv(before, ref_target), tv(after, ref_target))   # measured 0.138
+    assert tv(after, ref_target) < 0.2, (tv(before, ref_target), tv(after, ref_target))
     assert tv(top_shape(after), top_shape(before)) < 0.2        # the prior's ratios among equal rewards stay
     assert tv(after, target) > 0.4                               # so R itself is not the target
 
@@ -230,7 +232,9 @@ def test_grpo_moves_towards_the_highest_reward_answers(variant):
     top = lambda d: sum(d[k] for k in "01234")  # noqa: E731
     assert top(before) < 0.5 and top(after) > 0.97, (top(before), top(after))   # beyond the target's 0.952
     uniform = {k: 0.2 for k in "01234"}
-    assert tv(top_shape(after), uniform) > tv(top_shape(before), uniform)      # sharper, not flatter
+    # equal rewards among the top answers: no flattening (VarGrad TB above halves this distance to uniform); the
+    # ratios drift with the draws (0.400 -> 0.392 with one random stream), so no claim of sharpening
+    assert tv(top_shape(after), uniform) > 0.75 * tv(top_shape(before), uniform)
 
 
 # ------------------------------------------------------------------------------------------- harness

@@ -69,7 +69,7 @@ def _tool(text):
     return " 7" if text.rstrip().endswith("=") else None
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "llama-gqa", "gpt2"])
 def lora_lm(request):
     lm = build_tiny(request.param, seed=1)
     policy = add_lora(lm.model, rank=4, alpha=8)
@@ -129,8 +129,11 @@ def test_policy_log_probs_and_gradients_equal_the_full_batch_pass(lora_lm):
     lm, policy = lora_lm
     allowed, batches = _batches(lm, policy)
     # eval mode: GPT-2's own dropout would make any two passes differ; gradients flow the same
+    # most of the vocabulary allowed: the output layer runs whole and masks (no copy of the allowed weight rows)
+    most = allowed | (torch.arange(len(allowed)) % 4 != 0)
+    assert 2 * int(most.sum()) > len(most) and 2 * int(allowed.sum()) < len(allowed)
     for name, traj in batches.items():
-        for mask in (allowed, None):
+        for mask in (allowed, most, None):
             new = policy_log_probs(policy, traj, mask, lm.eos_id)
             ref = reference_policy_log_probs(policy, traj, mask, lm.eos_id)
             for a, b in zip(new, ref):
@@ -214,11 +217,13 @@ def test_perf_quick_mode_runs(tmp_path):
 
 
 @pytest.mark.parametrize("adapters", [True, False])
-def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
-    """The sampler's Llama decode (preallocated cache, grouped attention, allowed-rows output layer) gives the
-    HF forward's log-probs, with left-padded prompts, rows that finished (fed padding, attention 0) and adapters
-    on or off. Tolerance 1e-4: the merged LoRA weight W + B A rounds differently from W x + B (A x), and the
-    sampler's log-probs are only used to draw tokens (training recomputes them teacher-forced)."""
+@pytest.mark.parametrize("vocab", ["few", "most"])
+def test_lean_decoder_equals_hf_decode(lora_lm, adapters, vocab):
+    """The sampler's Llama decode (preallocated cache, grouped attention, allowed-rows output layer, or the whole
+    layer when most tokens are allowed) gives the HF forward's log-probs, with left-padded prompts, rows that
+    finished (fed padding, attention 0) and adapters on or off. Tolerance 1e-4: the merged LoRA weight W + B A
+    rounds differently from W x + B (A x), and the sampler's log-probs are only used to draw tokens (training
+    recomputes them teacher-forced)."""
     from contextlib import nullcontext
 
     from gfnbench.sampling import _HFDecoder, _LlamaDecoder, masked_log_softmax
@@ -228,14 +233,22 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
         pytest.skip("the lean decoder covers Llama-family models only")
     tok = lm.tokenizer
     allowed = digit_mask(tok)
+    if vocab == "most":
+        allowed = allowed | (torch.arange(len(allowed)) % 4 != 0)
     ids, mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in ["Question: 1 + 2 = ? Answer:",
                                                                                    "the cat"]], tok.pad_token_id)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad(), (adapters_off(policy) if not adapters else nullcontext()):
         lean, hf = _LlamaDecoder(policy, allowed), _HFDecoder(policy)
-        a = lean.prefill(ids, mask, 3, 8)
+        assert (lean.vocab is None) == (vocab == "most")
+
+        def lean_logp(logits):      # columns: the allowed tokens, or the whole vocabulary (masked here)
+            return torch.log_softmax(logits, -1) if lean.vocab is not None else \
+                masked_log_softmax(logits, allowed)[:, allowed]
+
+        a = lean_logp(lean.prefill(ids, mask, 3, 8))
         b = masked_log_softmax(hf.prefill(ids, mask, 3, 8), allowed)[:, allowed]
-        torch.testing.assert_close(torch.log_softmax(a, -1), b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         attn = mask.repeat_interleave(3, 0)
         pos = attn.sum(-1)
         alive = torch.ones(6, dtype=torch.long)
@@ -248,7 +261,7 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters):
             feed = cand[torch.randint(len(cand), (6,), generator=g)]
             feed = torch.where(alive.bool(), feed, torch.full_like(feed, tok.pad_token_id))
             attn = torch.cat([attn, alive[:, None]], 1)
-            a = torch.log_softmax(lean.step(feed, attn, pos), -1)
+            a = lean_logp(lean.step(feed, attn, pos))
             b = masked_log_softmax(hf.step(feed, attn, pos), allowed)[:, allowed]
             live = alive.bool()
             assert torch.isfinite(a).all()
