@@ -46,6 +46,13 @@ class SamplingConfig:
             raise ValueError(f"need 0 <= min_len <= max_len and max_len >= 1, got {self.min_len}, {self.max_len}")
 
 
+def few_allowed(n_allowed: int, vocab_size: int) -> bool:
+    """Whether the output layer should run on the allowed tokens' rows only (a copy of those rows of the weight):
+    worth it when they are few (arith: 140 of 49,152). When most tokens are allowed (continuation: 47,092) the
+    whole layer runs and the disallowed columns are masked, sparing a 108 MB copy for 4% more FLOPs."""
+    return 2 * n_allowed <= vocab_size
+
+
 def masked_log_softmax(logits: Tensor, allowed: Tensor | None) -> Tensor:
     """The policy's distribution: disallowed tokens get probability exactly 0."""
     logits = logits.float()
@@ -183,10 +190,8 @@ class _LlamaDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.scaling = self.body.layers[0].self_attn.scaling
         head_w, head_b = _effective_linear(base.lm_head)
-        # only the allowed tokens' rows of the output layer, unless they are most of it (continuation: 47k of
-        # 49k): then the whole layer runs and the sampler masks, which spares a 108 MB copy per call
-        few = allowed is not None and 2 * int(allowed.sum()) <= allowed.numel()
-        self.vocab = allowed.nonzero().squeeze(-1) if few else None
+        few = allowed is not None and few_allowed(int(allowed.sum()), allowed.numel())
+        self.vocab = allowed.nonzero().squeeze(-1) if few else None      # else the sampler masks the whole layer
         self.head_w = head_w if self.vocab is None else head_w[self.vocab]
         self.head_b = None if head_b is None else (head_b if self.vocab is None else head_b[self.vocab])
         self.qkv, self.o = [], []
@@ -456,16 +461,20 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
                     chunk: int = 256) -> Tensor:
     """log p(targets[..., m] | position) [B, K, m] from hidden states [B, K, H] (or logits when `parts` is None),
     normalised over `vocab` (the allowed tokens: disallowed targets get -inf, as the masked softmax gives) or the
-    whole vocabulary. Only the output rows of `vocab` are computed; without gradients positions go in chunks, so
-    the [positions, V] logits never exist at once."""
+    whole vocabulary. Only the output rows of `vocab` are computed when they are few (`few_allowed`); otherwise
+    the whole layer runs with the other columns at -inf. Without gradients positions go in chunks, so the
+    [positions, V] logits never exist at once."""
     B, K = hidden.shape[:2]
     flat_h = hidden.reshape(B * K, -1)
     flat_t = targets.reshape(B * K, -1)
+    blocked = None
     if parts is not None:
         weight, bias = parts[1]
-        if vocab is not None and 2 * len(vocab) > weight.shape[0]:
-            return _masked_head_log_probs(flat_h, weight, bias, vocab, flat_t, chunk).reshape(B, K, -1)
-        if vocab is not None:
+        if vocab is not None and not few_allowed(len(vocab), weight.shape[0]):
+            blocked = torch.ones(weight.shape[0], dtype=torch.bool, device=flat_h.device)
+            blocked[vocab] = False
+            vocab = None              # full-vocabulary columns from here on; a blocked target reads -inf
+        elif vocab is not None:
             weight, bias = weight[vocab], None if bias is None else bias[vocab]
     if vocab is not None:
         n_col = max(int(vocab.max()), int(flat_t.max()) if flat_t.numel() else 0) + 1
@@ -482,6 +491,8 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
             logits = torch.nn.functional.linear(h, weight, bias).float()
         else:
             logits = h.float() if vocab is None else h.float()[:, vocab]
+        if blocked is not None:
+            logits = logits.masked_fill(blocked, float("-inf"))
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         tc = t_col[i:i + step]
         outs.append(logits.gather(-1, tc.clamp(min=0)) - lse)
@@ -489,23 +500,6 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
     if vocab is not None:
         lp = torch.where(t_col >= 0, lp, torch.full_like(lp, float("-inf")))
     return lp.reshape(B, K, -1)
-
-
-def _masked_head_log_probs(flat_h: Tensor, weight: Tensor, bias: Tensor | None, vocab: Tensor, flat_t: Tensor,
-                           chunk: int) -> Tensor:
-    """`_head_log_probs` when the allowed tokens are most of the vocabulary (continuation: 47,092 of 49,152): the
-    whole output layer with the disallowed columns set to -inf, so no copy of the allowed rows of the output
-    weight exists (108 MB at SmolLM2's size, and the backward kept it) for 4% more output-layer FLOPs."""
-    blocked = torch.ones(weight.shape[0], dtype=torch.bool, device=flat_h.device)
-    blocked[vocab] = False
-    step = flat_h.shape[0] if torch.is_grad_enabled() else chunk
-    outs = []
-    for i in range(0, flat_h.shape[0], max(step, 1)):
-        logits = torch.nn.functional.linear(flat_h[i:i + step], weight, bias).float()
-        logits = logits.masked_fill(blocked, float("-inf"))
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        outs.append(logits.gather(-1, flat_t[i:i + step]) - lse)
-    return torch.cat(outs) if outs else flat_h.new_zeros(0, flat_t.shape[1])
 
 
 def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id: int) -> tuple[Tensor, Tensor]:

@@ -65,6 +65,12 @@ def reference_state_token_log_probs(model, traj: Trajectories) -> Tensor:
     return logp.gather(-1, traj.state_ids[:, :, None]).squeeze(-1) * traj.state_mask
 
 
+def most_tokens(allowed: Tensor) -> Tensor:
+    """`allowed` plus three of every four other tokens: most of the vocabulary, so the output layer runs whole and
+    masks (`sampling.few_allowed`) instead of slicing the allowed rows."""
+    return allowed | (torch.arange(len(allowed)) % 4 != 0)
+
+
 def _tool(text):
     return " 7" if text.rstrip().endswith("=") else None
 
@@ -129,8 +135,7 @@ def test_policy_log_probs_and_gradients_equal_the_full_batch_pass(lora_lm):
     lm, policy = lora_lm
     allowed, batches = _batches(lm, policy)
     # eval mode: GPT-2's own dropout would make any two passes differ; gradients flow the same
-    # most of the vocabulary allowed: the output layer runs whole and masks (no copy of the allowed weight rows)
-    most = allowed | (torch.arange(len(allowed)) % 4 != 0)
+    most = most_tokens(allowed)
     assert 2 * int(most.sum()) > len(most) and 2 * int(allowed.sum()) < len(allowed)
     for name, traj in batches.items():
         for mask in (allowed, most, None):
@@ -234,7 +239,7 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters, vocab):
     tok = lm.tokenizer
     allowed = digit_mask(tok)
     if vocab == "most":
-        allowed = allowed | (torch.arange(len(allowed)) % 4 != 0)
+        allowed = most_tokens(allowed)
     ids, mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in ["Question: 1 + 2 = ? Answer:",
                                                                                    "the cat"]], tok.pad_token_id)
     g = torch.Generator().manual_seed(3)
