@@ -457,17 +457,77 @@ def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor,
     return torch.cat([getattr(first, field)[:, -1:].expand(B, 1, -1), rest], dim=1), parts
 
 
+HEAD_BLOCK = 2048     # output-layer columns per block in `head_log_probs`: [positions, 2048] fp32 logits at a time
+
+
+def _block_logits(h: Tensor, weight: Tensor, bias: Tensor | None, blocked: Tensor | None, c0: int, c1: int) -> Tensor:
+    """Columns c0:c1 of the logits, in at least fp32 (as the whole-layer form's `.float()`)."""
+    logits = torch.nn.functional.linear(h, weight[c0:c1], None if bias is None else bias[c0:c1])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits if blocked is None else logits.masked_fill_(blocked[c0:c1], float("-inf"))
+
+
+class _BlockedHeadLogProbs(torch.autograd.Function):
+    """log softmax(h W^T + b)[targets], [N, m], over blocks of the output layer's columns: a running logsumexp
+    in the forward, the logits recomputed block by block in the backward. The [positions, vocabulary] logits
+    never exist at once: at SmolLM2's 49k tokens and a 16 x 21 batch the whole-layer form made and walked ~66 MB
+    tensors (logits, mask, log-softmax, and their gradients), page-faulting fresh memory each step; its saved
+    log-softmax alone was 66 MB of the training pass. The recompute costs one more output-layer matmul in the
+    backward. For a frozen output layer (LoRA does not train it): no gradient for W or b.
+    `blocked` ([V] bool or None) marks columns at -inf; a blocked target reads -inf, as the masked softmax gives."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, blocked, targets, block):
+        N, V = h.shape[0], weight.shape[0]
+        acc = torch.promote_types(h.dtype, torch.float32)
+        m_run = h.new_full((N, 1), float("-inf"), dtype=acc)
+        s_run = h.new_zeros((N, 1), dtype=acc)
+        picked = h.new_zeros(targets.shape, dtype=acc)
+        for c0 in range(0, V, block):
+            c1 = min(c0 + block, V)
+            logits = _block_logits(h, weight, bias, blocked, c0, c1)
+            m_new = torch.maximum(m_run, logits.amax(-1, keepdim=True))
+            safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            s_run = s_run * torch.exp(m_run - safe) + torch.exp(logits - safe).sum(-1, keepdim=True)
+            m_run = m_new
+            inside = (targets >= c0) & (targets < c1)
+            got = logits.gather(-1, (targets - c0).clamp(0, c1 - c0 - 1))
+            picked = torch.where(inside, got, picked)
+        safe = torch.where(torch.isfinite(m_run), m_run, torch.zeros_like(m_run))
+        lse = safe + torch.log(s_run)
+        ctx.save_for_backward(h, lse, targets)
+        ctx.weight, ctx.bias, ctx.blocked, ctx.block = weight, bias, blocked, block
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, lse, targets = ctx.saved_tensors
+        weight, bias, blocked, block = ctx.weight, ctx.bias, ctx.blocked, ctx.block
+        acc = grad.dtype
+        total = grad.sum(-1, keepdim=True)
+        if blocked is not None:      # a blocked target's logit is a constant -inf: nothing flows through it
+            grad = grad.masked_fill(blocked[targets], 0.0)
+        # d/dh of sum_k g_k (logit[t_k] - lse) = sum_k g_k W[t_k] - (sum_k g_k) softmax @ W
+        grad_h = torch.einsum("nm,nmh->nh", grad, weight[targets].to(acc))
+        for c0 in range(0, weight.shape[0], block):
+            c1 = min(c0 + block, weight.shape[0])
+            p = torch.exp_(_block_logits(h, weight, bias, blocked, c0, c1) - lse).mul_(total)
+            grad_h = grad_h.addmm_(p, weight[c0:c1].to(acc), alpha=-1.0)
+        return grad_h.to(h.dtype), None, None, None, None, None
+
+
 def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None = None,
                     chunk: int = 256) -> Tensor:
     """log p(targets[..., m] | position) [B, K, m] from hidden states [B, K, H] (or logits when `parts` is None),
     normalised over `vocab` (the allowed tokens: disallowed targets get -inf, as the masked softmax gives) or the
     whole vocabulary. Only the output rows of `vocab` are computed when they are few (`few_allowed`); otherwise
-    the whole layer runs with the other columns at -inf. Without gradients positions go in chunks, so the
-    [positions, V] logits never exist at once."""
+    the whole layer runs with the other columns at -inf. A frozen output layer runs in column blocks
+    (`_BlockedHeadLogProbs`); otherwise, without gradients, positions go in chunks, so the [positions, V] logits
+    never exist at once."""
     B, K = hidden.shape[:2]
     flat_h = hidden.reshape(B * K, -1)
     flat_t = targets.reshape(B * K, -1)
-    blocked = None
+    blocked = weight = bias = None
     if parts is not None:
         weight, bias = parts[1]
         if vocab is not None and not few_allowed(len(vocab), weight.shape[0]):
@@ -483,23 +543,34 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
         t_col = col[flat_t]
     else:
         t_col = flat_t
+    frozen = parts is not None and not (weight.requires_grad or (bias is not None and bias.requires_grad))
+    if frozen and flat_h.shape[0]:
+        lp = _BlockedHeadLogProbs.apply(flat_h, weight, bias, blocked, t_col.clamp(min=0), HEAD_BLOCK)
+    else:
+        lp = _chunked_head_log_probs(flat_h, (weight, bias) if parts is not None else None, t_col, blocked, vocab,
+                                     chunk)
+    if vocab is not None:
+        lp = torch.where(t_col >= 0, lp, torch.full_like(lp, float("-inf")))
+    return lp.reshape(B, K, -1)
+
+
+def _chunked_head_log_probs(flat_h: Tensor, head: tuple | None, t_col: Tensor, blocked: Tensor | None,
+                            vocab: Tensor | None, chunk: int) -> Tensor:
+    """The whole-row form, for an output layer that trains (`head` = its (weight, bias), already cut to `vocab`)
+    or a model without a plain head (`head` None: `flat_h` are logits, cut to `vocab` here)."""
     step = flat_h.shape[0] if torch.is_grad_enabled() else chunk
     outs = []
     for i in range(0, flat_h.shape[0], max(step, 1)):
         h = flat_h[i:i + step]
-        if parts is not None:
-            logits = torch.nn.functional.linear(h, weight, bias).float()
+        if head is not None:
+            logits = torch.nn.functional.linear(h, *head).float()
         else:
             logits = h.float() if vocab is None else h.float()[:, vocab]
         if blocked is not None:
             logits = logits.masked_fill(blocked, float("-inf"))
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        tc = t_col[i:i + step]
-        outs.append(logits.gather(-1, tc.clamp(min=0)) - lse)
-    lp = torch.cat(outs) if outs else flat_h.new_zeros(0, flat_t.shape[1])
-    if vocab is not None:
-        lp = torch.where(t_col >= 0, lp, torch.full_like(lp, float("-inf")))
-    return lp.reshape(B, K, -1)
+        outs.append(logits.gather(-1, t_col[i:i + step].clamp(min=0)) - lse)
+    return torch.cat(outs) if outs else flat_h.new_zeros(0, t_col.shape[1])
 
 
 def policy_log_probs(model, traj: Trajectories, allowed: Tensor | None, stop_id: int) -> tuple[Tensor, Tensor]:
@@ -588,14 +659,6 @@ def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block
     return (prefix_part[None] | suffix_part) & key_valid[:, None, :]
 
 
-def _context_then_rest_logits(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, bias: Tensor,
-                              pos: Tensor) -> Tensor:
-    """Full-vocabulary logits from the last context position on, under the 4D `bias`; a context shared by every
-    row (a GFlowNet batch: one prompt x n samples; arithmetic's 3-shot context is ~170 tokens) runs once."""
-    hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, rest_ids, bias, pos)
-    return (hidden if parts is None else torch.nn.functional.linear(hidden, *parts[1])).float()
-
-
 def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
                             suffix_ids: list[list[int]]) -> Tensor:
     """[B, L+1] log p(s_j, suffix | context) for every prefix state s_j, in one teacher-forced pass.
@@ -655,16 +718,20 @@ def _suffix_copies_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Tr
     rest_ids = torch.cat([traj.state_ids, suffix.repeat(1, J)], dim=1)
     dtype = next(model.parameters()).dtype
     bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    logp = torch.log_softmax(_context_then_rest_logits(model, ctx_ids, ctx_mask, rest_ids, bias, pos), dim=-1)
-    # logp[:, k] predicts the token at sequence position C + k (k = 0: first state token).
-    state_lp = logp[:, :S].gather(-1, traj.state_ids[:, :, None]).squeeze(-1) * traj.state_mask
+    # a context shared by every row (one prompt x n samples; arithmetic's 3-shot context is ~170 tokens) runs once
+    hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, rest_ids, bias, pos)
+    # position k predicts the token at sequence position C + k. k <= S: the next state token and the suffix's
+    # first token (after the prefix of k state tokens); k = S + 1 + j*M + m: copy j's token m + 1
+    nxt = torch.cat([traj.state_ids, traj.state_ids.new_zeros(B, 1)], dim=1)
+    in_copy = torch.cat([suffix[:, 1:], suffix.new_zeros(B, 1)], dim=1).repeat(1, J)
+    targets = torch.stack([torch.cat([nxt, in_copy], dim=1),
+                           torch.cat([suffix[:, :1].expand(B, S + 1), torch.zeros_like(in_copy)], dim=1)], dim=-1)
+    lp = _head_log_probs(hidden, parts, targets)                             # [B, 1 + S + J*M, 2]
+    state_lp = lp[:, :S, 0] * traj.state_mask
     cum = torch.cat([state_lp.new_zeros(B, 1), state_lp.cumsum(-1)], dim=1)   # [B, S+1] sum over first e tokens
     prefix_lp = cum.gather(1, ends)                                        # [B, J]
-    # first suffix token of copy j is predicted from the last state token of s_j (index C + ends - 1)
-    first = logp.gather(1, ends[:, :, None].expand(B, J, logp.shape[-1]))  # position C + ends - 1 -> k = ends
-    first_lp = first.gather(-1, suffix[:, :1, None].expand(B, J, 1)).squeeze(-1)
-    rest = logp[:, S + 1: S + 1 + J * M].reshape(B, J, M, -1)[:, :, : M - 1]   # copy j offset m predicts m+1
-    rest_lp = rest.gather(-1, suffix[:, None, 1:, None].expand(B, J, M - 1, 1)).squeeze(-1)
+    first_lp = lp[:, : S + 1, 1].gather(1, ends)     # the first suffix token, read at the prefix's last position
+    rest_lp = lp[:, S + 1:, 0].reshape(B, J, M)[:, :, : M - 1]
     rest_valid = torch.arange(1, M, device=dev)[None, None, :] < block_len[:, None, None]
     suffix_lp = first_lp + (rest_lp * rest_valid).sum(-1)
     total = prefix_lp + suffix_lp

@@ -26,6 +26,15 @@ from gfnbench.trajectories import Trajectories, from_rows, left_pad
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture(autouse=True)
+def small_head_blocks(monkeypatch):
+    """37 output-layer columns per block: the tiny model's 400-token vocabulary spans 11 blocks, the last one
+    partial, so every pass here runs the blocked logsumexp and its recomputing backward across block edges."""
+    import gfnbench.sampling as sampling
+
+    monkeypatch.setattr(sampling, "HEAD_BLOCK", 37)
+
+
 def forward_tail(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, keep: int) -> Tensor:
     """Logits of the last `keep` positions only: the prompt's logits would cost B*P*V floats for nothing."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -210,6 +219,36 @@ def test_multi_token_suffix_reward_equals_per_row_forwards(lora_lm):
                 lp = torch.log_softmax(base(input_ids=torch.tensor([seq])).logits[0].float(), -1)
                 want = sum(float(lp[i - 1, seq[i]]) for i in range(len(c_ids), len(seq)))
                 assert abs(float(got[b, j]) - want) < 1e-4, (b, j, float(got[b, j]), want)
+
+
+@pytest.mark.parametrize("block", [5, 37, 400, 4096])
+@pytest.mark.parametrize("masked", [False, True])
+def test_blocked_head_log_probs_equal_log_softmax_in_float64(block, masked):
+    """Values and the hidden states' gradient against torch's log_softmax + gather in float64 (an independent
+    reference), with blocked columns, a blocked target (-inf; its upstream gradient still reaches the
+    logsumexp, as through the masked softmax) and two targets per position."""
+    from gfnbench.sampling import _BlockedHeadLogProbs
+
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 7, 6, 23
+    h = torch.randn(N, H, generator=g, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(V, H, generator=g, dtype=torch.float64), torch.randn(V, generator=g, dtype=torch.float64)
+    blocked = (torch.arange(V) % 3 == 1) if masked else None
+    targets = torch.randint(0, V, (N, 2), generator=g)
+    targets[:, 1] = 0
+    if masked:
+        targets[2, 0] = 1                               # a blocked target
+    upstream = torch.randn(N, 2, generator=g, dtype=torch.float64)
+    got = _BlockedHeadLogProbs.apply(h, w, b, blocked, targets, block)
+    (grad_got,) = torch.autograd.grad((got * upstream).sum(), h)
+    logits = h @ w.T + b
+    if masked:
+        logits = logits.masked_fill(blocked, float("-inf"))
+    want = torch.log_softmax(logits, -1).gather(-1, targets)
+    (grad_want,) = torch.autograd.grad((want * upstream).sum(), h)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grad_got, grad_want, atol=1e-12, rtol=1e-12)
+    assert bool(got[2, 0].isinf()) == masked
 
 
 def test_perf_quick_mode_runs(tmp_path):
