@@ -77,34 +77,50 @@ def check_context(prompt_ids: list[list[int]], budget: int, context: int, texts:
                 f"{context}: shorten the prompt (fewer shots) or lower max_len. Prompt starts: {text[:60]!r}")
 
 
-def _choose_tokens(logp: Tensor, cfg: SamplingConfig, block_stop: Tensor, stop_id: int,
-                   generator: torch.Generator | None) -> Tensor:
-    """Draw one token per row from the tempered, nucleus-truncated policy (stop blocked where asked)."""
-    scores = logp.clone()
-    scores[block_stop, stop_id] = float("-inf")
+def _choose_tokens(logits: Tensor, cfg: SamplingConfig, block_stop: Tensor, stop_id: int,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """One token per row from the tempered, nucleus-truncated policy (stop blocked where asked), and each row's
+    log-normaliser: log p(token) = logits[token] - lse. `logits` are [B, V] with disallowed columns at -inf.
+
+    The normaliser and the draw share one exp pass (unnormalised weights, no log-softmax tensor): each sampler
+    step walks its [16, 49k] logits ~10 times instead of ~20."""
+    m = logits.amax(-1, keepdim=True)
+    shifted = logits - m
+    weights = shifted.exp()
+    lse = m + weights.sum(-1, keepdim=True).log()
     if cfg.greedy:
-        return scores.argmax(dim=-1)
-    probs = torch.softmax(scores / cfg.temperature, dim=-1)
+        scores = logits.clone()
+        scores[block_stop, stop_id] = float("-inf")
+        return scores.argmax(dim=-1), lse
+    if cfg.temperature != 1.0:
+        weights = shifted.div_(cfg.temperature).exp_()
+    weights[block_stop, stop_id] = 0.0
     if cfg.top_p < 1.0:
+        probs = weights / weights.sum(-1, keepdim=True)
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return draw_index(probs, generator)
+        weights = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    return draw_index(weights, generator), lse
 
 
 def draw_index(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One column per row, with probability proportional to `probs` (unnormalised, >= 0), by the inverse CDF:
     one uniform per row. `torch.multinomial` draws one exponential per column instead: 11% of the sampler's time
-    (17 ms a step at one thread) at SmolLM2's 47k allowed tokens x 16 rows. The CDF is summed in float64, and a
-    column of zero probability is never returned (tests/test_sampling.py checks both against exact
-    frequencies)."""
-    cdf = probs.double().cumsum(-1)
+    (17 ms a step at one thread) at SmolLM2's 47k allowed tokens x 16 rows."""
     u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-    # u * total can round up to the total itself; the last column with mass is then the right answer
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1, keepdim=True)
-    return torch.minimum(idx, last).squeeze(-1)
+    return inverse_cdf(probs, u)
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The first column whose cumulative mass exceeds u [B, 1] (in [0, 1]) times the row's total, the CDF summed
+    in float64. That column always has mass (the CDF rises there). u * total can round up to the total itself:
+    the search then runs past the end, and the last column with mass is the answer (tests/test_sampling.py)."""
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    over = idx >= probs.shape[-1]
+    if bool(over.any()):
+        idx[over] = probs.shape[-1] - 1 - (probs[over].flip(-1) > 0).to(torch.uint8).argmax(-1)
+    return idx
 
 
 @torch.no_grad()
@@ -298,7 +314,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     logits = decoder.prefill(prompt_ids, prompt_mask, n, budget)
     # columns of `logits`: the allowed tokens (lean decoder) or the whole vocabulary (masked here)
     vocab = decoder.vocab
-    col_allowed = allowed if vocab is None else None
+    col_bias = column_mask_bias(allowed) if vocab is None and allowed is not None else None
     stop_col = stop_id if vocab is None else int((vocab == stop_id).nonzero()[0, 0])
     B = len(prompts) * n
     attn = prompt_mask.repeat_interleave(n, 0)
@@ -306,12 +322,13 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
 
     rows = _RowStates(B)
     while not all(rows.done):
-        logp = masked_log_softmax(logits, col_allowed)
-        chosen = _choose_tokens(logp, cfg, torch.tensor(rows.n_actions, device=dev) < cfg.min_len, stop_col,
-                                generator)
+        if col_bias is not None:
+            logits = logits + col_bias
+        chosen, lse = _choose_tokens(logits, cfg, torch.tensor(rows.n_actions, device=dev) < cfg.min_len, stop_col,
+                                     generator)
         # one conversion per step, not per row
-        chosen_lp = logp.gather(1, chosen[:, None]).squeeze(1).tolist()
-        stop_lp = logp[:, stop_col].tolist()
+        chosen_lp = (logits.gather(1, chosen[:, None]) - lse).squeeze(1).tolist()
+        stop_lp = (logits[:, stop_col] - lse[:, 0]).tolist()
         chosen_ids = (chosen if vocab is None else vocab[chosen]).tolist()
         feed = rows.advance(chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
         if all(rows.done):
@@ -460,11 +477,18 @@ def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor,
 HEAD_BLOCK = 2048     # output-layer columns per block in `head_log_probs`: [positions, 2048] fp32 logits at a time
 
 
-def _block_logits(h: Tensor, weight: Tensor, bias: Tensor | None, blocked: Tensor | None, c0: int, c1: int) -> Tensor:
-    """Columns c0:c1 of the logits, in at least fp32 (as the whole-layer form's `.float()`)."""
+def column_mask_bias(allowed: Tensor) -> Tensor:
+    """[V] float: 0 where allowed, -inf elsewhere. Adding it masks [B, V] logits ~7x faster on this CPU than
+    `masked_fill` with the broadcast [V] mask (0.3 vs 2.2 ms at 16 x 49k), with the same values."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed.bool(), float("-inf"))
+
+
+def _block_logits(h: Tensor, weight: Tensor, bias: Tensor | None, col_bias: Tensor | None, c0: int,
+                  c1: int) -> Tensor:
+    """Columns c0:c1 of the logits, in at least fp32 (as the whole-layer form's `.float()`), blocked ones -inf."""
     logits = torch.nn.functional.linear(h, weight[c0:c1], None if bias is None else bias[c0:c1])
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits if blocked is None else logits.masked_fill_(blocked[c0:c1], float("-inf"))
+    return logits if col_bias is None else logits.add_(col_bias[c0:c1])
 
 
 class _BlockedHeadLogProbs(torch.autograd.Function):
@@ -474,10 +498,10 @@ class _BlockedHeadLogProbs(torch.autograd.Function):
     tensors (logits, mask, log-softmax, and their gradients), page-faulting fresh memory each step; its saved
     log-softmax alone was 66 MB of the training pass. The recompute costs one more output-layer matmul in the
     backward. For a frozen output layer (LoRA does not train it): no gradient for W or b.
-    `blocked` ([V] bool or None) marks columns at -inf; a blocked target reads -inf, as the masked softmax gives."""
+    `col_bias` ([V], 0 or -inf; or None) blocks columns; a blocked target reads -inf, as the masked softmax gives."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, blocked, targets, block):
+    def forward(ctx, h, weight, bias, col_bias, targets, block):
         N, V = h.shape[0], weight.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)
         m_run = h.new_full((N, 1), float("-inf"), dtype=acc)
@@ -485,7 +509,7 @@ class _BlockedHeadLogProbs(torch.autograd.Function):
         picked = h.new_zeros(targets.shape, dtype=acc)
         for c0 in range(0, V, block):
             c1 = min(c0 + block, V)
-            logits = _block_logits(h, weight, bias, blocked, c0, c1)
+            logits = _block_logits(h, weight, bias, col_bias, c0, c1)
             m_new = torch.maximum(m_run, logits.amax(-1, keepdim=True))
             safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
             s_run = s_run * torch.exp(m_run - safe) + torch.exp(logits - safe).sum(-1, keepdim=True)
@@ -496,22 +520,22 @@ class _BlockedHeadLogProbs(torch.autograd.Function):
         safe = torch.where(torch.isfinite(m_run), m_run, torch.zeros_like(m_run))
         lse = safe + torch.log(s_run)
         ctx.save_for_backward(h, lse, targets)
-        ctx.weight, ctx.bias, ctx.blocked, ctx.block = weight, bias, blocked, block
+        ctx.weight, ctx.bias, ctx.col_bias, ctx.block = weight, bias, col_bias, block
         return picked - lse
 
     @staticmethod
     def backward(ctx, grad):
         h, lse, targets = ctx.saved_tensors
-        weight, bias, blocked, block = ctx.weight, ctx.bias, ctx.blocked, ctx.block
+        weight, bias, col_bias, block = ctx.weight, ctx.bias, ctx.col_bias, ctx.block
         acc = grad.dtype
         total = grad.sum(-1, keepdim=True)
-        if blocked is not None:      # a blocked target's logit is a constant -inf: nothing flows through it
-            grad = grad.masked_fill(blocked[targets], 0.0)
+        if col_bias is not None:     # a blocked target's logit is a constant -inf: nothing flows through it
+            grad = grad.masked_fill(col_bias[targets].isinf(), 0.0)
         # d/dh of sum_k g_k (logit[t_k] - lse) = sum_k g_k W[t_k] - (sum_k g_k) softmax @ W
         grad_h = torch.einsum("nm,nmh->nh", grad, weight[targets].to(acc))
         for c0 in range(0, weight.shape[0], block):
             c1 = min(c0 + block, weight.shape[0])
-            p = torch.exp_(_block_logits(h, weight, bias, blocked, c0, c1) - lse).mul_(total)
+            p = torch.exp_(_block_logits(h, weight, bias, col_bias, c0, c1) - lse).mul_(total)
             grad_h = grad_h.addmm_(p, weight[c0:c1].to(acc), alpha=-1.0)
         return grad_h.to(h.dtype), None, None, None, None, None
 
@@ -545,7 +569,8 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
         t_col = flat_t
     frozen = parts is not None and not (weight.requires_grad or (bias is not None and bias.requires_grad))
     if frozen and flat_h.shape[0]:
-        lp = _BlockedHeadLogProbs.apply(flat_h, weight, bias, blocked, t_col.clamp(min=0), HEAD_BLOCK)
+        lp = _BlockedHeadLogProbs.apply(flat_h, weight, bias, None if blocked is None else column_mask_bias(~blocked),
+                                        t_col.clamp(min=0), HEAD_BLOCK)
     else:
         lp = _chunked_head_log_probs(flat_h, (weight, bias) if parts is not None else None, t_col, blocked, vocab,
                                      chunk)

@@ -227,7 +227,7 @@ def test_blocked_head_log_probs_equal_log_softmax_in_float64(block, masked):
     """Values and the hidden states' gradient against torch's log_softmax + gather in float64 (an independent
     reference), with blocked columns, a blocked target (-inf; its upstream gradient still reaches the
     logsumexp, as through the masked softmax) and two targets per position."""
-    from gfnbench.sampling import _BlockedHeadLogProbs
+    from gfnbench.sampling import _BlockedHeadLogProbs, column_mask_bias
 
     g = torch.Generator().manual_seed(0)
     N, H, V = 7, 6, 23
@@ -239,7 +239,8 @@ def test_blocked_head_log_probs_equal_log_softmax_in_float64(block, masked):
     if masked:
         targets[2, 0] = 1                               # a blocked target
     upstream = torch.randn(N, 2, generator=g, dtype=torch.float64)
-    got = _BlockedHeadLogProbs.apply(h, w, b, blocked, targets, block)
+    col_bias = column_mask_bias(~blocked).double() if masked else None
+    got = _BlockedHeadLogProbs.apply(h, w, b, col_bias, targets, block)
     (grad_got,) = torch.autograd.grad((got * upstream).sum(), h)
     logits = h @ w.T + b
     if masked:

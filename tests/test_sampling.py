@@ -153,6 +153,13 @@ def test_draw_index_follows_the_probabilities_and_never_draws_a_zero():
     last = torch.zeros(5, 7)
     last[:, 6] = 1e-30
     assert (draw_index(last, torch.Generator().manual_seed(1)) == 6).all()
+    # u * total rounding up to the total: the search runs past the end and the guard returns the last column with
+    # mass, not a zero column after it; u = 0 returns the first column with mass
+    from gfnbench.sampling import inverse_cdf
+
+    rows = torch.tensor([[0.0, 0.2, 0.3, 0.0, 0.0], [0.4, 0.0, 0.0, 0.0, 0.6]])
+    assert inverse_cdf(rows, torch.ones(2, 1, dtype=torch.float64)).tolist() == [2, 4]
+    assert inverse_cdf(rows, torch.zeros(2, 1, dtype=torch.float64)).tolist() == [1, 0]
     # seeded: the same generator state gives the same draws
     a = draw_index(probs[:100], torch.Generator().manual_seed(7))
     b = draw_index(probs[:100], torch.Generator().manual_seed(7))
