@@ -474,7 +474,7 @@ def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor,
     return torch.cat([getattr(first, field)[:, -1:].expand(B, 1, -1), rest], dim=1), parts
 
 
-HEAD_BLOCK = 2048     # output-layer columns per block in `head_log_probs`: [positions, 2048] fp32 logits at a time
+HEAD_BLOCK = 2048     # output-layer columns per block in `_head_log_probs`: [positions, 2048] fp32 logits at a time
 
 
 def column_mask_bias(allowed: Tensor) -> Tensor:
@@ -495,9 +495,10 @@ class _BlockedHeadLogProbs(torch.autograd.Function):
     """log softmax(h W^T + b)[targets], [N, m], over blocks of the output layer's columns: a running logsumexp
     in the forward, the logits recomputed block by block in the backward. The [positions, vocabulary] logits
     never exist at once: at SmolLM2's 49k tokens and a 16 x 21 batch the whole-layer form made and walked ~66 MB
-    tensors (logits, mask, log-softmax, and their gradients), page-faulting fresh memory each step; its saved
-    log-softmax alone was 66 MB of the training pass. The recompute costs one more output-layer matmul in the
-    backward. For a frozen output layer (LoRA does not train it): no gradient for W or b.
+    tensors (logits, mask, log-softmax, and their gradients) every step, and arith's suffix-copies reward 1.26 GB.
+    Peak RSS of the continuation step went from 2.10 to 1.79 GB (results/perf.md). The recompute costs one more
+    output-layer matmul in the backward. For a frozen output layer (LoRA does not train it): no gradient for W or
+    b.
     `col_bias` ([V], 0 or -inf; or None) blocks columns; a blocked target reads -inf, as the masked softmax gives."""
 
     @staticmethod
