@@ -553,12 +553,12 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
     B, K = hidden.shape[:2]
     flat_h = hidden.reshape(B * K, -1)
     flat_t = targets.reshape(B * K, -1)
-    blocked = weight = bias = None
+    col_bias = weight = bias = None
     if parts is not None:
         weight, bias = parts[1]
         if vocab is not None and not few_allowed(len(vocab), weight.shape[0]):
-            blocked = torch.ones(weight.shape[0], dtype=torch.bool, device=flat_h.device)
-            blocked[vocab] = False
+            col_bias = torch.full((weight.shape[0],), float("-inf"), device=flat_h.device)
+            col_bias[vocab] = 0.0
             vocab = None              # full-vocabulary columns from here on; a blocked target reads -inf
         elif vocab is not None:
             weight, bias = weight[vocab], None if bias is None else bias[vocab]
@@ -571,17 +571,16 @@ def _head_log_probs(hidden: Tensor, parts, targets: Tensor, vocab: Tensor | None
         t_col = flat_t
     frozen = parts is not None and not (weight.requires_grad or (bias is not None and bias.requires_grad))
     if frozen and flat_h.shape[0]:
-        lp = _BlockedHeadLogProbs.apply(flat_h, weight, bias, None if blocked is None else column_mask_bias(~blocked),
-                                        t_col.clamp(min=0), HEAD_BLOCK)
+        lp = _BlockedHeadLogProbs.apply(flat_h, weight, bias, col_bias, t_col.clamp(min=0), HEAD_BLOCK)
     else:
-        lp = _chunked_head_log_probs(flat_h, (weight, bias) if parts is not None else None, t_col, blocked, vocab,
+        lp = _chunked_head_log_probs(flat_h, (weight, bias) if parts is not None else None, t_col, col_bias, vocab,
                                      chunk)
     if vocab is not None:
         lp = torch.where(t_col >= 0, lp, torch.full_like(lp, float("-inf")))
     return lp.reshape(B, K, -1)
 
 
-def _chunked_head_log_probs(flat_h: Tensor, head: tuple | None, t_col: Tensor, blocked: Tensor | None,
+def _chunked_head_log_probs(flat_h: Tensor, head: tuple | None, t_col: Tensor, col_bias: Tensor | None,
                             vocab: Tensor | None, chunk: int) -> Tensor:
     """The whole-row form, for an output layer that trains (`head` = its (weight, bias), already cut to `vocab`)
     or a model without a plain head (`head` None: `flat_h` are logits, cut to `vocab` here)."""
@@ -593,8 +592,8 @@ def _chunked_head_log_probs(flat_h: Tensor, head: tuple | None, t_col: Tensor, b
             logits = torch.nn.functional.linear(h, *head).float()
         else:
             logits = h.float() if vocab is None else h.float()[:, vocab]
-        if blocked is not None:
-            logits = logits.masked_fill(blocked, float("-inf"))
+        if col_bias is not None:
+            logits = logits + col_bias
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         outs.append(logits.gather(-1, t_col[i:i + step].clamp(min=0)) - lse)
     return torch.cat(outs) if outs else flat_h.new_zeros(0, t_col.shape[1])
