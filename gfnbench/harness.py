@@ -48,7 +48,7 @@ from gfnbench.records import (
     run_dir,
     write_run,
 )
-from gfnbench.sampling import state_token_log_probs
+from gfnbench.sampling import sequence_log_likelihoods
 from gfnbench.tasks import Example, Task, get_task
 from gfnbench.trajectories import Trajectories
 
@@ -68,9 +68,12 @@ def batch_generator(seed: int, split: str, batch_index: int, device: torch.devic
 
 def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, examples: list[Example]) -> torch.Tensor:
     """[B] log p_base(sample | task prompt): the one likelihood every row of a table is scored with."""
-    plain = traj.with_prompts([task.prompt(examples[g]) for g in traj.group.tolist()], method.lm.tokenizer)
+    tok = method.lm.tokenizer
+    groups = traj.group.tolist()
+    prompts = {g: tok(task.prompt(examples[g]), add_special_tokens=False)["input_ids"] for g in set(groups)}
+    states = [traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist() for b in range(len(traj))]
     with torch.no_grad(), adapters_off(method.policy) as base:
-        return state_token_log_probs(base, plain).sum(-1)
+        return sequence_log_likelihoods(base, [prompts[g] for g in groups], states, tok.pad_token_id)
 
 
 def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:

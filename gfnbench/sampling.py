@@ -78,12 +78,15 @@ def check_context(prompt_ids: list[list[int]], budget: int, context: int, texts:
 
 
 def _choose_tokens(logits: Tensor, cfg: SamplingConfig, block_stop: Tensor, stop_id: int,
-                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                   generator: torch.Generator | None, rows: Tensor | None = None,
+                   n_rows: int | None = None) -> tuple[Tensor, Tensor]:
     """One token per row from the tempered, nucleus-truncated policy (stop blocked where asked), and each row's
     log-normaliser: log p(token) = logits[token] - lse. `logits` are [B, V] with disallowed columns at -inf.
 
     The normaliser and the draw share one exp pass (unnormalised weights, no log-softmax tensor): each sampler
-    step walks its [16, 49k] logits ~10 times instead of ~20."""
+    step walks its [16, 49k] logits ~10 times instead of ~20. `rows` are the batch rows (of `n_rows`) that
+    `logits` hold when finished rows have been dropped: the draw still takes one uniform per row of the whole
+    batch, so each row's stream does not depend on which others are still running."""
     m = logits.amax(-1, keepdim=True)
     shifted = logits - m
     weights = shifted.exp()
@@ -100,15 +103,16 @@ def _choose_tokens(logits: Tensor, cfg: SamplingConfig, block_stop: Tensor, stop
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = (sorted_p.cumsum(-1) - sorted_p) < cfg.top_p
         weights = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-    return draw_index(weights, generator), lse
+    return draw_index(weights, generator, rows, n_rows), lse
 
 
-def draw_index(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+def draw_index(probs: Tensor, generator: torch.Generator | None, rows: Tensor | None = None,
+               n_rows: int | None = None) -> Tensor:
     """One column per row, with probability proportional to `probs` (unnormalised, >= 0), by the inverse CDF:
     one uniform per row. `torch.multinomial` draws one exponential per column instead: 11% of the sampler's time
     (17 ms a step at one thread) at SmolLM2's 47k allowed tokens x 16 rows."""
-    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
-    return inverse_cdf(probs, u)
+    u = torch.rand(n_rows or probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
+    return inverse_cdf(probs, u if rows is None else u[rows])
 
 
 def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
@@ -151,6 +155,10 @@ class _HFDecoder:
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1].float()
+
+    def keep(self, rows: Tensor) -> None:
+        """Hold only these batch rows from now on (the sampler drops finished rows)."""
+        self.cache.reorder_cache(rows)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -282,6 +290,19 @@ class _LlamaDecoder:
     def step(self, feed: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
         return self._forward(feed[:, None], pos[:, None], attn[:, -1:].bool())
 
+    def keep(self, rows: Tensor) -> None:
+        """Hold only these batch rows (ascending) from now on: the written part of each cache is gathered into
+        its first rows, in place, so a drop moves the used prefix once and allocates nothing."""
+        n, t = len(rows), self.t
+        for c in self.k + self.v:
+            c[:n, :, :t] = c[:, :, :t].index_select(0, rows)
+        self.k = [c[:n] for c in self.k]
+        self.v = [c[:n] for c in self.v]
+        self.key_ok = self.key_ok.index_select(0, rows)
+
+
+DROP_FINISHED_AT = 0.75   # the sampler drops finished rows once at most this share of the rows it holds is running
+
 
 def make_decoder(model, allowed: Tensor | None, stop_id: int, fast: bool | None = None):
     """The lean decoder where the architecture allows it (and the stop action is an allowed token), else HF's."""
@@ -319,21 +340,29 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     B = len(prompts) * n
     attn = prompt_mask.repeat_interleave(n, 0)
     next_pos = attn.sum(-1)
+    live = torch.arange(B, device=dev)      # the batch rows the decoder holds (ascending)
 
     rows = _RowStates(B)
-    while not all(rows.done):
+    while True:
         if col_bias is not None:
             logits = logits + col_bias
-        chosen, lse = _choose_tokens(logits, cfg, torch.tensor(rows.n_actions, device=dev) < cfg.min_len, stop_col,
-                                     generator)
+        held = live.tolist()
+        block_stop = torch.tensor([rows.n_actions[b] for b in held], device=dev) < cfg.min_len
+        chosen, lse = _choose_tokens(logits, cfg, block_stop, stop_col, generator, live, B)
         # one conversion per step, not per row
         chosen_lp = (logits.gather(1, chosen[:, None]) - lse).squeeze(1).tolist()
         stop_lp = (logits[:, stop_col] - lse[:, 0]).tolist()
         chosen_ids = (chosen if vocab is None else vocab[chosen]).tolist()
-        feed = rows.advance(chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
-        if all(rows.done):
+        feed = rows.advance(held, chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
+        running = [j for j, b in enumerate(held) if not rows.done[b]]
+        if not running:
             break
-        alive = torch.tensor([not d for d in rows.done], dtype=torch.long, device=dev)
+        if len(running) <= DROP_FINISHED_AT * len(held):     # stop computing the finished rows
+            keep = torch.tensor(running, device=dev)
+            decoder.keep(keep)
+            live, attn, next_pos = live[keep], attn[keep], next_pos[keep]
+            feed = [feed[j] for j in running]
+        alive = torch.tensor([not rows.done[b] for b in live.tolist()], dtype=torch.long, device=dev)
         attn = torch.cat([attn, alive[:, None]], dim=1)
         logits = decoder.step(torch.tensor(feed, dtype=torch.long, device=dev), attn, next_pos)
         next_pos = next_pos + 1
@@ -358,31 +387,32 @@ class _RowStates:
         self.done = [False] * B
         self.n_actions = [0] * B
 
-    def advance(self, chosen_ids: list[int], chosen_lp: list[float], stop_lp: list[float], cfg: SamplingConfig,
-                stop_id: int, tool: Tool | None, tokenizer, pad_id: int) -> list[int]:
-        """Apply one lock-step: each live row feeds a pending tool token or takes its sampled action (the stop
-        ends it; max_len forces the stop). Returns the token each row feeds next (pad for finished rows)."""
-        feed = [pad_id] * len(self.done)
-        for b in range(len(self.done)):
+    def advance(self, held: list[int], chosen_ids: list[int], chosen_lp: list[float], stop_lp: list[float],
+                cfg: SamplingConfig, stop_id: int, tool: Tool | None, tokenizer, pad_id: int) -> list[int]:
+        """Apply one lock-step to the rows `held` (the values are aligned with it): each live row feeds a pending
+        tool token or takes its sampled action (the stop ends it; max_len forces the stop). Returns the token
+        each held row feeds next (pad for finished rows)."""
+        feed = [pad_id] * len(held)
+        for j, b in enumerate(held):
             if self.done[b]:
                 continue
             if self.pending[b]:
                 tok = self.pending[b].pop(0)
                 self.states[b].append(tok)
                 self.acts[b].append(False)
-                feed[b] = tok
+                feed[j] = tok
                 continue
             forced = self.n_actions[b] >= cfg.max_len
-            self.log_pterm[b].append(0.0 if forced else stop_lp[b])
-            tok = chosen_ids[b]
+            self.log_pterm[b].append(0.0 if forced else stop_lp[j])
+            tok = chosen_ids[j]
             if forced or tok == stop_id:
                 self.done[b], self.stopped[b] = True, not forced
                 continue
-            self.log_pf[b].append(chosen_lp[b])
+            self.log_pf[b].append(chosen_lp[j])
             self.states[b].append(tok)
             self.acts[b].append(True)
             self.n_actions[b] += 1
-            feed[b] = tok
+            feed[j] = tok
             if tool is not None:
                 inserted = tool(tokenizer.decode(self.states[b], skip_special_tokens=True))
                 if inserted:
@@ -653,6 +683,32 @@ def state_token_log_probs(model, traj: Trajectories) -> Tensor:
     hidden, parts = _tail_hidden(model, traj.prompt_ids, traj.prompt_mask, traj.state_ids, mask, pos)
     lp = _head_log_probs(hidden[:, :S], parts, traj.state_ids[:, :, None])[..., 0]
     return lp * traj.state_mask
+
+
+ROWS_PER_PASS = 64    # distinct sequences per teacher-forced pass in `sequence_log_likelihoods`
+
+
+def sequence_log_likelihoods(model, prompt_ids: list[list[int]], states: list[list[int]], pad_id: int) -> Tensor:
+    """[B] log p(state | prompt) under `model`, summed over the state tokens (0 for an empty state).
+
+    Evaluation scores many repeated samples (at T = 0.1 most of a question's 10 draws are one string) of very
+    different lengths, so each distinct (prompt, state) pair is scored once, and the distinct pairs run in
+    passes of `ROWS_PER_PASS` sorted by length, each padded only to its own longest. Equal to one full-batch
+    `state_token_log_probs` to float rounding (tests/test_perf_neutral.py)."""
+    keys = [(tuple(p), tuple(s)) for p, s in zip(prompt_ids, states)]
+    distinct = [k for k in dict.fromkeys(keys) if k[1]]
+    slot = {k: i for i, k in enumerate(distinct)}
+    dev = model_device(model)
+    scores = torch.zeros(len(distinct) + 1, device=dev)          # the last slot: empty states
+    order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i][0]) + len(distinct[i][1]), i))
+    for start in range(0, len(order), ROWS_PER_PASS):
+        part = order[start: start + ROWS_PER_PASS]
+        traj = from_rows([""] * len(part), list(range(len(part))), [list(distinct[i][0]) for i in part],
+                         [list(distinct[i][1]) for i in part], [[True] * len(distinct[i][1]) for i in part],
+                         [True] * len(part), [[] for _ in part], [[0.0] for _ in part], [""] * len(part), pad_id,
+                         device=dev)
+        scores[torch.tensor(part, device=dev)] = state_token_log_probs(model, traj).sum(-1)
+    return scores[torch.tensor([slot.get(k, len(distinct)) for k in keys], device=dev)]
 
 
 def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block_len: Tensor, M: int) -> Tensor:

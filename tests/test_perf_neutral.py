@@ -321,3 +321,52 @@ def test_state_token_log_probs_equal_the_full_batch_pass(lora_lm):
         for name, traj in batches.items():
             torch.testing.assert_close(state_token_log_probs(base, traj), reference_state_token_log_probs(base, traj),
                                        **TOL, msg=name)
+
+
+@pytest.mark.parametrize("fast", [None, False])
+def test_dropping_finished_rows_changes_no_sample(lora_lm, monkeypatch, fast):
+    """The sampler stops computing rows that finished (`DROP_FINISHED_AT`): dropping at every finish and never
+    dropping give the same tokens, stops and log-probs (each row keeps its own uniforms), with tools, left-padded
+    prompts of different lengths and both decoders (`fast=False`: the HF forward and its cache; gpt2 has
+    only that one)."""
+    import gfnbench.sampling as sampling
+
+    lm, policy = lora_lm
+    tok = lm.tokenizer
+    cfg = SamplingConfig(temperature=4.0, min_len=1, max_len=9)    # hot: rows stop at many lengths
+    prompts = ["Question: 1 + 2 = ? Answer:", "the cat"]
+    runs = {}
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(sampling, "DROP_FINISHED_AT", share)
+        runs[share] = sample(policy, tok, prompts, 8, cfg, stop_id=lm.eos_id, allowed=digit_mask(tok), tool=_tool,
+                             generator=torch.Generator().manual_seed(4), fast=fast)
+    never, always = runs[0.0], runs[1.0]
+    assert len(set(never.lengths.tolist())) > 2, "test data too weak: every row ran equally long"
+    assert never.texts == always.texts and torch.equal(never.state_ids, always.state_ids)
+    assert torch.equal(never.stopped, always.stopped)
+    torch.testing.assert_close(never.log_pf, always.log_pf, **TOL)
+    torch.testing.assert_close(never.log_pterm, always.log_pterm, **TOL)
+
+
+def test_sequence_log_likelihoods_equal_the_full_batch_pass(lora_lm, monkeypatch):
+    """Evaluation's likelihood scores each distinct (prompt, state) once, in length-sorted passes (3 rows a pass
+    here, so the passes split a prompt's rows): equal to the one padded full-batch pass, with repeated rows,
+    an empty state, two prompts of different lengths and tool tokens in the states."""
+    import gfnbench.sampling as sampling
+    from gfnbench.sampling import sequence_log_likelihoods
+
+    monkeypatch.setattr(sampling, "ROWS_PER_PASS", 3)
+    lm, policy = lora_lm
+    _, batches = _batches(lm, policy)
+    two = batches["two_prompts"]
+    index = [0, 1, 1, 2, 3, 0, 4, 5, 5, 3]            # repeated rows, both prompts
+    traj = two.select(index)
+    prompts = [traj.prompt_ids[b][traj.prompt_mask[b].bool()].tolist() for b in range(len(traj))]
+    states = [traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist() for b in range(len(traj))]
+    states[6] = []
+    with torch.no_grad(), adapters_off(policy) as base:
+        got = sequence_log_likelihoods(base, prompts, states, lm.tokenizer.pad_token_id)
+        want = reference_state_token_log_probs(base, traj).sum(-1)
+    want[6] = 0.0
+    assert len({tuple(s) for s in states}) < len(states) and len({len(s) for s in states}) > 2
+    torch.testing.assert_close(got, want, **TOL)
