@@ -146,7 +146,8 @@ class _HFDecoder:
         self.cache = None
         self.vocab = None
 
-    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int) -> Tensor:
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int,
+                capacity: int = 0) -> Tensor:
         logits, self.cache = prefill(self.model, prompt_ids, prompt_mask, repeats)
         return logits
 
@@ -157,7 +158,7 @@ class _HFDecoder:
         return out.logits[:, -1].float()
 
     def keep(self, rows: Tensor) -> None:
-        """Hold only these batch rows from now on (the sampler drops finished rows)."""
+        """Hold these rows of the ones held now, in this order (repeats copy a row: the sampler splits a node)."""
         self.cache.reorder_cache(rows)
 
 
@@ -229,7 +230,7 @@ class _LlamaDecoder:
             else:
                 self.qkv.append(None)
             self.o.append(_effective_linear(attn.o_proj))
-        self.k = self.v = self.key_ok = None
+        self.k = self.v = self.k_buf = self.v_buf = self.key_ok = None
         self.t = 0
 
     def _forward(self, ids: Tensor, pos: Tensor, key_ok: Tensor) -> Tensor:
@@ -272,36 +273,44 @@ class _LlamaDecoder:
         h = self.body.norm(x[:, -1])
         return torch.nn.functional.linear(h, self.head_w, self.head_b).float()
 
-    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int) -> Tensor:
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int, budget: int,
+                capacity: int = 0) -> Tensor:
+        """Run the prompts; the cache has room for `budget` more tokens and max(capacity, prompts x repeats)
+        rows (a node split adds rows)."""
         nP, P = prompt_ids.shape
-        cap = P + budget + 1
+        cap, rows = P + budget + 1, max(capacity, nP * repeats)
         dtype, dev = self.head_w.dtype, prompt_ids.device
-        self.k = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
-        self.v = [torch.zeros(nP, self.n_kv, cap, self.head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
+        self.k_buf = [torch.empty(rows, self.n_kv, cap, self.head_dim, dtype=dtype, device=dev)
+                      for _ in self.body.layers]
+        self.v_buf = [torch.empty(rows, self.n_kv, cap, self.head_dim, dtype=dtype, device=dev)
+                      for _ in self.body.layers]
+        self.k, self.v = [c[:nP] for c in self.k_buf], [c[:nP] for c in self.v_buf]
         self.key_ok = torch.zeros(nP, cap, dtype=torch.bool, device=dev)
         self.t = 0
         logits = self._forward(prompt_ids, positions_from_mask(prompt_mask), prompt_mask.bool())
         if repeats > 1:     # each distinct prompt ran once; its cache is copied to its rows
-            self.k = [c.repeat_interleave(repeats, 0) for c in self.k]
-            self.v = [c.repeat_interleave(repeats, 0) for c in self.v]
-            self.key_ok = self.key_ok.repeat_interleave(repeats, 0)
+            self.keep(_arange(nP, dev).repeat_interleave(repeats))
         return logits.repeat_interleave(repeats, 0)
 
     def step(self, feed: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
         return self._forward(feed[:, None], pos[:, None], attn[:, -1:].bool())
 
     def keep(self, rows: Tensor) -> None:
-        """Hold only these batch rows (ascending) from now on: the written part of each cache is gathered into
-        its first rows, in place, so a drop moves the used prefix once and allocates nothing."""
-        n, t = len(rows), self.t
-        for c in self.k + self.v:
-            c[:n, :, :t] = c[:, :, :t].index_select(0, rows)
-        self.k = [c[:n] for c in self.k]
-        self.v = [c[:n] for c in self.v]
+        """Hold these rows of the ones held now, in this order (repeats copy a row: the sampler splits a node).
+        The written part of each cache is gathered into the first rows of its buffer: one move of the used
+        prefix, no allocation."""
+        n, held, t = len(rows), len(self.key_ok), self.t
+        for buf in self.k_buf + self.v_buf:
+            buf[:n, :, :t] = buf[:held, :, :t].index_select(0, rows)
+        self.k, self.v = [c[:n] for c in self.k_buf], [c[:n] for c in self.v_buf]
         self.key_ok = self.key_ok.index_select(0, rows)
 
 
-DROP_FINISHED_AT = 0.75   # the sampler drops finished rows once at most this share of the rows it holds is running
+DROP_FINISHED_AT = 0.75   # the sampler drops finished nodes once at most this share of the nodes it holds runs
+
+
+def _arange(n: int, device) -> Tensor:
+    return torch.arange(n, device=device)
 
 
 def make_decoder(model, allowed: Tensor | None, stop_id: int, fast: bool | None = None):
@@ -332,39 +341,57 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     allowed = None if allowed is None else allowed.to(dev)
     prompt_ids, prompt_mask = left_pad(ids, pad_id, dev)
     decoder = make_decoder(model, allowed, stop_id, fast)
-    logits = decoder.prefill(prompt_ids, prompt_mask, n, budget)
+    B = len(prompts) * n
+    logits = decoder.prefill(prompt_ids, prompt_mask, 1, budget, capacity=B)
     # columns of `logits`: the allowed tokens (lean decoder) or the whole vocabulary (masked here)
     vocab = decoder.vocab
     col_bias = column_mask_bias(allowed) if vocab is None and allowed is not None else None
     stop_col = stop_id if vocab is None else int((vocab == stop_id).nonzero()[0, 0])
-    B = len(prompts) * n
-    attn = prompt_mask.repeat_interleave(n, 0)
-    next_pos = attn.sum(-1)
-    live = torch.arange(B, device=dev)      # the batch rows the decoder holds (ascending)
+    # The decoder holds one row per distinct history (a node): rows that wrote the same tokens share it
+    node_of = [b // n for b in range(B)]
+    attn, next_pos = prompt_mask, prompt_mask.sum(-1)
 
     rows = _RowStates(B)
     while True:
         if col_bias is not None:
             logits = logits + col_bias
-        held = live.tolist()
-        block_stop = torch.tensor([rows.n_actions[b] for b in held], device=dev) < cfg.min_len
-        chosen, lse = _choose_tokens(logits, cfg, block_stop, stop_col, generator, live, B)
+        running = [b for b in range(B) if not rows.done[b]]
+        nodes = torch.tensor([node_of[b] for b in running], device=dev)
+        row_logits = logits if len(running) == len(logits) and bool((nodes == _arange(len(nodes), dev)).all()) \
+            else logits.index_select(0, nodes)
+        block_stop = torch.tensor([rows.n_actions[b] for b in running], device=dev) < cfg.min_len
+        chosen, lse = _choose_tokens(row_logits, cfg, block_stop, stop_col, generator,
+                                     torch.tensor(running, device=dev), B)
         # one conversion per step, not per row
-        chosen_lp = (logits.gather(1, chosen[:, None]) - lse).squeeze(1).tolist()
-        stop_lp = (logits[:, stop_col] - lse[:, 0]).tolist()
+        chosen_lp = (row_logits.gather(1, chosen[:, None]) - lse).squeeze(1).tolist()
+        stop_lp = (row_logits[:, stop_col] - lse[:, 0]).tolist()
         chosen_ids = (chosen if vocab is None else vocab[chosen]).tolist()
-        feed = rows.advance(held, chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
-        running = [j for j, b in enumerate(held) if not rows.done[b]]
-        if not running:
+        feed = rows.advance(running, chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
+        # each running row moves to the child (its node, the token it feeds): rows of one node that drew
+        # different tokens split it (its cache row is copied), rows that all finished leave it
+        moves: dict[tuple[int, int], list[int]] = {}
+        for j, b in enumerate(running):
+            if not rows.done[b]:
+                moves.setdefault((node_of[b], feed[j]), []).append(b)
+        if not moves:
             break
-        if len(running) <= DROP_FINISHED_AT * len(held):     # stop computing the finished rows
-            keep = torch.tensor(running, device=dev)
-            decoder.keep(keep)
-            live, attn, next_pos = live[keep], attn[keep], next_pos[keep]
-            feed = [feed[j] for j in running]
-        alive = torch.tensor([not rows.done[b] for b in live.tolist()], dtype=torch.long, device=dev)
+        split = len(moves) > len({node for node, _ in moves})
+        if split or len(moves) <= DROP_FINISHED_AT * len(logits):
+            parents = torch.tensor([node for node, _ in moves], device=dev)
+            decoder.keep(parents)
+            attn, next_pos = attn.index_select(0, parents), next_pos.index_select(0, parents)
+            feed_nodes = [tok for _, tok in moves]
+            for i, members in enumerate(moves.values()):
+                for b in members:
+                    node_of[b] = i
+        else:       # the same nodes: the finished ones are fed padding (attention 0) until the next gather
+            feed_nodes = [pad_id] * len(logits)
+            for node, tok in moves:
+                feed_nodes[node] = tok
+        alive = torch.zeros(len(feed_nodes), dtype=torch.long, device=dev)
+        alive[torch.tensor(sorted({node_of[b] for members in moves.values() for b in members}), device=dev)] = 1
         attn = torch.cat([attn, alive[:, None]], dim=1)
-        logits = decoder.step(torch.tensor(feed, dtype=torch.long, device=dev), attn, next_pos)
+        logits = decoder.step(torch.tensor(feed_nodes, dtype=torch.long, device=dev), attn, next_pos)
         next_pos = next_pos + 1
 
     texts = [tokenizer.decode(s, skip_special_tokens=True) for s in rows.states]
@@ -467,18 +494,29 @@ def _context_state_positions(ctx_mask: Tensor, S: int) -> Tensor:
                       ctx_mask.sum(-1, keepdim=True) + torch.arange(S, device=ctx_mask.device)[None, :]], dim=1)
 
 
-def _shared_rows(ids: Tensor, mask: Tensor) -> bool:
-    """Every row holds the same (context) sequence: a GFlowNet batch is one prompt x n samples."""
-    return ids.shape[0] > 1 and bool((ids == ids[:1]).all()) and bool((mask == mask[:1]).all())
+def _distinct_rows(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(first row of each distinct (context) sequence, each row's index into them), or None when no two rows
+    share one: a GFlowNet batch is one prompt x n samples, an evaluation batch 10 questions x 10 samples."""
+    if ids.shape[0] < 2:
+        return None
+    if bool((ids == ids[:1]).all()) and bool((mask == mask[:1]).all()):     # the common case, without a sort
+        return ids.new_zeros(1), ids.new_zeros(ids.shape[0])
+    _, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+    n = int(inverse.max()) + 1
+    if n == ids.shape[0]:
+        return None
+    first = torch.full((n,), ids.shape[0], dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(ids.shape[0], device=ids.device), reduce="amin")
+    return first, inverse
 
 
 def _tail_hidden(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor, pos: Tensor):
     """Final hidden states (or logits, for a model without a plain head) of the last context position and every
     `rest` position, [B, 1 + R, H or V], gradients kept when enabled.
 
-    `attn` is the 2D mask over [context | rest] or a 4D additive bias [B, 1, C+R, C+R]. A context shared by every
-    row runs once (batch 1) and its KV cache is repeated to the B rows: with gradients this is still exact, the
-    cache copies' gradients sum back into the one context pass (forward and backward of the prompt run once)."""
+    `attn` is the 2D mask over [context | rest] or a 4D additive bias [B, 1, C+R, C+R]. Each distinct context
+    runs once and its KV cache is copied to its rows: with gradients this is still exact, the cache copies'
+    gradients sum back into the one context pass (forward and backward of each prompt run once)."""
     parts = _body_and_head(model)
     run = parts[0] if parts is not None else model
     field = "last_hidden_state" if parts is not None else "logits"
@@ -489,19 +527,21 @@ def _tail_hidden(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, att
 def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor,
                       pos: Tensor):
     B, C = ctx_ids.shape
-    if C == 0 or not _shared_rows(ctx_ids, ctx_mask):
+    shared = _distinct_rows(ctx_ids, ctx_mask) if C else None
+    if shared is None:
         out = run(input_ids=torch.cat([ctx_ids, rest_ids], dim=1), attention_mask=attn, position_ids=pos,
                   **({} if parts is not None else {"logits_to_keep": rest_ids.shape[1] + 1}))
         h = getattr(out, field)
         return h[:, -(rest_ids.shape[1] + 1):], parts
-    first = run(input_ids=ctx_ids[:1], attention_mask=ctx_mask[:1], position_ids=pos[:1, :C], use_cache=True,
-                **({} if parts is not None else {"logits_to_keep": 1}))
-    cache = first.past_key_values
-    cache.batch_repeat_interleave(B)
+    first, inverse = shared
+    contexts = run(input_ids=ctx_ids[first], attention_mask=ctx_mask[first], position_ids=pos[first, :C],
+                   use_cache=True, **({} if parts is not None else {"logits_to_keep": 1}))
+    cache = contexts.past_key_values
+    cache.reorder_cache(inverse)
     rest_attn = attn if attn.dim() == 2 else attn[:, :, C:, :]
     rest = getattr(run(input_ids=rest_ids, attention_mask=rest_attn, position_ids=pos[:, C:], past_key_values=cache,
                        use_cache=True), field)
-    return torch.cat([getattr(first, field)[:, -1:].expand(B, 1, -1), rest], dim=1), parts
+    return torch.cat([getattr(contexts, field)[:, -1:].index_select(0, inverse), rest], dim=1), parts
 
 
 HEAD_BLOCK = 2048     # output-layer columns per block in `_head_log_probs`: [positions, 2048] fp32 logits at a time
@@ -685,24 +725,44 @@ def state_token_log_probs(model, traj: Trajectories) -> Tensor:
     return lp * traj.state_mask
 
 
-ROWS_PER_PASS = 64    # distinct sequences per teacher-forced pass in `sequence_log_likelihoods`
+ROWS_PER_PASS = 64    # at most this many distinct sequences per teacher-forced pass in `sequence_log_likelihoods`
+PASS_COST = 64        # what one more pass costs, in padded tokens (reading the weights once more)
+
+
+def length_passes(lengths: list[int], max_rows: int, pass_cost: int) -> list[tuple[int, int]]:
+    """Split rows sorted by length (ascending) into consecutive passes [start, end) that minimise the padded
+    tokens (each pass pads to its last row) plus `pass_cost` per pass, at most `max_rows` rows a pass: an exact
+    dynamic programme over the split points, O(n * max_rows)."""
+    n = len(lengths)
+    best, cut = [0] + [None] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + (end - start) * lengths[end - 1] + pass_cost
+            if best[end] is None or cost < best[end]:
+                best[end], cut[end] = cost, start
+    passes, end = [], n
+    while end > 0:
+        passes.append((cut[end], end))
+        end = cut[end]
+    return passes[::-1]
 
 
 def sequence_log_likelihoods(model, prompt_ids: list[list[int]], states: list[list[int]], pad_id: int) -> Tensor:
     """[B] log p(state | prompt) under `model`, summed over the state tokens (0 for an empty state).
 
     Evaluation scores many repeated samples (at T = 0.1 most of a question's 10 draws are one string) of very
-    different lengths, so each distinct (prompt, state) pair is scored once, and the distinct pairs run in
-    passes of `ROWS_PER_PASS` sorted by length, each padded only to its own longest. Equal to one full-batch
-    `state_token_log_probs` to float rounding (tests/test_perf_neutral.py)."""
+    different lengths, so each distinct (prompt, state) pair is scored once, the distinct pairs run in passes
+    of similar lengths (`length_passes`), each padded only to its own longest, and each pass runs each of its
+    distinct prompts once (`_tail_hidden`). Equal to one full-batch `state_token_log_probs` to float rounding
+    (tests/test_perf_neutral.py)."""
     keys = [(tuple(p), tuple(s)) for p, s in zip(prompt_ids, states)]
     distinct = [k for k in dict.fromkeys(keys) if k[1]]
     slot = {k: i for i, k in enumerate(distinct)}
     dev = model_device(model)
     scores = torch.zeros(len(distinct) + 1, device=dev)          # the last slot: empty states
-    order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i][0]) + len(distinct[i][1]), i))
-    for start in range(0, len(order), ROWS_PER_PASS):
-        part = order[start: start + ROWS_PER_PASS]
+    order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i][1]), distinct[i][0]))
+    for start, end in length_passes([len(distinct[i][1]) for i in order], ROWS_PER_PASS, PASS_COST):
+        part = order[start: end]
         traj = from_rows([""] * len(part), list(range(len(part))), [list(distinct[i][0]) for i in part],
                          [list(distinct[i][1]) for i in part], [[True] * len(distinct[i][1]) for i in part],
                          [True] * len(part), [[] for _ in part], [[0.0] for _ in part], [""] * len(part), pad_id,

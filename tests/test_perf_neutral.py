@@ -15,6 +15,7 @@ from gfnbench.sampling import (
     SamplingConfig,
     _suffix_copies_log_reward,
     every_prefix_log_reward,
+    inverse_cdf,
     masked_log_softmax,
     policy_log_probs,
     positions_from_mask,
@@ -323,29 +324,75 @@ def test_state_token_log_probs_equal_the_full_batch_pass(lora_lm):
                                        **TOL, msg=name)
 
 
+def reference_sample(model, tok, prompts: list[str], n: int, cfg: SamplingConfig, stop_id: int, allowed: Tensor,
+                     tool, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]], list[bool]]:
+    """The sampler without any of its machinery: row by row, every step re-runs the row's whole prompt + state
+    through the HF forward (no cache, no shared rows), masks the full vocabulary and draws with the row's own
+    uniform of the step (one per row of the batch each step, as `sample` draws them)."""
+    B = len(prompts) * n
+    states, log_pf = [[] for _ in range(B)], [[] for _ in range(B)]
+    pending, n_actions = [[] for _ in range(B)], [0] * B
+    done, stopped = [False] * B, [False] * B
+    while not all(done):
+        u = torch.rand(B, 1, dtype=torch.float64, generator=generator)
+        for b in range(B):
+            if done[b]:
+                continue
+            if pending[b]:
+                states[b].append(pending[b].pop(0))
+                continue
+            if n_actions[b] >= cfg.max_len:
+                done[b] = True
+                continue
+            ids = tok(prompts[b // n], add_special_tokens=False)["input_ids"] + states[b]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+            weights = ((logp - logp.max()) / cfg.temperature).exp()
+            if n_actions[b] < cfg.min_len:
+                weights[stop_id] = 0.0
+            tok_id = int(inverse_cdf(weights[None], u[b: b + 1])[0])
+            if tok_id == stop_id:
+                done[b] = stopped[b] = True
+                continue
+            states[b].append(tok_id)
+            log_pf[b].append(float(logp[tok_id]))
+            n_actions[b] += 1
+            inserted = tool(tok.decode(states[b], skip_special_tokens=True))
+            if inserted:
+                pending[b] = tok(inserted, add_special_tokens=False)["input_ids"][: cfg.max_tool_tokens]
+    return states, log_pf, stopped
+
+
 @pytest.mark.parametrize("fast", [None, False])
-def test_dropping_finished_rows_changes_no_sample(lora_lm, monkeypatch, fast):
-    """The sampler stops computing rows that finished (`DROP_FINISHED_AT`): dropping at every finish and never
-    dropping give the same tokens, stops and log-probs (each row keeps its own uniforms), with tools, left-padded
-    prompts of different lengths and both decoders (`fast=False`: the HF forward and its cache; gpt2 has
-    only that one)."""
+@pytest.mark.parametrize("drop_at", [0.0, 0.75, 1.0])
+def test_sampler_draws_what_plain_per_row_decoding_draws(lora_lm, monkeypatch, fast, drop_at):
+    """`sample` holds one decoder row per distinct history (rows that wrote the same tokens share it; a node
+    splits when they draw apart) and stops computing finished rows (`DROP_FINISHED_AT`: never, at 3/4,
+    at every finish). None of it changes a sample: the same tokens, stops and log-probs as the cache-free
+    per-row `reference_sample`, with tools, left-padded prompts of different lengths and both decoders
+    (`fast=False`: the HF forward and its cache; gpt2 has only that one). The temperature is low enough that
+    rows share histories, and high enough that they split."""
     import gfnbench.sampling as sampling
 
+    monkeypatch.setattr(sampling, "DROP_FINISHED_AT", drop_at)
     lm, policy = lora_lm
     tok = lm.tokenizer
-    cfg = SamplingConfig(temperature=4.0, min_len=1, max_len=9)    # hot: rows stop at many lengths
+    allowed = digit_mask(tok)
+    cfg = SamplingConfig(temperature=0.7, min_len=1, max_len=9)
     prompts = ["Question: 1 + 2 = ? Answer:", "the cat"]
-    runs = {}
-    for share in (0.0, 1.0):
-        monkeypatch.setattr(sampling, "DROP_FINISHED_AT", share)
-        runs[share] = sample(policy, tok, prompts, 8, cfg, stop_id=lm.eos_id, allowed=digit_mask(tok), tool=_tool,
-                             generator=torch.Generator().manual_seed(4), fast=fast)
-    never, always = runs[0.0], runs[1.0]
-    assert len(set(never.lengths.tolist())) > 2, "test data too weak: every row ran equally long"
-    assert never.texts == always.texts and torch.equal(never.state_ids, always.state_ids)
-    assert torch.equal(never.stopped, always.stopped)
-    torch.testing.assert_close(never.log_pf, always.log_pf, **TOL)
-    torch.testing.assert_close(never.log_pterm, always.log_pterm, **TOL)
+    got = sample(policy, tok, prompts, 6, cfg, stop_id=lm.eos_id, allowed=allowed, tool=_tool,
+                 generator=torch.Generator().manual_seed(4), fast=fast)
+    states, log_pf, stopped = reference_sample(policy, tok, prompts, 6, cfg, lm.eos_id, allowed, _tool,
+                                               torch.Generator().manual_seed(4))
+    assert [got.state_ids[b, : int(got.state_mask[b].sum())].tolist() for b in range(len(got))] == states
+    assert got.stopped.tolist() == stopped
+    for b in range(len(got)):
+        torch.testing.assert_close(got.log_pf[b, : len(log_pf[b])], torch.tensor(log_pf[b]), atol=1e-4, rtol=1e-4)
+    shared_then_split = [(a, b) for a in range(12) for b in range(a + 1, 12) if a // 6 == b // 6
+                         and len(states[a]) > 1 and states[a][:2] == states[b][:2] and states[a] != states[b]]
+    assert shared_then_split, "test data too weak: no two rows of a prompt shared a history, then split"
+    assert len({len(s) for s in states}) > 2, "test data too weak: rows ran equally long"
 
 
 def test_sequence_log_likelihoods_equal_the_full_batch_pass(lora_lm, monkeypatch):
@@ -370,3 +417,29 @@ def test_sequence_log_likelihoods_equal_the_full_batch_pass(lora_lm, monkeypatch
     want[6] = 0.0
     assert len({tuple(s) for s in states}) < len(states) and len({len(s) for s in states}) > 2
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_length_passes_are_the_cheapest_split_by_brute_force():
+    """The split of length-sorted rows into passes is the cheapest of every split (enumerated), under the row cap."""
+    from itertools import combinations
+
+    from gfnbench.sampling import length_passes
+
+    def cost(lengths, passes, pass_cost):
+        return sum((e - s) * lengths[e - 1] + pass_cost for s, e in passes)
+
+    for lengths, max_rows, pass_cost in [([1, 2, 2, 3, 9, 10, 30], 3, 4), ([5] * 6, 4, 10), ([1, 50], 8, 1),
+                                         ([2, 3, 4, 20, 21, 40, 41, 42], 8, 6)]:
+        n = len(lengths)
+        best = None
+        for k in range(n):
+            for cuts in combinations(range(1, n), k):
+                bounds = [0, *cuts, n]
+                passes = list(zip(bounds, bounds[1:]))
+                if all(e - s <= max_rows for s, e in passes):
+                    c = cost(lengths, passes, pass_cost)
+                    best = c if best is None else min(best, c)
+        got = length_passes(lengths, max_rows, pass_cost)
+        assert got[0][0] == 0 and got[-1][1] == n and all(a[1] == b[0] for a, b in zip(got, got[1:]))
+        assert all(e - s <= max_rows for s, e in got)
+        assert cost(lengths, got, pass_cost) == best
