@@ -32,9 +32,12 @@ class DecodingBaseline(Method):
     def decoding(self):
         return self.task.sampling(train=False, temperature=self.temperature, greedy=self.greedy, top_p=self.top_p)
 
+    def rows_per_question(self, n: int) -> int:
+        return 1 if self.greedy else n
+
     def sample(self, examples, n, generator) -> Trajectories:
         tok = self.lm.tokenizer
-        n = 1 if self.greedy else n
+        n = self.rows_per_question(n)
         return sample_task(self.task, self.lm.model, tok, self.prompts(examples), n, self.decoding(),
                            context=self.lm.context_length, generator=generator)
 

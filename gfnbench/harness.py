@@ -109,6 +109,13 @@ def eval_questions(profile: Profile, task: Task) -> int | None:
     return max(profile.eval_questions, task.min_eval_questions)
 
 
+def questions_per_batch(method: Method, profile: Profile, n: int) -> int:
+    """The profile's eval_batch questions, or more for a method that returns fewer than n rows a question
+    (greedy), up to the same eval_batch x n rows. Only a method that draws nothing has fewer rows, so every
+    sampling method keeps its batches, and with them each batch's seeded stream."""
+    return profile.eval_batch * max(1, n // max(1, method.rows_per_question(n)))
+
+
 def question_scores(method: Method, task: Task, traj: Trajectories, examples: list[Example],
                     split: str) -> tuple[list[dict], list[dict]]:
     """Each question's metrics over its n samples, and the samples' rows for samples.jsonl."""
@@ -138,8 +145,8 @@ def evaluate(method: Method, task: Task, profile: Profile, seed: int,
         examples = task.examples(split)[: eval_questions(profile, task)]
         if not examples:
             raise ValueError(f"split {split!r} of task {task.name} has no examples")
-        scores, split_samples = evaluate_batches(method, task, chunks(examples, profile.eval_batch), n, seed, split,
-                                                 f"{label} {split}".strip())
+        batches = chunks(examples, questions_per_batch(method, profile, n))
+        scores, split_samples = evaluate_batches(method, task, batches, n, seed, split, f"{label} {split}".strip())
         samples += split_samples
         per_question[split] = {"ids": [ex.id for ex in examples],
                                **{key: [q[key] for q in scores] for key in scores[0]}}

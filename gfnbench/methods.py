@@ -106,6 +106,11 @@ class Method:
     def sample(self, examples: list[Example], n: int, generator: torch.Generator) -> Trajectories:
         raise NotImplementedError
 
+    def rows_per_question(self, n: int) -> int:
+        """Rows `sample` returns per question when asked for n (greedy: 1). Evaluation fills a batch with
+        questions up to the profile's eval_batch x n rows, so a one-row method is not run 10 rows a step."""
+        return n
+
     def config(self) -> dict:
         return {}
 

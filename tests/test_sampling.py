@@ -164,3 +164,31 @@ def test_draw_index_follows_the_probabilities_and_never_draws_a_zero():
     a = draw_index(probs[:100], torch.Generator().manual_seed(7))
     b = draw_index(probs[:100], torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+def test_greedy_evaluation_fills_batches_with_more_questions_and_draws_the_same():
+    """Greedy returns one row a question, so evaluation gives it eval_batch x n questions a batch (the rows a
+    sampling method's batch has); its samples and metrics do not depend on the batch. A sampling method keeps
+    eval_batch questions (and each batch's seeded stream)."""
+    from dataclasses import replace
+
+    from gfnbench.catalog import get_method
+    from gfnbench.harness import evaluate, questions_per_batch
+    from gfnbench.methods import RunContext
+    from gfnbench.models import load_model
+    from gfnbench.profiles import get_profile
+    from gfnbench.tasks import get_task
+
+    task, lm = get_task("arith"), load_model("tiny")
+    prof = replace(get_profile("smoke"), eval_questions=5, eval_samples=2, eval_batch=1)
+    greedy = get_method("greedy").factory(task, lm, RunContext(seed=0, profile=prof, method="greedy"))
+    temperature = get_method("temperature").factory(task, lm, RunContext(seed=0, profile=prof, method="temperature"))
+    assert questions_per_batch(greedy, prof, 2) == 2 and questions_per_batch(temperature, prof, 2) == 1
+    wide, wide_samples, _ = evaluate(greedy, task, prof, 0)
+    one_row = replace(prof, eval_samples=1)            # one question a batch for greedy too
+    assert questions_per_batch(greedy, one_row, 1) == 1
+    narrow, narrow_samples, _ = evaluate(greedy, task, one_row, 0)
+    assert [s["text"] for s in wide_samples] == [s["text"] for s in narrow_samples]
+    assert wide.keys() == narrow.keys()
+    for split in wide:       # the likelihood is summed in other pass shapes: equal to float rounding
+        assert wide[split] == pytest.approx(narrow[split], rel=1e-6)
