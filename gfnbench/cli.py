@@ -83,7 +83,8 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
           overwrite: bool = False, data: str | None = None, settings: str | None = None,
           method_settings: dict | None = None, accelerator: str | None = None, devices: int | None = None,
-          strategy: str | None = None, precision: str | None = None, save_adapters: bool = False) -> None:
+          strategy: str | None = None, precision: str | None = None, save_adapters: bool = False,
+          jobs: int | None = None) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
@@ -102,13 +103,15 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
         precision: 32 or bf16-mixed (training under autocast; evaluation in the model's dtype).
         save_adapters: also write each trained run's weights to its folder's adapters.pt.
+        jobs: runs side by side, each with its share of the cores' torch threads (default: the profile's; cpu:
+            one per core, up to 4; smoke and paper: 1).
     """
     from gfnbench.harness import bench as run_bench
 
     compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
     for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data,
                           collect_settings(settings, method_settings), compute=compute,
-                          save_adapters=save_adapters):
+                          save_adapters=save_adapters, jobs=jobs):
         print(f"[gfnbench] wrote {path}")
 
 

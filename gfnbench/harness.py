@@ -5,8 +5,11 @@ or decoding the method used, so the column means the same thing in every row.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
+import os
 import random
 import time
 from dataclasses import asdict, replace
@@ -38,7 +41,9 @@ from gfnbench.models import LanguageModel, adapters_off, load_model
 from gfnbench.preflight import check_bench, check_run
 from gfnbench.profiles import Profile, get_profile
 from gfnbench.records import (
+    BENCH_LOG,
     atomic_write_bytes,
+    atomic_write_text,
     check_writable,
     data_fingerprint,
     git_commit,
@@ -342,9 +347,11 @@ def default_methods(task: Task, prof: Profile) -> list[str]:
 def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
           data: str | None = None, settings: dict | None = None, compute: dict | None = None,
-          save_adapters: bool = False) -> list[Path]:
+          save_adapters: bool = False, jobs: int | None = None, tables: bool = True) -> list[Path]:
     """Every method registered for the task x seeds (runs that already have a record are kept), then tables.
-    With several processes (--devices N) they are started once, and all follow process 0's list of runs."""
+    With several processes (--devices N) they are started once, and all follow process 0's list of runs.
+    With `jobs` > 1 (the cpu profile: one per core, up to 4) that many processes share the list through the
+    run locks, each with its share of the cores' torch threads; the table comes when all are done."""
     from gfnbench.leaderboard import write_leaderboard
 
     check_bench(task, profile, seeds, methods, results_dir, model, data)   # every seed and method, before any run
@@ -359,20 +366,149 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
         settings_for(get_method(name), settings)
     root = results_root(prof, results_dir, data)
     check_writable(root)
+    runs = bench_runs(names, seeds)
+    n_jobs, threads = bench_jobs(prof, jobs, len(runs))
+    since = float(os.environ.get(_BENCH_STARTED, time.time()))
     launch(prof)
     lead = rank() == 0
     if lead:
         print(f"[gfnbench] runs and tables go to {root}")
-    for name in names:
-        claims = locks.claim(root, task_obj.name, name, seeds_for(get_method(name), seeds), overwrite) if lead else ()
-        for seed in follow_lead(claims):
+    kwargs = dict(task=task, profile=profile, seeds=list(seeds), methods=methods, results_dir=results_dir,
+                  model=model, overwrite=overwrite, data=data, settings=settings, compute=compute,
+                  save_adapters=save_adapters)
+    helpers = BenchHelpers(kwargs, n_jobs - 1, threads, root / "runs" / task_obj.name, since) if lead else None
+    with helpers if helpers is not None else contextlib.nullcontext():
+        claims = locks.claim(root, task_obj.name, runs, overwrite, since) if lead else ()
+        for name, seed in follow_lead(claims):
             t0 = time.time()
             out = run(task_obj.name, name, seed, profile, str(root), model, overwrite, data,
                       {name: (settings or {}).get(name) or {}}, resume=True,    # an interrupted run continues
                       compute=compute, save_adapters=save_adapters)
             if lead:
                 print(f"[gfnbench] {task_obj.name}/{name}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
-    return write_leaderboard(root, task_obj.name, method_order=names) if lead else []
+    if not lead or not tables:
+        return []
+    write_bench_log(root / "runs" / task_obj.name, since, n_jobs, threads, runs, helpers.ran)
+    return write_leaderboard(root, task_obj.name, method_order=names)
+
+
+def bench_runs(names: list[str], seeds) -> list[tuple[str, int]]:
+    """Every (method, seed) of a bench, training methods first: the longest runs start first, so parallel jobs
+    end together instead of one job finishing a long run alone."""
+    runs = [(name, seed) for name in names for seed in seeds_for(get_method(name), seeds)]
+    return sorted(runs, key=lambda r: not get_method(r[0]).trains)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
+
+
+def bench_jobs(prof: Profile, jobs: int | None, n_runs: int) -> tuple[int, int]:
+    """(processes, torch threads each) for a bench. `jobs` given wins; else the profile's `bench_jobs`, where
+    None means one job per core up to 4 on a one-device CPU run: on 2 cores two 1-thread runs did 1.45x the
+    work of one 2-thread run (an arith evaluation batch: 13.0 s at 1 thread, 9.5 s at 2)."""
+    cores = usable_cores()
+    if jobs is None:
+        jobs = prof.bench_jobs
+    if jobs is None:
+        jobs = min(4, cores) if prof.accelerator == "cpu" and prof.devices == 1 else 1
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and prof.devices > 1:
+        raise ValueError("--jobs > 1 runs several benches side by side; with --devices > 1 use --jobs 1")
+    jobs = max(1, min(jobs, n_runs))
+    return jobs, max(1, cores // jobs)
+
+
+_BENCH_STARTED = "GFNBENCH_BENCH_STARTED"
+
+
+def _bench_job(kwargs: dict, threads: int, log: str) -> None:
+    """One helper job of a bench (a fresh process): its output goes to its log, its runs to the shared folder."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    torch.set_num_threads(threads)
+    bench(**kwargs, jobs=1, tables=False)
+
+
+class BenchHelpers:
+    """The extra jobs of a bench, started as fresh processes (spawn) with `threads` torch threads each, their
+    output in <runs>/bench-job<k>.log. Leaving the block waits for them; a failed job is one error naming its
+    log (its unfinished run was already picked up by the waiting jobs, see locks.claim)."""
+
+    def __init__(self, kwargs: dict, n: int, threads: int, runs_dir: Path, since: float):
+        self.kwargs, self.n, self.threads, self.runs_dir, self.since = kwargs, n, threads, runs_dir, since
+        self.procs, self.logs, self.ran = [], [], []
+        self.saved_threads = torch.get_num_threads()
+
+    def __enter__(self):
+        import multiprocessing
+
+        if self.n == 0:         # one job: the process's own threads (its caller's choice) stay
+            return self
+        torch.set_num_threads(self.threads)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        ctx = multiprocessing.get_context("spawn")
+        env = {"OMP_NUM_THREADS": str(self.threads), _BENCH_STARTED: repr(self.since)}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            for k in range(1, self.n + 1):
+                log = self.runs_dir / f"bench-job{k}.log"
+                proc = ctx.Process(target=_bench_job, args=(self.kwargs, self.threads, str(log)), daemon=False)
+                proc.start()
+                self.procs.append(proc)
+                self.logs.append(log)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        print(f"[gfnbench] {self.n + 1} jobs x {self.threads} torch thread(s); the other jobs log to "
+              f"{', '.join(map(str, self.logs))}")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is not None:
+                for proc in self.procs:
+                    proc.terminate()
+            for proc in self.procs:
+                proc.join()
+        finally:
+            torch.set_num_threads(self.saved_threads)
+        failed = [str(log) for proc, log in zip(self.procs, self.logs) if proc.exitcode != 0]
+        if exc_type is None and failed:
+            raise RuntimeError(f"a bench job failed: see {', '.join(failed)}")
+        self.ran = ran_since(self.runs_dir, self.since)
+        return False
+
+
+def ran_since(runs_dir: Path, since: float) -> list[list]:
+    """[method, seed] of every run whose record was written since `since` (what a bench's jobs made)."""
+    from gfnbench.records import RECORD
+
+    return [[p.parent.parent.name, int(p.parent.name.removeprefix("seed"))]
+            for p in sorted(runs_dir.glob(f"*/seed*/{RECORD}"))
+            if p.parent.name.removeprefix("seed").lstrip("-").isdigit() and p.stat().st_mtime >= since]
+
+
+def write_bench_log(runs_dir: Path, since: float, jobs: int, threads: int, runs: list, ran: list) -> None:
+    """<runs>/bench.json: what the last bench ran and how long it took from start to table (the wall time a
+    user waits, which the table header states), beside the runs it ran."""
+    ran = sorted({(m, s) for m, s in ran})
+    log = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
+           "wall_time_s": time.time() - since, "jobs": jobs, "torch_threads_per_job": threads,
+           "cores": usable_cores(), "runs": [list(r) for r in runs], "ran": [list(r) for r in ran],
+           "git_commit": git_commit()}
+    atomic_write_text(runs_dir / BENCH_LOG, json.dumps(log, indent=1))
+    print(f"[gfnbench] bench: {len(ran)} run(s) in {log['wall_time_s'] / 60:.1f} min of wall time, {jobs} job(s) x "
+          f"{threads} torch thread(s)")
 
 
 def follow_lead(items):

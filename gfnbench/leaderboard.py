@@ -170,7 +170,7 @@ def _ci_phrase(df: pd.DataFrame) -> str:
     return f" and {q} {noun} per split (seeds and questions resampled independently, 10,000 draws){rest}"
 
 
-def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
+def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | None = None) -> str:
     """Provenance block: what was run, on what, scored by whom, from which commit."""
     seeds = sorted({int(r["seed"]) for r in records})
     cfg = records[0].get("config", {}) or {}
@@ -204,6 +204,9 @@ def header(df: pd.DataFrame, records: list[dict], task: str) -> str:
     compute = compute_cost(records)
     if compute:
         lines.append(f"- compute: {compute}")
+    wall = bench_wall_time(records, bench_log)
+    if wall:
+        lines.append(f"- bench wall time: {wall}")
     if versions:
         shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
         lines.append(f"- packages: {shown}")
@@ -235,6 +238,22 @@ def compute_cost(records: list[dict]) -> str:
                        for r in records if (m := r.get("machine"))})
     where = f" on {'; '.join(machines)}" if machines else ""
     return f"{len(timed)} runs, {sum(timed) / 60:.0f} min of run wall time in all (summed over runs){where}"
+
+
+def bench_wall_time(records: list[dict], log: dict | None) -> str:
+    """The last `bench`'s start-to-finish wall time, when it ran runs of this table (its bench.json); says how
+    many of the table's runs it ran and the jobs it ran them in."""
+    if not log:
+        return ""
+    table = {(r.get("method"), r.get("seed")) for r in records}
+    ran = {tuple(x) for x in log.get("ran", [])} & table
+    if not ran:
+        return ""
+    who = "every run" if ran == table else f"{len(ran)} of the {len(table)} runs (the others kept from before)"
+    minutes = log["wall_time_s"] / 60
+    return (f"{minutes:.{0 if minutes >= 10 else 1}f} min from start to table for {who} (`gfnbench bench`, {log['jobs']} "
+            f"job(s) x {log['torch_threads_per_job']} torch thread(s) on {log['cores']} cores, started "
+            f"{log['started_utc']})")
 
 
 def training_budget(records: list[dict]) -> str:
@@ -278,10 +297,10 @@ def _md_escape(text: str) -> str:
 
 
 def render_markdown(df: pd.DataFrame, records: list[dict], task: str,
-                    method_order: Sequence[str] | None = None) -> str:
+                    method_order: Sequence[str] | None = None, bench_log: dict | None = None) -> str:
     """Header, then one table per metric: rows = methods, columns = splits."""
     order = _ordered([r["method"] for r in records], method_order)
-    parts = [header(df, records, task)]
+    parts = [header(df, records, task, bench_log)]
     for metric in _ordered(df["metric"]):
         methods, splits, cells, dec, max_n = _metric_table(df, metric, order)
         lines = [f"## {_md_escape(metric_heading(metric, records))}", "",
@@ -564,12 +583,24 @@ def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | 
     names = [f"{task}{ext}" for ext in (".md", ".csv", ".tex", ".png")]
     with staged_table(out, names + [f"{task}_curves.png"]) as stage:
         md, csv, tex, png = (stage / name for name in names)
-        atomic_write_text(md, render_markdown(df, records, task, method_order))
+        atomic_write_text(md, render_markdown(df, records, task, method_order, read_bench_log(results_dir, task)))
         atomic_write_text(csv, render_csv(df))
         atomic_write_text(tex, render_latex(df, method_order))
         plot(df, records, png, method_order)
         curves = plot_learning_curves(records, stage / f"{task}_curves.png", method_order)
     return [out / name for name in names] + ([out / curves.name] if curves else [])
+
+
+def read_bench_log(results_dir: str | Path, task: str) -> dict | None:
+    """The last bench's log (records.BENCH_LOG), or None when there is none or it cannot be read."""
+    import json
+
+    from gfnbench.records import BENCH_LOG
+
+    try:
+        return json.loads((Path(results_dir) / "runs" / task / BENCH_LOG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- one table, replaced whole

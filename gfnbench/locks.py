@@ -102,38 +102,43 @@ def try_acquire(run_dir: str | Path) -> RunLock | None:
         return None
 
 
-def claim(results_root: str | Path, task: str, method: str, seeds, overwrite: bool = False):
-    """The seeds of one method this process should run now, each yielded while its lock is held: runs with a
-    record are kept (unless `overwrite`), runs another process has in progress are skipped and, after the
-    others, waited for; one that process left unfinished is then run here."""
+def claim(results_root: str | Path, task: str, runs, overwrite: bool = False, since: float | None = None):
+    """The (method, seed) runs this process should run now, each yielded while its lock is held: runs with a
+    record are kept (unless `overwrite`: then only records written since `since`, the bench's start, count,
+    so a parallel job's fresh run is not run twice), runs another process has in progress are skipped and,
+    after all the others, waited for; one that process left unfinished is then run here."""
     from gfnbench.records import RECORD, run_dir
 
-    def done(seed) -> bool:
-        return (run_dir(results_root, task, method, seed) / RECORD).exists() and not overwrite
+    def done(method, seed) -> bool:
+        record = run_dir(results_root, task, method, seed) / RECORD
+        if not record.exists():
+            return False
+        return not overwrite or (since is not None and record.stat().st_mtime >= since)
 
     waiting = []
-    for seed in seeds:
-        if done(seed):
-            print(f"[gfnbench] keeping existing run {task}/{method}/seed{seed}")
+    for method, seed in runs:
+        name = f"{task}/{method}/seed{seed}"
+        if done(method, seed):
+            print(f"[gfnbench] keeping existing run {name}")
             continue
         lock = try_acquire(run_dir(results_root, task, method, seed))
         if lock is None:
-            print(f"[gfnbench] {task}/{method}/seed{seed} is in progress in "
+            print(f"[gfnbench] {name} is in progress in "
                   f"{_holder(run_dir(results_root, task, method, seed) / LOCK_NAME)}: skipping it for now")
-            waiting.append(seed)
+            waiting.append((method, seed))
             continue
         with lock:
-            if done(seed):    # finished by another process between the check and the lock
-                print(f"[gfnbench] keeping existing run {task}/{method}/seed{seed} (finished by another process)")
+            if done(method, seed):    # finished by another process between the check and the lock
+                print(f"[gfnbench] keeping existing run {name} (finished by another process)")
                 continue
-            yield seed
-    for seed in waiting:
-        print(f"[gfnbench] waiting for {task}/{method}/seed{seed} (in progress in another process)")
+            yield method, seed
+    for method, seed in waiting:
+        name = f"{task}/{method}/seed{seed}"
+        print(f"[gfnbench] waiting for {name} (in progress in another process)")
         t0 = time.time()
         with acquire(run_dir(results_root, task, method, seed), wait=True):
-            if (run_dir(results_root, task, method, seed) / RECORD).exists():
-                print(f"[gfnbench] {task}/{method}/seed{seed} finished by the other process "
-                      f"({time.time() - t0:.0f}s wait): keeping it")
+            if done(method, seed):
+                print(f"[gfnbench] {name} finished by the other process ({time.time() - t0:.0f}s wait): keeping it")
                 continue
-            print(f"[gfnbench] {task}/{method}/seed{seed} was left unfinished by the other process: running it")
-            yield seed
+            print(f"[gfnbench] {name} was left unfinished by the other process: running it")
+            yield method, seed

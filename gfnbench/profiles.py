@@ -20,6 +20,7 @@ class Profile:
     results_dir: str
     skip_costly: bool = False       # `bench` leaves out each task's `costly_methods` unless --methods names them
     task_eval_floor: bool = False   # raise eval_questions to a task's `min_eval_questions` (smoke stays tiny)
+    bench_jobs: int | None = 1      # runs side by side in `bench`; None: one per core (up to 4) on a CPU
     # where it computes (gfnbench/devices.py; `--accelerator` etc. override these for one run or bench)
     accelerator: str = "cpu"        # auto, cpu or gpu
     devices: int = 1                # processes, one per device (DDP/FSDP when > 1)
@@ -36,7 +37,7 @@ PROFILES = {
                      results_dir="results/smoke"),
     "cpu": Profile("cpu", model="embedded", eval_questions=100, eval_samples=None, eval_batch=10, train_steps=40,
                    prompts_per_step=1, samples_per_prompt=8, lora_rank=16, lora_alpha=16, learning_rate=1e-4,
-                   results_dir="results", skip_costly=True, task_eval_floor=True),
+                   results_dir="results", skip_costly=True, task_eval_floor=True, bench_jobs=None),
     "paper": Profile("paper", model="EleutherAI/gpt-j-6b", eval_questions=None, eval_samples=None, eval_batch=16,
                      train_steps=2000, prompts_per_step=32, samples_per_prompt=16, lora_rank=64, lora_alpha=16,
                      learning_rate=1e-4, results_dir="results/paper", accelerator="auto"),   # a GPU when torch sees one

@@ -78,6 +78,9 @@ def _git(args: list[str], cwd: str) -> str:
                           timeout=30).stdout.strip()
 
 
+BENCH_LOG = "bench.json"      # <results>/runs/<task>/bench.json: what the last `bench` ran, and its wall time
+
+
 def git_commit(repo_dir: str | Path | None = None) -> str:
     """HEAD hash, "-dirty" when tracked files other than results/ differ from it (the numbers may not match the
     commit); regenerated tables under results/ say nothing about the code."""

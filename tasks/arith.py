@@ -130,6 +130,10 @@ class Arithmetic(Task):
     eval_max_len = 40     # 5 operands need ~27 actions
     default_shots = 3
     opt_in_methods = ("few_shot", "sft")
+    # over the cpu bench's time on 2 cores (README "What it costs"): T = 1 sampling and beams write long,
+    # unshared rationales for 300 questions, PPO trains 4 epochs an iteration; the prompting rows at T = 0.1
+    # cost an evaluation each (~7 min a seed at one thread). All run with --methods.
+    costly_methods = ("temperature", "nucleus", "beam", "diverse_beam", "ppo", "zero_shot", "few_shot")
     eval_temperature = 0.1   # paper: 10 samples at T = 0.1, majority vote
     eval_samples = 10
     pass_ks = (1, 5, 10)     # pass@k (unbiased, from the eval_samples draws at T = 0.1)

@@ -1,0 +1,56 @@
+"""`bench --jobs N`: N processes share one bench's runs through the run locks, each run exactly once, and the
+table says the bench's start-to-finish wall time."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from gfnbench.harness import bench, bench_jobs, bench_runs
+from gfnbench.profiles import get_profile
+
+METHODS = ["gflownet", "greedy", "temperature"]
+
+
+def _done_lines(text: str) -> list[str]:
+    return re.findall(r"\] (rng/\S+) done in", text)
+
+
+def test_two_jobs_run_each_run_once_and_the_table_states_the_wall_time(tmp_path, capsys):
+    runs = bench_runs(METHODS, [0, 1])
+    assert runs[0] == ("gflownet", 0) and ("greedy", 1) not in runs      # training first; greedy once
+    bench("rng", "smoke", [0, 1], METHODS, str(tmp_path), jobs=2)
+    root = tmp_path / "runs" / "rng"
+    job_log = (root / "bench-job1.log").read_text()
+    done = _done_lines(capsys.readouterr().out) + _done_lines(job_log)
+    want = sorted(f"rng/{m}/seed{s}" for m, s in runs)
+    assert f"runs and tables go to {tmp_path}" in job_log, "the second job ran the bench over the same folder"
+    assert sorted(done) == want, "each run runs exactly once, in one of the two jobs"
+    assert sorted(str(p.parent.relative_to(root)) for p in root.glob("*/seed*/record.json")) == \
+        sorted(w.removeprefix("rng/") for w in want)
+    log = json.loads((root / "bench.json").read_text())
+    assert log["jobs"] == 2 and sorted(map(tuple, log["ran"])) == sorted(runs) and log["wall_time_s"] > 0
+    table = (tmp_path / "rng.md").read_text()
+    assert "- bench wall time: " in table and "for every run (`gfnbench bench`, 2 job(s)" in table
+
+
+def test_overwrite_with_two_jobs_replaces_each_run_once(tmp_path, capsys):
+    bench("rng", "smoke", [0], ["temperature", "greedy"], str(tmp_path), jobs=1)
+    root = tmp_path / "runs" / "rng"
+    before = {p: p.stat().st_mtime for p in root.glob("*/seed*/record.json")}
+    capsys.readouterr()
+    bench("rng", "smoke", [0], ["temperature", "greedy"], str(tmp_path), overwrite=True, jobs=2)
+    done = _done_lines(capsys.readouterr().out) + _done_lines((root / "bench-job1.log").read_text())
+    assert sorted(done) == ["rng/greedy/seed0", "rng/temperature/seed0"]
+    assert all(p.stat().st_mtime > t for p, t in before.items())
+
+
+def test_job_count_rules():
+    cpu, smoke = get_profile("cpu"), get_profile("smoke")
+    assert bench_jobs(smoke, None, 10)[0] == 1                     # tests and CI: one process
+    jobs, threads = bench_jobs(cpu, None, 10)
+    assert 1 <= jobs <= 4 and threads >= 1
+    assert bench_jobs(cpu, 3, 2)[0] == 2                            # never more jobs than runs
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        bench_jobs(cpu, 0, 5)
