@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from jsonargparse import auto_cli
 
+        from gfnbench.harness import BenchJobFailed
         from gfnbench.locks import RunInProgress
         from gfnbench.models import ModelNotAvailable
         from gfnbench.records import describe_os_error
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         auto_cli([run, bench, leaderboard, perf, tasks, methods], args=argv, parser_class=_parser_class(),
                  description=f"gfnbench: GFlowNet fine-tuning benchmark.\n{_registry_epilog()}")
     except (ValueError, FileExistsError, PermissionError, ModelNotAvailable, KeyError, RunInProgress,
-            OSError) as err:
+            OSError, BenchJobFailed) as err:
         if debug:
             raise
         if isinstance(err, OSError) and err.errno is not None:   # raised by the OS: disk full, permission, ...

@@ -435,6 +435,10 @@ def _bench_job(kwargs: dict, threads: int, log: str) -> None:
     bench(**kwargs, jobs=1, tables=False)
 
 
+class BenchJobFailed(RuntimeError):
+    """One of a bench's extra jobs exited with an error (what it said is in its log)."""
+
+
 class BenchHelpers:
     """The extra jobs of a bench, started as fresh processes (spawn) with `threads` torch threads each, their
     output in <runs>/bench-job<k>.log. Leaving the block waits for them; a failed job is one error naming its
@@ -484,7 +488,8 @@ class BenchHelpers:
             torch.set_num_threads(self.saved_threads)
         failed = [str(log) for proc, log in zip(self.procs, self.logs) if proc.exitcode != 0]
         if exc_type is None and failed:
-            raise RuntimeError(f"a bench job failed: see {', '.join(failed)}")
+            raise BenchJobFailed(f"a bench job failed: its output is in {', '.join(failed)}; the runs it finished "
+                                 f"are kept, and the same bench command continues from them")
         self.ran = ran_since(self.runs_dir, self.since)
         return False
 

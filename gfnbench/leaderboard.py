@@ -251,8 +251,8 @@ def bench_wall_time(records: list[dict], log: dict | None) -> str:
         return ""
     who = "every run" if ran == table else f"{len(ran)} of the {len(table)} runs (the others kept from before)"
     minutes = log["wall_time_s"] / 60
-    return (f"{minutes:.{0 if minutes >= 10 else 1}f} min from start to table for {who} (`gfnbench bench`, {log['jobs']} "
-            f"job(s) x {log['torch_threads_per_job']} torch thread(s) on {log['cores']} cores, started "
+    return (f"{minutes:.{0 if minutes >= 10 else 1}f} min from start to table for {who} (`gfnbench bench`, "
+            f"{log['jobs']} job(s) x {log['torch_threads_per_job']} torch thread(s) on {log['cores']} cores, started "
             f"{log['started_utc']})")
 
 

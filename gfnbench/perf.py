@@ -475,7 +475,8 @@ def write_report(result: dict, out: Path) -> None:
     m = result["machine"]
     peak = result["matmul_peak_gflops"]
     lines = ["# GFlowNet step performance (one run, pipelines interleaved)", "",
-             f"Written by `python -m gfnbench.perf {' '.join(result['argv'])}` on {result['date']}.", "",
+             f"Written by `python -m gfnbench.perf {' '.join(result['argv'])}` on {result['date']}, at git commit "
+             f"{result.get('git_commit', 'unknown')}.", "",
              f"- machine: {m['cpu']}, {m['cores']} cores; flags: {', '.join(m['cpu_flags'])}",
              f"- torch {m['torch']}, transformers {m['transformers']}, python {m['python']}; torch threads "
              f"{m['torch_threads']} (interop {m['interop_threads']}); env {m.get('env') or '-'}",
@@ -705,7 +706,9 @@ def main(argv: list[str] | None = None) -> dict:
         return child_main(args)
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = {"argv": argv if argv is not None else sys.argv[1:],
+    from gfnbench.records import git_commit
+
+    result = {"argv": argv if argv is not None else sys.argv[1:], "git_commit": git_commit(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "model": args.model,
               "lora_rank": args.lora_rank, "steps": args.steps, "warmup": args.warmup, "workloads": {}, "notes": []}
     PEAK_N = 512 if args.quick else 2048

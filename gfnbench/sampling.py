@@ -2,7 +2,10 @@
 
 The sampler keeps every row in lock-step: each step feeds exactly one token per row, either a token the policy
 samples (an action) or the next token a tool asked to insert (not an action). So a calculator can write into
-one row's state while the others keep sampling, with one shared KV cache and no cache resets.
+one row's state while the others keep sampling, with one shared KV cache and no cache resets. Rows that have
+written the same tokens (at T = 0.1 most of a question's samples, for most of their length) share one decoder
+row until their draws part, and finished rows stop being computed; each row still draws with its own uniform,
+so neither changes a sample (tests/test_perf_neutral.py).
 
 Log-probabilities are always those of the policy's own distribution: log-softmax of the logits with the task's
 allowed-token mask applied. Temperature, top-p and the min-length block only shape *which* token is drawn, so
