@@ -243,17 +243,18 @@ def compute_cost(records: list[dict]) -> str:
 def bench_wall_time(records: list[dict], log: dict | None) -> str:
     """The last `bench`'s start-to-finish wall time, when it ran runs of this table (its bench.json); says how
     many of the table's runs it ran and the jobs it ran them in."""
-    if not log:
+    try:
+        table = {(r.get("method"), r.get("seed")) for r in records}
+        ran = {tuple(x) for x in log["ran"]} & table
+        if not ran:
+            return ""
+        who = "every run" if ran == table else f"{len(ran)} of the {len(table)} runs (the others kept from before)"
+        minutes = log["wall_time_s"] / 60
+        return (f"{minutes:.{0 if minutes >= 10 else 1}f} min from start to table for {who} (`gfnbench bench`, "
+                f"{log['jobs']} job(s) x {log['torch_threads_per_job']} torch thread(s) on {log['cores']} cores, "
+                f"started {log['started_utc']})")
+    except (KeyError, TypeError):       # no log, or one written by hand: the table says nothing of it
         return ""
-    table = {(r.get("method"), r.get("seed")) for r in records}
-    ran = {tuple(x) for x in log.get("ran", [])} & table
-    if not ran:
-        return ""
-    who = "every run" if ran == table else f"{len(ran)} of the {len(table)} runs (the others kept from before)"
-    minutes = log["wall_time_s"] / 60
-    return (f"{minutes:.{0 if minutes >= 10 else 1}f} min from start to table for {who} (`gfnbench bench`, "
-            f"{log['jobs']} job(s) x {log['torch_threads_per_job']} torch thread(s) on {log['cores']} cores, started "
-            f"{log['started_utc']})")
 
 
 def training_budget(records: list[dict]) -> str:

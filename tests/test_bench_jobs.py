@@ -54,3 +54,17 @@ def test_job_count_rules():
     assert bench_jobs(cpu, 3, 2)[0] == 2                            # never more jobs than runs
     with pytest.raises(ValueError, match="--jobs must be >= 1"):
         bench_jobs(cpu, 0, 5)
+
+
+def test_a_missing_or_broken_bench_log_leaves_the_header_line_out():
+    from gfnbench.leaderboard import bench_wall_time
+
+    records = [{"method": "gflownet", "seed": 0}, {"method": "greedy", "seed": 0}]
+    log = {"ran": [["gflownet", 0]], "wall_time_s": 90.0, "jobs": 2, "torch_threads_per_job": 1, "cores": 2,
+           "started_utc": "2026-12-01T19:55:08Z"}
+    assert bench_wall_time(records, log) == ("1.5 min from start to table for 1 of the 2 runs (the others kept from "
+                                             "before) (`gfnbench bench`, 2 job(s) x 1 torch thread(s) on 2 cores, "
+                                             "started 2026-12-01T19:55:08Z)")
+    assert bench_wall_time(records, None) == ""
+    assert bench_wall_time(records, {"ran": [["gflownet", 0]]}) == ""        # no wall time in it
+    assert bench_wall_time(records, {**log, "ran": [["sft", 1]]}) == ""      # ran none of this table's runs
