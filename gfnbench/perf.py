@@ -471,10 +471,10 @@ def workload_section(name: str, w: dict, peak: float) -> list[str]:
     return lines
 
 
-def write_report(result: dict, out: Path) -> None:
-    m = result["machine"]
-    peak = result["matmul_peak_gflops"]
-    lines = ["# GFlowNet step performance (one run, pipelines interleaved)", "",
+def report_header(result: dict) -> list[str]:
+    """Where, when, at which commit and on what the report was measured."""
+    m, peak = result["machine"], result["matmul_peak_gflops"]
+    return ["# GFlowNet step performance (one run, pipelines interleaved)", "",
              f"Written by `python -m gfnbench.perf {' '.join(result['argv'])}` on {result['date']}, at git commit "
              f"{result.get('git_commit', 'unknown')}.", "",
              f"- machine: {m['cpu']}, {m['cores']} cores; flags: {', '.join(m['cpu_flags'])}",
@@ -486,6 +486,11 @@ def write_report(result: dict, out: Path) -> None:
              f"'x own FLOP limit' = s/step / (own matmul FLOPs / peak), 'x minimal-work limit' = s/step / "
              f"(minimal FLOPs / peak)",
              f"- {result['steps']} timed steps per pipeline after {result['warmup']} warm-up round(s); medians", ""]
+
+
+def write_report(result: dict, out: Path) -> None:
+    peak = result["matmul_peak_gflops"]
+    lines = report_header(result)
     for name, w in result["workloads"].items():
         lines += workload_section(name, w, peak)
     if "eval" in result:

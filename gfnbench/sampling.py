@@ -350,18 +350,14 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
     vocab = decoder.vocab
     col_bias = column_mask_bias(allowed) if vocab is None and allowed is not None else None
     stop_col = stop_id if vocab is None else int((vocab == stop_id).nonzero()[0, 0])
-    # The decoder holds one row per distinct history (a node): rows that wrote the same tokens share it
-    node_of = [b // n for b in range(B)]
-    attn, next_pos = prompt_mask, prompt_mask.sum(-1)
+    nodes = _Nodes(decoder, prompt_mask, n)
 
     rows = _RowStates(B)
-    while True:
+    while logits is not None:
         if col_bias is not None:
             logits = logits + col_bias
         running = [b for b in range(B) if not rows.done[b]]
-        nodes = torch.tensor([node_of[b] for b in running], device=dev)
-        row_logits = logits if len(running) == len(logits) and bool((nodes == _arange(len(nodes), dev)).all()) \
-            else logits.index_select(0, nodes)
+        row_logits = nodes.row_logits(logits, running)
         block_stop = torch.tensor([rows.n_actions[b] for b in running], device=dev) < cfg.min_len
         chosen, lse = _choose_tokens(row_logits, cfg, block_stop, stop_col, generator,
                                      torch.tensor(running, device=dev), B)
@@ -370,38 +366,60 @@ def sample(model, tokenizer, prompts: list[str], n: int, cfg: SamplingConfig, *,
         stop_lp = (row_logits[:, stop_col] - lse[:, 0]).tolist()
         chosen_ids = (chosen if vocab is None else vocab[chosen]).tolist()
         feed = rows.advance(running, chosen_ids, chosen_lp, stop_lp, cfg, stop_id, tool, tokenizer, pad_id)
-        # each running row moves to the child (its node, the token it feeds): rows of one node that drew
-        # different tokens split it (its cache row is copied), rows that all finished leave it
-        moves: dict[tuple[int, int], list[int]] = {}
-        for j, b in enumerate(running):
-            if not rows.done[b]:
-                moves.setdefault((node_of[b], feed[j]), []).append(b)
-        if not moves:
-            break
-        split = len(moves) > len({node for node, _ in moves})
-        if split or len(moves) <= DROP_FINISHED_AT * len(logits):
-            parents = torch.tensor([node for node, _ in moves], device=dev)
-            decoder.keep(parents)
-            attn, next_pos = attn.index_select(0, parents), next_pos.index_select(0, parents)
-            feed_nodes = [tok for _, tok in moves]
-            for i, members in enumerate(moves.values()):
-                for b in members:
-                    node_of[b] = i
-        else:       # the same nodes: the finished ones are fed padding (attention 0) until the next gather
-            feed_nodes = [pad_id] * len(logits)
-            for node, tok in moves:
-                feed_nodes[node] = tok
-        alive = torch.zeros(len(feed_nodes), dtype=torch.long, device=dev)
-        alive[torch.tensor(sorted({node_of[b] for members in moves.values() for b in members}), device=dev)] = 1
-        attn = torch.cat([attn, alive[:, None]], dim=1)
-        logits = decoder.step(torch.tensor(feed_nodes, dtype=torch.long, device=dev), attn, next_pos)
-        next_pos = next_pos + 1
+        logits = nodes.step(running, feed, rows.done, pad_id)
 
     texts = [tokenizer.decode(s, skip_special_tokens=True) for s in rows.states]
     prompt_rows = [p for p in prompts for _ in range(n)]
     groups = [i for i in range(len(prompts)) for _ in range(n)]
     return from_rows(prompt_rows, groups, [ids[g] for g in groups], rows.states, rows.acts, rows.stopped,
                      rows.log_pf, rows.log_pterm, texts, pad_id, device=dev)
+
+
+class _Nodes:
+    """Which decoder row (node) each batch row reads. Rows that have written the same tokens share one: each
+    prompt starts as one node, and a node splits (its cache row copied) when its rows draw different tokens."""
+
+    def __init__(self, decoder, prompt_mask: Tensor, n: int):
+        self.decoder = decoder
+        self.of = [b // n for b in range(len(prompt_mask) * n)]
+        self.attn, self.next_pos = prompt_mask, prompt_mask.sum(-1)
+
+    def row_logits(self, logits: Tensor, running: list[int]) -> Tensor:
+        """[len(running), V]: each running row's node's logits (no copy while every node is one row, in order)."""
+        nodes = torch.tensor([self.of[b] for b in running], device=logits.device)
+        if len(running) == len(logits) and bool((nodes == _arange(len(nodes), logits.device)).all()):
+            return logits
+        return logits.index_select(0, nodes)
+
+    def step(self, running: list[int], feed: list[int], done: list[bool], pad_id: int) -> Tensor | None:
+        """Move each row that runs on to the child (its node, the token it feeds) and run the decoder one step
+        on the nodes; None when every row has finished. Finished nodes are dropped when a node splits or once at
+        most `DROP_FINISHED_AT` of the held nodes run; until then they are fed padding (attention 0)."""
+        moves: dict[tuple[int, int], list[int]] = {}
+        for j, b in enumerate(running):
+            if not done[b]:
+                moves.setdefault((self.of[b], feed[j]), []).append(b)
+        if not moves:
+            return None
+        dev, held = self.attn.device, len(self.attn)
+        if len(moves) > len({node for node, _ in moves}) or len(moves) <= DROP_FINISHED_AT * held:
+            parents = torch.tensor([node for node, _ in moves], device=dev)
+            self.decoder.keep(parents)
+            self.attn, self.next_pos = self.attn.index_select(0, parents), self.next_pos.index_select(0, parents)
+            feed_nodes = [tok for _, tok in moves]
+            for i, members in enumerate(moves.values()):
+                for b in members:
+                    self.of[b] = i
+        else:
+            feed_nodes = [pad_id] * held
+            for node, tok in moves:
+                feed_nodes[node] = tok
+        alive = torch.zeros(len(feed_nodes), dtype=torch.long, device=dev)
+        alive[torch.tensor(sorted({self.of[b] for members in moves.values() for b in members}), device=dev)] = 1
+        self.attn = torch.cat([self.attn, alive[:, None]], dim=1)
+        logits = self.decoder.step(torch.tensor(feed_nodes, dtype=torch.long, device=dev), self.attn, self.next_pos)
+        self.next_pos = self.next_pos + 1
+        return logits
 
 
 class _RowStates:
