@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from gfnbench.devices import model_device
-from gfnbench.trajectories import Trajectories, from_rows, left_pad
+from gfnbench.trajectories import Trajectories, from_rows, left_pad, make_trajectories
 
 Tool = Callable[[str], "str | None"]
 
@@ -292,7 +292,7 @@ class _LlamaDecoder:
         self.t = 0
         logits = self._forward(prompt_ids, positions_from_mask(prompt_mask), prompt_mask.bool())
         if repeats > 1:     # each distinct prompt ran once; its cache is copied to its rows
-            self.keep(_arange(nP, dev).repeat_interleave(repeats))
+            self.keep(torch.arange(nP, device=dev).repeat_interleave(repeats))
         return logits.repeat_interleave(repeats, 0)
 
     def step(self, feed: Tensor, attn: Tensor, pos: Tensor) -> Tensor:
@@ -310,10 +310,6 @@ class _LlamaDecoder:
 
 
 DROP_FINISHED_AT = 0.75   # the sampler drops finished nodes once at most this share of the nodes it holds runs
-
-
-def _arange(n: int, device) -> Tensor:
-    return torch.arange(n, device=device)
 
 
 def make_decoder(model, allowed: Tensor | None, stop_id: int, fast: bool | None = None):
@@ -387,7 +383,7 @@ class _Nodes:
     def row_logits(self, logits: Tensor, running: list[int]) -> Tensor:
         """[len(running), V]: each running row's node's logits (no copy while every node is one row, in order)."""
         nodes = torch.tensor([self.of[b] for b in running], device=logits.device)
-        if len(running) == len(logits) and bool((nodes == _arange(len(nodes), logits.device)).all()):
+        if len(running) == len(logits) and bool((nodes == torch.arange(len(nodes), device=logits.device)).all()):
             return logits
         return logits.index_select(0, nodes)
 
@@ -410,12 +406,12 @@ class _Nodes:
             for i, members in enumerate(moves.values()):
                 for b in members:
                     self.of[b] = i
+            alive = torch.ones(len(moves), dtype=torch.long, device=dev)
         else:
             feed_nodes = [pad_id] * held
+            alive = torch.zeros(held, dtype=torch.long, device=dev)
             for node, tok in moves:
-                feed_nodes[node] = tok
-        alive = torch.zeros(len(feed_nodes), dtype=torch.long, device=dev)
-        alive[torch.tensor(sorted({self.of[b] for members in moves.values() for b in members}), device=dev)] = 1
+                feed_nodes[node], alive[node] = tok, 1
         self.attn = torch.cat([self.attn, alive[:, None]], dim=1)
         logits = self.decoder.step(torch.tensor(feed_nodes, dtype=torch.long, device=dev), self.attn, self.next_pos)
         self.next_pos = self.next_pos + 1
@@ -784,10 +780,8 @@ def sequence_log_likelihoods(model, prompt_ids: list[list[int]], states: list[li
     order = sorted(range(len(distinct)), key=lambda i: (len(distinct[i][1]), distinct[i][0]))
     for start, end in length_passes([len(distinct[i][1]) for i in order], ROWS_PER_PASS, PASS_COST):
         part = order[start: end]
-        traj = from_rows([""] * len(part), list(range(len(part))), [list(distinct[i][0]) for i in part],
-                         [list(distinct[i][1]) for i in part], [[True] * len(distinct[i][1]) for i in part],
-                         [True] * len(part), [[] for _ in part], [[0.0] for _ in part], [""] * len(part), pad_id,
-                         device=dev)
+        traj = make_trajectories(prompt_ids=[list(distinct[i][0]) for i in part],
+                                 states=[list(distinct[i][1]) for i in part], pad_id=pad_id).to(dev)
         scores[torch.tensor(part, device=dev)] = state_token_log_probs(model, traj).sum(-1)
     return scores[torch.tensor([slot.get(k, len(distinct)) for k in keys], device=dev)]
 
