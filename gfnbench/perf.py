@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gfnbench.losses import subtb_loss
 from gfnbench.models import adapters_off, limit_threads, load_model
-from gfnbench.sampling import SamplingConfig, masked_log_softmax, sample
+from gfnbench.sampling import SamplingConfig, few_allowed, masked_log_softmax, sample
 from gfnbench.tasks.base import Example
 
 LOG = print
@@ -87,13 +87,16 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def decode_matmul_floor(policy, rows: int, repeats: int = 3) -> dict:
+def decode_matmul_floor(policy, rows: int, allowed: torch.Tensor, repeats: int = 3) -> dict:
     """Seconds of the matmuls one decode step cannot avoid: `rows` x hidden through every weight matrix of the
-    model (LoRA merged, as the sampler does), at the sampler's own shape, best of `repeats`. At 16 rows these
-    matmuls run far below the 2048^3 peak (weight reads, not arithmetic, bound them), so this, not the FLOP
-    count, is the sampling phase's limit."""
+    model (LoRA merged, as the sampler does; the output layer on the allowed tokens' rows when the sampler does
+    that), at the sampler's own shape, best of `repeats`. At 16 rows these matmuls run far below the 2048^3 peak
+    (weight reads, not arithmetic, bound them), so this, not the FLOP count, is the sampling phase's limit."""
+    head = policy.get_output_embeddings()
     weights = [m.weight for n, m in policy.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lora_" not in n]
+               if isinstance(m, torch.nn.Linear) and "lora_" not in n and m is not head]
+    n_allowed = int(allowed.sum())
+    weights.append(head.weight[allowed] if few_allowed(n_allowed, allowed.numel()) else head.weight)
     xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
     flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
     best = float("inf")
@@ -103,7 +106,32 @@ def decode_matmul_floor(policy, rows: int, repeats: int = 3) -> dict:
             for w in weights:
                 torch.nn.functional.linear(xs[w.shape[1]], w)
             best = min(best, time.perf_counter() - t)
-    return {"rows": rows, "seconds_per_step": best, "gflops_per_s": flops / best / 1e9}
+    return {"rows": rows, "seconds_per_step": best, "gflops_per_s": flops / best / 1e9,
+            "weight_bytes_per_step": sum(w.numel() * w.element_size() for w in weights)}
+
+
+def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 3) -> float:
+    """GB/s of one streaming read (a sum) over a tensor larger than the last-level cache, best of `repeats`:
+    the rate at which a decode step can at best read weights that do not stay in cache from step to step."""
+    x = torch.ones(n_bytes // 4)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return n_bytes / best / 1e9
+
+
+def step_floor(w: dict, peak: float) -> dict:
+    """A floor for the gfnbench step on this machine: the sampler's weight reads at the read bandwidth plus every
+    other phase's matmul FLOPs at the 2048^3 peak, with no elementwise work and no dispatch at all."""
+    d = w["decode_floor"]
+    reads = d["weight_bytes_per_step"] * d["decode_steps"] / (d["read_bandwidth_gbs"] * 1e9)
+    other = sum(v for k, v in w["per_phase_flops"].items() if k != "sampling") / (peak * 1e9)
+    total = reads + other
+    return {"sampling_reads_s": reads, "other_matmuls_s": other, "total_s": total,
+            "naive_over_floor": w["pipelines"]["naive"]["median_s"] / total,
+            "floor_x_minimal_limit": total / (w["minimal_flops"]["total"] / peak / 1e9)}
 
 
 # ------------------------------------------------------------------------------------------- workloads
@@ -245,9 +273,10 @@ class Breakdown:
 
 # ------------------------------------------------------------------------------------------- minimal work
 def minimal_flops(lm, lora_rank: int, n_lora_targets_dims: int, P: int, C: int, B: int, L: int,
-                  suffix_len: int, adapters_in_reward: bool = False) -> dict:
-    """Matmul FLOPs of the least work this step needs (every pass runs a shared prompt once; a single-token
-    suffix is read from the state pass, a longer one needs one copy per prefix), full-vocabulary output layer.
+                  suffix_len: int, min_len: int = 0, adapters_in_reward: bool = False) -> dict:
+    """Matmul FLOPs of the least work this step needs (every pass runs a shared prompt once; the state pass gives
+    each prefix's state log-prob and the suffix's first token; the rest of a longer suffix needs one copy of its
+    first suffix_len - 1 tokens per scored prefix, j >= min_len), full-vocabulary output layer.
     Forward: 2 x weights per token (+ LoRA), attention 4 x keys x hidden per token and layer; backward: the frozen
     layers need their input gradient only (1x forward), LoRA and attention 2x."""
     cfg = lm.model.config
@@ -264,8 +293,9 @@ def minimal_flops(lm, lora_rank: int, n_lora_targets_dims: int, P: int, C: int, 
 
     decode = sum(body(B, P + t, True) + B * head for t in range(L))
     sampler = body(P, P / 2, True) + head + decode
-    reward_tokens = B * (L + (0 if suffix_len <= 1 else (L + 1) * suffix_len))
-    reward = body(C, C / 2, adapters_in_reward) + body(reward_tokens, C + L, False) + B * (L + 1) * head
+    copy_tokens = B * max(L + 1 - min_len, 0) * (suffix_len - 1)
+    reward = (body(C, C / 2, adapters_in_reward) + body(B * L + copy_tokens, C + L, False)
+              + (B * (L + 1) + copy_tokens) * head)
     pol_fwd = body(P, P / 2, True) + body(B * L, P + L / 2, True) + B * (L + 1) * head
     lora_part = (P + B * L) * 2 * lora_w
     attn_part = (P * P / 2 + B * L * (P + L / 2)) * n_layers * 4 * H
@@ -461,14 +491,32 @@ def workload_section(name: str, w: dict, peak: float) -> list[str]:
                   "| " + " | ".join(b) + " |", "|" + "---|" * len(b), "| " + " | ".join(f"{v:.2f}" for v in b.values())
                   + " |", ""]
     if "decode_floor" in w:
-        d = w["decode_floor"]
-        floor = d["seconds_per_step"] * d["decode_steps"]
-        lines += [f"Decode matmuls at the sampler's shape ({d['rows']} rows through every weight matrix, LoRA "
-                  f"merged): {d['gflops_per_s']:.0f} GFLOP/s ({d['gflops_per_s'] / peak:.0%} of the 2048^3 peak), "
-                  f"{d['seconds_per_step'] * 1e3:.0f} ms per decode step; the {d['decode_steps']} decode steps' "
-                  f"matmuls alone take {floor:.2f} s of the sampling phase"
-                  + (f"'s {w['breakdown']['sampling']:.2f} s." if "breakdown" in w else "."), ""]
+        lines += decode_lines(w, peak)
     return lines
+
+
+def decode_lines(w: dict, peak: float) -> list[str]:
+    """The sampler's decode against the machine's memory bandwidth, and the step's floor on this machine."""
+    d = w["decode_floor"]
+    floor = d["seconds_per_step"] * d["decode_steps"]
+    lines = [f"Decode matmuls at the sampler's shape ({d['rows']} rows through every weight matrix, LoRA merged): "
+             f"{d['gflops_per_s']:.0f} GFLOP/s ({d['gflops_per_s'] / peak:.0%} of the 2048^3 peak), "
+             f"{d['seconds_per_step'] * 1e3:.0f} ms per decode step; the {d['decode_steps']} decode steps' matmuls "
+             f"alone take {floor:.2f} s of the sampling phase"
+             + (f"'s {w['breakdown']['sampling']:.2f} s." if "breakdown" in w else ".")]
+    if "read_bandwidth_gbs" in d:
+        mb = d["weight_bytes_per_step"] / 1e6
+        f = step_floor(w, peak)
+        lines += [f"Each decode step reads {mb:.0f} MB of weights, more than stays in cache from one step to the "
+                  f"next: the matmuls stream them at {mb / 1e3 / d['seconds_per_step']:.1f} GB/s against a same-run "
+                  f"read bandwidth of {d['read_bandwidth_gbs']:.1f} GB/s (a sum over 1 GiB), so the decode is bound "
+                  f"by memory, not arithmetic; at that bandwidth the weight reads alone take "
+                  f"{f['sampling_reads_s']:.2f} s.",
+                  f"**Floor of this step on this machine**: those reads plus every other phase's matmul FLOPs at the "
+                  f"2048^3 peak ({f['other_matmuls_s']:.2f} s), with no elementwise work and no dispatch: "
+                  f"{f['total_s']:.2f} s, which is {f['naive_over_floor']:.2f}x faster than the naive median and "
+                  f"{f['floor_x_minimal_limit']:.2f}x the minimal-work limit."]
+    return lines + [""]
 
 
 def report_header(result: dict) -> list[str]:
@@ -576,7 +624,7 @@ def measure_workload(wl: Workload, steps: int, warmup: int, peak: float, breakdo
     P = len(wl.prompt_ids)
     C = len(wl.reward_ctx_ids)
     mini = minimal_flops(wl.lm, wl.module.cfg.lora_rank, lora_dims(wl.policy), P, C, wl.samples, wl.length,
-                         len(wl.suffix))
+                         len(wl.suffix), wl.task.min_len)
     res = {"shape": f"prompt {P} tokens, reward context {C} tokens, suffix {len(wl.suffix)} token(s), "
                     f"{wl.samples} samples x {wl.length} actions", "pipelines": {}, "minimal_flops": mini,
            "per_phase_flops": phase}
@@ -591,7 +639,8 @@ def measure_workload(wl: Workload, steps: int, warmup: int, peak: float, breakdo
         bd = Breakdown(wl)
         parts = [bd.step() for _ in range(max(2, steps // 2))]
         res["breakdown"] = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
-        res["decode_floor"] = {**decode_matmul_floor(wl.policy, wl.samples), "decode_steps": wl.length + 1}
+        res["decode_floor"] = {**decode_matmul_floor(wl.policy, wl.samples, wl.allowed),
+                               "decode_steps": wl.length + 1, "read_bandwidth_gbs": read_bandwidth()}
     return res
 
 

@@ -529,27 +529,33 @@ def _distinct_rows(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor] | None:
 
 def _tail_hidden(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor, pos: Tensor):
     """Final hidden states (or logits, for a model without a plain head) of the last context position and every
-    `rest` position, [B, 1 + R, H or V], gradients kept when enabled.
+    `rest` position, [B, 1 + R, H or V], and the model's (body, head) parts; gradients kept when enabled.
 
     `attn` is the 2D mask over [context | rest] or a 4D additive bias [B, 1, C+R, C+R]. Each distinct context
     runs once and its KV cache is copied to its rows: with gradients this is still exact, the cache copies'
     gradients sum back into the one context pass (forward and backward of each prompt run once)."""
+    return _tail_pass(model, ctx_ids, ctx_mask, rest_ids, attn, pos)[:2]
+
+
+def _tail_pass(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor, pos: Tensor,
+               keep_cache: bool = False):
+    """`_tail_hidden`, plus the KV cache of [context | rest] per row when `keep_cache` (else None)."""
     parts = _body_and_head(model)
     run = parts[0] if parts is not None else model
     field = "last_hidden_state" if parts is not None else "logits"
     with grouped_query_sdpa(ctx_ids.device):
-        return _tail_hidden_pass(run, field, parts, ctx_ids, ctx_mask, rest_ids, attn, pos)
+        return _tail_hidden_pass(run, field, parts, ctx_ids, ctx_mask, rest_ids, attn, pos, keep_cache)
 
 
 def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor,
-                      pos: Tensor):
+                      pos: Tensor, keep_cache: bool):
     B, C = ctx_ids.shape
     shared = _distinct_rows(ctx_ids, ctx_mask) if C else None
     if shared is None:
         out = run(input_ids=torch.cat([ctx_ids, rest_ids], dim=1), attention_mask=attn, position_ids=pos,
-                  **({} if parts is not None else {"logits_to_keep": rest_ids.shape[1] + 1}))
+                  use_cache=keep_cache, **({} if parts is not None else {"logits_to_keep": rest_ids.shape[1] + 1}))
         h = getattr(out, field)
-        return h[:, -(rest_ids.shape[1] + 1):], parts
+        return h[:, -(rest_ids.shape[1] + 1):], parts, out.past_key_values if keep_cache else None
     first, inverse = shared
     contexts = run(input_ids=ctx_ids[first], attention_mask=ctx_mask[first], position_ids=pos[first, :C],
                    use_cache=True, **({} if parts is not None else {"logits_to_keep": 1}))
@@ -558,7 +564,8 @@ def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor,
     rest_attn = attn if attn.dim() == 2 else attn[:, :, C:, :]
     rest = getattr(run(input_ids=rest_ids, attention_mask=rest_attn, position_ids=pos[:, C:], past_key_values=cache,
                        use_cache=True), field)
-    return torch.cat([getattr(contexts, field)[:, -1:].index_select(0, inverse), rest], dim=1), parts
+    hidden = torch.cat([getattr(contexts, field)[:, -1:].index_select(0, inverse), rest], dim=1)
+    return hidden, parts, cache if keep_cache else None
 
 
 HEAD_BLOCK = 2048     # output-layer columns per block in `_head_log_probs`: [positions, 2048] fp32 logits at a time
@@ -786,114 +793,113 @@ def sequence_log_likelihoods(model, prompt_ids: list[list[int]], states: list[li
     return scores[torch.tensor([slot.get(k, len(distinct)) for k in keys], device=dev)]
 
 
-def prefix_reward_mask(ctx_mask: Tensor, state_mask: Tensor, ends: Tensor, block_len: Tensor, M: int) -> Tensor:
-    """[B, T, T] bool attention for [context | state | suffix copy 0 | ... | suffix copy L].
-
-    Copy j of the suffix sees the context, the first ends[j] state tokens and itself (causally): one forward
-    pass scores "suffix after every prefix" for all prefixes at once.
-    """
-    B, C = ctx_mask.shape
-    S = state_mask.shape[1]
-    J = ends.shape[1]
-    T = C + S + J * M
-    dev = ctx_mask.device
-    idx = torch.arange(T, device=dev)
-    is_ctx, is_state = idx < C, (idx >= C) & (idx < C + S)
-    block = torch.where(idx >= C + S, (idx - C - S) // M, -1)          # which copy a position belongs to
-    offset = torch.where(idx >= C + S, (idx - C - S) % M, -1)
-    key_valid = torch.cat([ctx_mask.bool(), state_mask.bool(),
-                           (torch.arange(M, device=dev)[None, None, :] < block_len[:, None, None])
-                           .expand(B, J, M).reshape(B, -1)],
-                          dim=1)                                        # [B, T]
-    q, k = idx[:, None], idx[None, :]
-    prefix_part = (~(block[:, None] >= 0)) & (k <= q) & (block[None, :] < 0)   # [T, T] ordinary causal
-    # suffix copy j: context keys, state keys with index < ends[j], same-copy keys with offset <= own offset
-    state_index = (idx - C).clamp(min=0)
-    qb = block.clamp(min=0)
-    sees_state = is_state[None, None, :] & (state_index[None, None, :] < ends[:, qb][:, :, None])  # [B, T, T]
-    same_copy = (block[:, None] == block[None, :]) & (offset[None, :] <= offset[:, None]) & (block[:, None] >= 0)
-    suffix_part = (block[None, :, None] >= 0) & (is_ctx[None, None, :] | sees_state | same_copy[None])
-    return (prefix_part[None] | suffix_part) & key_valid[:, None, :]
+COPIES_PER_ROW = 8    # suffix copies per row of the copies pass (`_suffix_copies_log_probs`)
 
 
 def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
-                            suffix_ids: list[list[int]]) -> Tensor:
-    """[B, L+1] log p(s_j, suffix | context) for every prefix state s_j, in one teacher-forced pass.
+                            suffix_ids: list[list[int]], min_len: int = 0) -> Tensor:
+    """[B, L+1] log p(s_j, suffix | context) for every prefix state s_j with min_len <= j <= the row's length;
+    -inf for the prefixes shorter than min_len (the sampler cannot stop there), 0 past a row's length.
 
     This is the CoT/infill reward of the paper: the rationale so far (tool outputs included) followed by the
-    fixed answer string, under the reward model. Entries past a row's length are 0 (masked by lengths).
-
-    A single-token suffix (continuation's ".") needs no suffix copies: log p(suffix | s_j) is read at the state
-    position that ends s_j, so one causal pass over [context | state] scores every prefix. Longer suffixes go
-    through one copy per prefix under a 4D mask (`_suffix_copies_log_reward`).
+    fixed answer string, under the reward model. One causal pass over [context | state] gives every prefix's
+    state log-prob and the suffix's first token (read at the position that ends the prefix): a single-token
+    suffix (continuation's ".") needs nothing more. A longer one runs the rest of the suffix once per scored
+    prefix against that pass's KV cache (`_suffix_copies_log_probs`).
     """
-    if suffix_ids and all(len(s) == 1 for s in suffix_ids):
-        return _single_token_suffix_log_reward(model, ctx_ids, ctx_mask, traj,
-                                               torch.tensor([s[0] for s in suffix_ids], dtype=torch.long,
-                                                            device=traj.device))
-    return _suffix_copies_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
-
-
-def _single_token_suffix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
-                                    suffix: Tensor) -> Tensor:
-    B, C = ctx_ids.shape
-    S = traj.state_ids.shape[1]
+    B, S = len(traj), traj.state_ids.shape[1]
+    dev = traj.device
+    suffix, block_len = _suffix_block(suffix_ids, dev)
+    ends = traj.state_ends()                                               # [B, J]
+    j = torch.arange(ends.shape[1], device=dev)[None, :]
+    scored = (j <= traj.lengths[:, None]) & (j >= min_len)
     pos = _context_state_positions(ctx_mask, S)
     attn = torch.cat([ctx_mask, traj.state_mask], dim=1)
-    hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, traj.state_ids, attn, pos)
+    copies = suffix.shape[1] > 1 and bool(scored.any())
+    hidden, parts, cache = _tail_pass(model, ctx_ids, ctx_mask, traj.state_ids, attn, pos, keep_cache=copies)
+    # position k <= S predicts state token k + 1 and, after a prefix of k state tokens, the suffix's first token
     nxt = torch.cat([traj.state_ids, traj.state_ids.new_zeros(B, 1)], dim=1)
-    targets = torch.stack([nxt, suffix[:, None].expand(B, S + 1)], dim=-1)
+    targets = torch.stack([nxt, suffix[:, :1].expand(B, S + 1)], dim=-1)
     lp = _head_log_probs(hidden, parts, targets)                           # [B, S+1, 2]
     state_lp = lp[:, :S, 0] * traj.state_mask
     cum = torch.cat([state_lp.new_zeros(B, 1), state_lp.cumsum(-1)], dim=1)   # [B, S+1] sum over first e tokens
-    ends = traj.state_ends()
     total = cum.gather(1, ends) + lp[..., 1].gather(1, ends)
-    j = torch.arange(ends.shape[1], device=ends.device)[None, :]
-    return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
+    if copies:
+        total = total + _suffix_copies_log_probs(model, parts, cache, ctx_mask, ends, scored, suffix, block_len)
+    total = torch.where(scored, total, torch.zeros_like(total))
+    return total.masked_fill(j < min_len, float("-inf"))
 
 
-def _suffix_copies_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Trajectories,
-                            suffix_ids: list[list[int]]) -> Tensor:
-    """Every prefix followed by its own copy of the suffix, all in one pass under a 4D mask (`prefix_reward_mask`)."""
-    B, C = ctx_ids.shape
-    S = traj.state_ids.shape[1]
-    ends = traj.state_ends()
-    J = ends.shape[1]
-    dev = traj.device
+def _suffix_block(suffix_ids: list[list[int]], dev: torch.device) -> tuple[Tensor, Tensor]:
+    """([B, M] right-padded suffix tokens, [B] their lengths)."""
     block_len = torch.tensor([len(s) for s in suffix_ids], device=dev)
-    M = max(int(block_len.max()), 1)
-    suffix = torch.zeros(B, M, dtype=torch.long, device="cpu")
+    suffix = torch.zeros(len(suffix_ids), max(int(block_len.max()), 1), dtype=torch.long, device="cpu")
     for b, s in enumerate(suffix_ids):
         suffix[b, : len(s)] = torch.tensor(s, dtype=torch.long, device="cpu")
-    suffix = suffix.to(dev)
-    allowed = prefix_reward_mask(ctx_mask, traj.state_mask, ends, block_len, M)
-    ctx_len = ctx_mask.sum(-1)
-    pos = torch.cat([_context_state_positions(ctx_mask, S),
-                     (ctx_len[:, None, None] + ends[:, :, None] + torch.arange(M, device=dev)[None, None, :])
-                     .reshape(B, -1)],
-                    dim=1)
-    rest_ids = torch.cat([traj.state_ids, suffix.repeat(1, J)], dim=1)
+    return suffix.to(dev), block_len
+
+
+def _suffix_copies_log_probs(model, parts, cache, ctx_mask: Tensor, ends: Tensor, scored: Tensor, suffix: Tensor,
+                             block_len: Tensor) -> Tensor:
+    """[B, J] sum of log p(suffix token m | context, prefix j, suffix tokens < m) over m >= 1, for the scored
+    (b, j); 0 elsewhere.
+
+    Each scored prefix gets its own copy of suffix tokens 0..M-2 (the last token is only a target), and a row's
+    copies go COPIES_PER_ROW to a row of one pass over `cache`, the [context | state] keys of the pass that scored
+    the prefixes, copied to each such row. A copy sees the context, its prefix's state tokens and itself
+    (causally). Only the scored prefixes get a copy: with one copy for every j up to the batch's longest row,
+    an arith training batch of mixed lengths ran 2-4x the copies it used."""
+    B, J = scored.shape
+    M1 = suffix.shape[1] - 1
+    dev = scored.device
+    pair_b, pair_j = scored.nonzero(as_tuple=True)                         # row-major: by row, then prefix
+    counts = scored.sum(1)
+    rank = torch.arange(len(pair_b), device=dev) - (counts.cumsum(0) - counts)[pair_b]
+    per_row = (counts + COPIES_PER_ROW - 1) // COPIES_PER_ROW
+    pair_r = (per_row.cumsum(0) - per_row)[pair_b] + rank // COPIES_PER_ROW     # the copies-pass row of each pair
+    pair_g = rank % COPIES_PER_ROW                                               # its slot in that row
+    src = torch.repeat_interleave(torch.arange(B, device=dev), per_row)         # [R] the row each copies-row serves
+    R, G, Q = len(src), COPIES_PER_ROW, COPIES_PER_ROW * M1
+    slot_j = torch.zeros(R, G, dtype=torch.long, device=dev)
+    slot_j[pair_r, pair_g] = pair_j
+    used = torch.zeros(R, G, dtype=torch.bool, device=dev)
+    used[pair_r, pair_g] = True
+    m = torch.arange(M1, device=dev)
+    valid = used[:, :, None] & (m[None, None, :] < block_len[src][:, None, None] - 1)        # [R, G, M1]
+    prefix_len = ends[src].gather(1, slot_j)                                                 # [R, G]
+    pos = ctx_mask.sum(-1)[src][:, None, None] + prefix_len[:, :, None] + m[None, None, :]
+    ids = suffix[src][:, None, :M1].expand(R, G, M1)
     dtype = next(model.parameters()).dtype
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    # a context shared by every row (one prompt x n samples; arithmetic's 3-shot context is ~170 tokens) runs once
-    hidden, parts = _tail_hidden(model, ctx_ids, ctx_mask, rest_ids, bias, pos)
-    # position k predicts the token at sequence position C + k. k <= S: the next state token and the suffix's
-    # first token (after the prefix of k state tokens); k = S + 1 + j*M + m: copy j's token m + 1
-    nxt = torch.cat([traj.state_ids, traj.state_ids.new_zeros(B, 1)], dim=1)
-    in_copy = torch.cat([suffix[:, 1:], suffix.new_zeros(B, 1)], dim=1).repeat(1, J)
-    targets = torch.stack([torch.cat([nxt, in_copy], dim=1),
-                           torch.cat([suffix[:, :1].expand(B, S + 1), torch.zeros_like(in_copy)], dim=1)], dim=-1)
-    lp = _head_log_probs(hidden, parts, targets)                             # [B, 1 + S + J*M, 2]
-    state_lp = lp[:, :S, 0] * traj.state_mask
-    cum = torch.cat([state_lp.new_zeros(B, 1), state_lp.cumsum(-1)], dim=1)   # [B, S+1] sum over first e tokens
-    prefix_lp = cum.gather(1, ends)                                        # [B, J]
-    first_lp = lp[:, : S + 1, 1].gather(1, ends)     # the first suffix token, read at the prefix's last position
-    rest_lp = lp[:, S + 1:, 0].reshape(B, J, M)[:, :, : M - 1]
-    rest_valid = torch.arange(1, M, device=dev)[None, None, :] < block_len[:, None, None]
-    suffix_lp = first_lp + (rest_lp * rest_valid).sum(-1)
-    total = prefix_lp + suffix_lp
-    j = torch.arange(J, device=dev)[None, :]
-    return torch.where(j <= traj.lengths[:, None], total, torch.zeros_like(total))
+    bias = _copies_bias(ctx_mask[src], prefix_len, valid, cache.get_seq_length(), dtype)
+    cache.reorder_cache(src)
+    run, field = (parts[0], "last_hidden_state") if parts is not None else (model, "logits")
+    with grouped_query_sdpa(dev):
+        h = getattr(run(input_ids=ids.reshape(R, Q), attention_mask=bias,
+                        position_ids=pos.reshape(R, Q), past_key_values=cache, use_cache=True), field)
+    targets = suffix[src][:, None, 1:].expand(R, G, M1).reshape(R, Q, 1)
+    lp = _head_log_probs(h, parts, targets).reshape(R, G, M1)
+    per_copy = (lp * valid).sum(-1)                                                          # [R, G]
+    out = torch.zeros(B, J, dtype=per_copy.dtype, device=dev)
+    out[pair_b, pair_j] = per_copy[pair_r, pair_g]
+    return out
+
+
+def _copies_bias(ctx_mask: Tensor, prefix_len: Tensor, valid: Tensor, cached: int, dtype: torch.dtype) -> Tensor:
+    """[R, 1, Q, cached + Q] additive bias (0 / dtype min) of the copies pass: query (g, m) sees the row's context
+    tokens, its prefix's first prefix_len[g] state tokens, and tokens m' <= m of its own copy; a padding query
+    sees itself only (no empty softmax)."""
+    R, G, M1 = valid.shape
+    C, Q = ctx_mask.shape[1], G * M1
+    S = cached - C
+    q_slot = torch.arange(Q, device=valid.device) // M1
+    q_m = torch.arange(Q, device=valid.device) % M1
+    sees_ctx = ctx_mask.bool()[:, None, :].expand(R, Q, C)
+    sees_state = torch.arange(S, device=valid.device)[None, None, :] < prefix_len[:, q_slot][:, :, None]
+    own = (q_slot[:, None] == q_slot[None, :]) & (q_m[None, :] <= q_m[:, None])
+    sees_copy = (own[None] & valid.reshape(R, 1, Q)) | torch.eye(Q, dtype=torch.bool, device=valid.device)[None]
+    allowed = torch.cat([sees_ctx, sees_state, sees_copy], dim=2)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: list[str],
@@ -902,9 +908,7 @@ def context_suffix_log_reward(model, tokenizer, traj: Trajectories, contexts: li
     stop there): the reward shape of arith, continuation and infill, built once."""
     ctx = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
     ctx_ids, ctx_mask = left_pad(ctx, tokenizer.pad_token_id, traj.device)
-    log_r = every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids)
-    too_short = torch.arange(log_r.shape[1], device=log_r.device)[None, :] < min_len
-    return log_r.masked_fill(too_short, float("-inf"))
+    return every_prefix_log_reward(model, ctx_ids, ctx_mask, traj, suffix_ids, min_len)
 
 
 def continuation_log_probs(model, pairs: list[tuple[list[int], list[int]]]) -> list[Tensor]:

@@ -6,7 +6,7 @@ X = s1 s2 s3 (beginning), Y = s5 (ending), Z = s4 (the middle, the latent). The 
 
 The reward is the PAPER's, not the official script's: log R(Z) = log p(Z Y | X) under the base LM (adapters off)
 with X given as plain story text "s1 s2 s3", i.e. context "s1 s2 s3", then the prefix, then the ending, for
-every prefix in one pass (`every_prefix_log_reward`). The paper's reward LM is GPT-2 Large first fine-tuned on
+every prefix (`every_prefix_log_reward`). The paper's reward LM is GPT-2 Large first fine-tuned on
 the training stories: that is the `infill_tuned` task (a full fine-tune of a copy of the base LM, 5 epochs on
 CPU, the paper's lr 1e-4; the paper ran 50); `infill` scores with the untuned base LM.
 

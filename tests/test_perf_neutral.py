@@ -13,7 +13,6 @@ from gfnbench.losses import subtb_loss
 from gfnbench.models import adapters_off, add_lora, build_tiny
 from gfnbench.sampling import (
     SamplingConfig,
-    _suffix_copies_log_reward,
     every_prefix_log_reward,
     inverse_cdf,
     masked_log_softmax,
@@ -184,42 +183,46 @@ def test_policy_log_probs_equal_per_row_forwards(lora_lm):
             torch.testing.assert_close(log_pterm[b, : n + 1], want_t, **TOL)
 
 
-@pytest.mark.parametrize("shared_context", [True, False])
-def test_single_token_suffix_reward_equals_suffix_copies(lora_lm, shared_context):
+@pytest.mark.parametrize("min_len", [0, 2])
+@pytest.mark.parametrize("suffixes", ["one_token", "long", "mixed"])
+def test_every_prefix_reward_equals_per_row_forwards(lora_lm, monkeypatch, suffixes, min_len):
+    """log p(s_j, suffix | context) for every scored prefix, against one plain forward per (row, prefix):
+    single-token suffixes (read from the state pass), long ones (a copy per scored prefix, 3 copies per row of
+    the copies pass, so a row's copies span several), and rows whose suffixes differ in length (1, 2 and 10 tokens)
+    and whose contexts differ (left padding). Prefixes shorter than min_len read -inf, those past a row's length
+    0; the three batches have mixed lengths, tool tokens and a replayed batch."""
+    import gfnbench.sampling as sampling
+
+    monkeypatch.setattr(sampling, "COPIES_PER_ROW", 3)
     lm, policy = lora_lm
     tok = lm.tokenizer
     _, batches = _batches(lm, policy)
+    texts = {"one_token": ["."], "long": [". The answer is 3."], "mixed": [".", ". The answer is 3.", " 3."]}
     for name, traj in batches.items():
         B = len(traj)
-        ctx = ["Q: 1 + 1 = ? A: 2.\nQuestion: 1 + 2 = ? Answer:"] * B if shared_context else \
+        ctx = ["Q: 1 + 1 = ? A: 2.\nQuestion: 1 + 2 = ? Answer:"] * B if name == "shared" else \
               [("x y " * (b % 3)) + "Question: 1 + 2 = ? Answer:" for b in range(B)]
-        ctx_ids, ctx_mask = left_pad([tok(c, add_special_tokens=False)["input_ids"] for c in ctx], tok.pad_token_id)
-        for suffix in ([[tok.eos_token_id]] * B, [tok(".", add_special_tokens=False)["input_ids"][-1:]] * B):
-            with torch.no_grad(), adapters_off(policy) as base:
-                got = every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
-                want = _suffix_copies_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
-            torch.testing.assert_close(got, want, **TOL, msg=name)
-
-
-def test_multi_token_suffix_reward_equals_per_row_forwards(lora_lm):
-    lm, policy = lora_lm
-    tok = lm.tokenizer
-    _, batches = _batches(lm, policy)
-    traj = batches["shared"]
-    ctx = "Q: 1 + 1 = ? A: 2.\nQuestion: 1 + 2 = ? Answer:"
-    c_ids = tok(ctx, add_special_tokens=False)["input_ids"]
-    ctx_ids, ctx_mask = left_pad([c_ids] * len(traj), tok.pad_token_id)
-    suffix = [tok(". The answer is 3.", add_special_tokens=False)["input_ids"]] * len(traj)
-    with torch.no_grad(), adapters_off(policy) as base:
-        got = every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix)
-        ends = traj.state_ends()
-        for b in range(len(traj)):
-            state = traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist()
-            for j in range(int(traj.lengths[b]) + 1):
-                seq = c_ids + state[: int(ends[b, j])] + suffix[b]
-                lp = torch.log_softmax(base(input_ids=torch.tensor([seq])).logits[0].float(), -1)
-                want = sum(float(lp[i - 1, seq[i]]) for i in range(len(c_ids), len(seq)))
-                assert abs(float(got[b, j]) - want) < 1e-4, (b, j, float(got[b, j]), want)
+        c_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in ctx]
+        suffix = [tok(texts[suffixes][b % len(texts[suffixes])], add_special_tokens=False)["input_ids"]
+                  for b in range(B)]
+        if suffixes == "one_token":
+            suffix = [s[-1:] for s in suffix]
+        ctx_ids, ctx_mask = left_pad(c_ids, tok.pad_token_id)
+        with torch.no_grad(), adapters_off(policy) as base:
+            got = every_prefix_log_reward(base, ctx_ids, ctx_mask, traj, suffix, min_len)
+            ends = traj.state_ends()
+            want = torch.zeros_like(got)
+            for b in range(B):
+                state = traj.state_ids[b, : int(traj.state_mask[b].sum())].tolist()
+                for j in range(int(traj.lengths[b]) + 1):
+                    seq = c_ids[b] + state[: int(ends[b, j])] + suffix[b]
+                    lp = torch.log_softmax(base(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+                    want[b, j] = sum(lp[i - 1, seq[i]] for i in range(len(c_ids[b]), len(seq)))
+            want[:, :min_len] = float("-inf")
+        if suffixes == "mixed":
+            assert {len(s) for s in suffix} == {1, 2, 10}, "test data: the three suffix lengths"
+        assert int(traj.lengths.max()) + 1 - min_len > 3, "test data too weak: no row spans two copies-pass rows"
+        torch.testing.assert_close(got, want, **TOL, msg=f"{name} {suffixes}")
 
 
 @pytest.mark.parametrize("block", [5, 37, 400, 4096])
@@ -260,6 +263,24 @@ def test_perf_quick_mode_runs(tmp_path):
     text = (tmp_path / "perf.md").read_text()
     assert "gfnbench" in text and "naive" in text
     assert out["workloads"]["continuation"]["ratio_vs_naive"] > 0
+    assert "Floor of this step on this machine" in text
+    assert out["workloads"]["continuation"]["decode_floor"]["read_bandwidth_gbs"] > 0
+
+
+def test_step_floor_by_hand():
+    """2 decode steps x 1 GB at 10 GB/s = 0.2 s of reads; the other phases' 4 GFLOP at 1 GFLOP/s = 4 s (the
+    sampling phase's own FLOPs are not counted: its reads are its floor)."""
+    from gfnbench.perf import step_floor
+
+    w = {"decode_floor": {"weight_bytes_per_step": 1e9, "decode_steps": 2, "read_bandwidth_gbs": 10.0},
+         "per_phase_flops": {"sampling": 5e9, "reward": 1e9, "backward": 3e9},
+         "pipelines": {"naive": {"median_s": 3.0}}, "minimal_flops": {"total": 2e9}}
+    f = step_floor(w, peak=1.0)
+    assert f["sampling_reads_s"] == pytest.approx(0.2)
+    assert f["other_matmuls_s"] == pytest.approx(4.0)
+    assert f["total_s"] == pytest.approx(4.2)
+    assert f["naive_over_floor"] == pytest.approx(3.0 / 4.2)
+    assert f["floor_x_minimal_limit"] == pytest.approx(2.1)
 
 
 @pytest.mark.parametrize("adapters", [True, False])
