@@ -815,8 +815,9 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
     scored = (j <= traj.lengths[:, None]) & (j >= min_len)
     pos = _context_state_positions(ctx_mask, S)
     attn = torch.cat([ctx_mask, traj.state_mask], dim=1)
-    copies = suffix.shape[1] > 1 and bool(scored.any())
-    hidden, parts, cache = _tail_pass(model, ctx_ids, ctx_mask, traj.state_ids, attn, pos, keep_cache=copies)
+    needs_copy = scored & (block_len[:, None] > 1)         # a one-token suffix is scored by the state pass alone
+    hidden, parts, cache = _tail_pass(model, ctx_ids, ctx_mask, traj.state_ids, attn, pos,
+                                      keep_cache=bool(needs_copy.any()))
     # position k <= S predicts state token k + 1 and, after a prefix of k state tokens, the suffix's first token
     nxt = torch.cat([traj.state_ids, traj.state_ids.new_zeros(B, 1)], dim=1)
     targets = torch.stack([nxt, suffix[:, :1].expand(B, S + 1)], dim=-1)
@@ -824,8 +825,8 @@ def every_prefix_log_reward(model, ctx_ids: Tensor, ctx_mask: Tensor, traj: Traj
     state_lp = lp[:, :S, 0] * traj.state_mask
     cum = torch.cat([state_lp.new_zeros(B, 1), state_lp.cumsum(-1)], dim=1)   # [B, S+1] sum over first e tokens
     total = cum.gather(1, ends) + lp[..., 1].gather(1, ends)
-    if copies:
-        total = total + _suffix_copies_log_probs(model, parts, cache, ctx_mask, ends, scored, suffix, block_len)
+    if cache is not None:
+        total = total + _suffix_copies_log_probs(model, parts, cache, ctx_mask, ends, needs_copy, suffix, block_len)
     total = torch.where(scored, total, torch.zeros_like(total))
     return total.masked_fill(j < min_len, float("-inf"))
 
