@@ -29,6 +29,10 @@ from gfnbench.sampling import encode
 from gfnbench.tasks import get_task
 from gfnbench.tasks.arith import extract_answer
 
+# the gold is scored in a batch of its own and the samples in theirs, so a sample that writes the gold rationale
+# reads a log R differing from it by float rounding (~1e-6): "above the gold" means above it by more than this
+TIE = 1e-4
+
 
 def final_log_reward(task, model, tokenizer, traj, ex) -> list[float]:
     with torch.no_grad(), adapters_off(model) as base:
@@ -66,7 +70,7 @@ def check_question(task, lm, ex, n: int, generator, recorded: list[str] | None =
     correct = [extract_answer(t) == ex.answer for t in drawn.texts]
     finite = [(r, c, t) for r, c, t in zip(rewards, correct, drawn.texts) if math.isfinite(r)]
     best = max(finite, default=(float("-inf"), False, ""))
-    beaten = sum(r > gold_r for r, _, _ in finite)
+    beaten = sum(r > gold_r + TIE for r, _, _ in finite)
     # share of R over {gold} + samples that sits on rationales reaching the right answer
     pool = [(gold_r, True)] + [(r, c) for r, c, _ in finite]
     top = max(r for r, _ in pool)
