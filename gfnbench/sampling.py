@@ -541,10 +541,15 @@ def _tail_pass(model, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn:
                keep_cache: bool = False):
     """`_tail_hidden`, plus the KV cache of [context | rest] per row when `keep_cache` (else None)."""
     parts = _body_and_head(model)
-    run = parts[0] if parts is not None else model
-    field = "last_hidden_state" if parts is not None else "logits"
+    run, field = _runner(model, parts)
     with grouped_query_sdpa(ctx_ids.device):
         return _tail_hidden_pass(run, field, parts, ctx_ids, ctx_mask, rest_ids, attn, pos, keep_cache)
+
+
+def _runner(model, parts) -> tuple:
+    """(what to call, the output field it gives): the body's hidden states when the model has a plain head (the
+    caller applies the head in blocks), else the whole model's logits."""
+    return (parts[0], "last_hidden_state") if parts is not None else (model, "logits")
 
 
 def _tail_hidden_pass(run, field: str, parts, ctx_ids: Tensor, ctx_mask: Tensor, rest_ids: Tensor, attn: Tensor,
@@ -873,7 +878,7 @@ def _suffix_copies_log_probs(model, parts, cache, ctx_mask: Tensor, ends: Tensor
     dtype = next(model.parameters()).dtype
     bias = _copies_bias(ctx_mask[src], prefix_len, valid, cache.get_seq_length(), dtype)
     cache.reorder_cache(src)
-    run, field = (parts[0], "last_hidden_state") if parts is not None else (model, "logits")
+    run, field = _runner(model, parts)
     with grouped_query_sdpa(dev):
         h = getattr(run(input_ids=ids.reshape(R, Q), attention_mask=bias,
                         position_ids=pos.reshape(R, Q), past_key_values=cache, use_cache=True), field)
