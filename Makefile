@@ -37,7 +37,7 @@ perf: setup
 	$(PY) -m gfnbench.perf
 
 lint: setup
-	$(VENV)/bin/ruff check gfnbench tasks baselines tests benchmarks examples
+	$(VENV)/bin/ruff check gfnbench tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,7 +15,7 @@ from gfnbench.trajectories import make_trajectories
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_TASK = str(ROOT / "examples" / "sort_digits.py")
 EXAMPLE_METHOD = str(ROOT / "examples" / "reinforce.py")
-PACKAGES = {"gfnbench": ROOT / "gfnbench", "gfnbench.tasks": ROOT / "tasks", "gfnbench.baselines": ROOT / "baselines"}
+PACKAGES = {"gfnbench": ROOT / "gfnbench", "gfnbench.tasks": ROOT / "gfnbench" / "tasks", "gfnbench.baselines": ROOT / "gfnbench" / "baselines"}
 
 
 # ------------------------------------------------------------------------------------- example task and method
@@ -200,7 +200,7 @@ def test_no_function_over_60_lines_in_core():
 
 
 def test_core_never_probes_tasks_with_hasattr():
-    """Every hook a task may implement is declared on Task (tasks/base.py), so core code calls it directly."""
+    """Every hook a task may implement is declared on Task (gfnbench/tasks/base.py), so core code calls it directly."""
     offenders = []
     for file in module_files().values():
         for node in ast.walk(ast.parse(file.read_text())):

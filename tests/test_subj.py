@@ -1,4 +1,4 @@
-"""subj (tasks/subj.py): rewards and predictions against explicit forward passes of the tiny model, the vote's
+"""subj (gfnbench/tasks/subj.py): rewards and predictions against explicit forward passes of the tiny model, the vote's
 tie rule, seeded disjoint nested splits, the --data folder and each bad-data error, and a harness run."""
 import json
 from dataclasses import replace

@@ -2,7 +2,7 @@
 
 E-step: the GFlowNet row's training, unchanged (same seed, same budget). M-step: sample rationales Z for every
 labelled training example from the trained GFlowNet at T = 1, then fine-tune a fresh LoRA on a clean copy of the
-base LM with the label loss on X + Z (baselines/label_sft.py): the classifier learns to read the rationales the
+base LM with the label loss on X + Z (gfnbench/baselines/label_sft.py): the classifier learns to read the rationales the
 sampler writes. Test: rationales come from the E-step policy, the M-step model predicts the label after each,
 and they vote, exactly as the GFlowNet row does with the base LM as predictor.
 

@@ -21,7 +21,7 @@ Choices, and why:
 - The reward is the base LM's plain log-probability (no renormalisation over the allowed tokens, unlike the
   paper's -50 logit penalty, which also applied in the reward model), like the harness's logp_ref (which
   scores Z alone, without the final ".").
-- Data: the built-in sample (tasks/data/continuation_prompts.txt) or `--data PATH`: a text file, one prompt per
+- Data: the built-in sample (gfnbench/tasks/data/continuation_prompts.txt) or `--data PATH`: a text file, one prompt per
   line, or JSONL (.jsonl/.json) with {"prompt": ...} per line. Duplicate prompts are dropped, then a seeded
   shuffle is cut into train/val/test (70/10/20), so the splits are disjoint by construction.
 """

@@ -9,7 +9,7 @@ rationale is the same comparison at test time; the n sampled rationales vote, an
 
 Data: SUBJ's two files in one folder (`quote.tok.gt9.5000` = subjective, `plot.tok.gt9.5000` = objective,
 one sentence per line, UTF-8; blank lines are skipped), `--data PATH`, else the built-in 200-sentence sample
-in tasks/data/subj/ (written for gfnbench; not SUBJ). Sentences are de-duplicated (a sentence found under
+in gfnbench/tasks/data/subj/ (written for gfnbench; not SUBJ). Sentences are de-duplicated (a sentence found under
 both labels is dropped), shuffled with `seed`, and cut by index: test = the first 20% (at most 2,000: the
 paper's 2,000 of 10,000), val = the next 10% (at most 200), the rest is the training pool. train = the first
 n_labelled pool sentences shorter than 25 words (the paper's filter), so the 10 are the first 10 of the 20 and
@@ -19,8 +19,8 @@ of the 50, as the paper's nested files are; not label-stratified (the paper's 10
 Prompting baselines: the paper's zero-/few-shot rows are direct classifiers, not rationale samplers:
 `Classify ...: "{text}" It is` after k demos (`... It is {label}.`, one per line; few-shot k = all n labelled,
 as the paper's 10/20/50), comparing log p(" objective") with log p(" subjective"). `prompted_classifier`
-does this; baselines/prompting.py calls it for tasks that have it and scores the label it returns.
-Label-only rows (baselines/label_sft.py, baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
+does this; gfnbench/baselines/prompting.py calls it for tasks that have it and scores the label it returns.
+Label-only rows (gfnbench/baselines/label_sft.py, gfnbench/baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
 the n labels; `gflownet_mstep` adds the paper's M-step (a classifier fine-tuned on X + GFlowNet rationales).
 The replay buffer starts with the paper's "wishful" rationales (`buffer_seeds`: 20 base-LM continuations of
 `X {gold} because it is` per labelled example) and de-duplicates at the paper's tolerance, 0.1.

@@ -9,7 +9,7 @@ the same token sequences. Early stopping on the validation NLL keeps the best ad
 no checkpoint on disk.
 
 SFT only applies to tasks with gold targets: arith's labelled rationales; for `rng`/`rng_peaked`, whose target
-is a distribution rather than a string, seeded draws from that distribution (tasks/rng.py), so SFT there is
+is a distribution rather than a string, seeded draws from that distribution (gfnbench/tasks/rng.py), so SFT there is
 maximum likelihood on a finite sample of the exact target.
 """
 from __future__ import annotations
@@ -240,7 +240,7 @@ class SFTMethod(Method):
 
 
 def make_sft(task, lm, ctx) -> Method:
-    """Label tasks (subj) get the label classifier of baselines/label_sft.py; the rest imitate gold targets."""
+    """Label tasks (subj) get the label classifier of gfnbench/baselines/label_sft.py; the rest imitate gold targets."""
     if isinstance(task, LabelledClassification):
         return LabelSFTMethod(task, lm, ctx)
     return SFTMethod(task, lm, ctx)

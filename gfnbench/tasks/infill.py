@@ -20,7 +20,7 @@ vocabulary mask). Lengths: the paper's 5-25 tokens count the final period, so th
 other token holding a period (the paper masks nothing), so the gold middle is a valid trajectory only if s4 ends
 in "." and holds no other period; `target` is None otherwise (those stories seed no buffer / SFT example).
 
-Data: the built-in sample (tasks/data/stories.csv) or `--data PATH`, a ROCStories CSV with a header and the
+Data: the built-in sample (gfnbench/tasks/data/stories.csv) or `--data PATH`, a ROCStories CSV with a header and the
 columns storyid, sentence1..sentence5 (storytitle optional). Duplicate stories are dropped, then a seeded
 shuffle is cut into train/val/test (70/10/20): disjoint by construction.
 """
