@@ -15,7 +15,8 @@ from gfnbench.trajectories import make_trajectories
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_TASK = str(ROOT / "examples" / "sort_digits.py")
 EXAMPLE_METHOD = str(ROOT / "examples" / "reinforce.py")
-PACKAGES = {"gfnbench": ROOT / "gfnbench", "gfnbench.tasks": ROOT / "gfnbench" / "tasks", "gfnbench.baselines": ROOT / "gfnbench" / "baselines"}
+PACKAGES = {"gfnbench": ROOT / "gfnbench", "gfnbench.tasks": ROOT / "gfnbench" / "tasks",
+            "gfnbench.baselines": ROOT / "gfnbench" / "baselines"}
 
 
 # ------------------------------------------------------------------------------------- example task and method

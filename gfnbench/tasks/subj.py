@@ -20,7 +20,7 @@ Prompting baselines: the paper's zero-/few-shot rows are direct classifiers, not
 `Classify ...: "{text}" It is` after k demos (`... It is {label}.`, one per line; few-shot k = all n labelled,
 as the paper's 10/20/50), comparing log p(" objective") with log p(" subjective"). `prompted_classifier`
 does this; gfnbench/baselines/prompting.py calls it for tasks that have it and scores the label it returns.
-Label-only rows (gfnbench/baselines/label_sft.py, gfnbench/baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
+Label-only rows (baselines/label_sft.py, baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
 the n labels; `gflownet_mstep` adds the paper's M-step (a classifier fine-tuned on X + GFlowNet rationales).
 The replay buffer starts with the paper's "wishful" rationales (`buffer_seeds`: 20 base-LM continuations of
 `X {gold} because it is` per labelled example) and de-duplicates at the paper's tolerance, 0.1.
