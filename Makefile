@@ -34,10 +34,10 @@ test: setup
 
 # GFlowNet step vs a naive pipeline, interleaved in one run: results/perf.md + results/perf.json
 perf: setup
-	$(PY) -m gfnbench.perf
+	$(PY) -m gfnbench_perf
 
 lint: setup
-	$(VENV)/bin/ruff check gfnbench tests benchmarks examples
+	$(VENV)/bin/ruff check gfnbench gfnbench_perf tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,23 +8,21 @@ GFlowNet sees at its first steps). If wrong rationales out-score the gold one, t
     python benchmarks/arith_reward_check.py [--questions 24] [--samples 16] [--model embedded]
     python benchmarks/arith_reward_check.py --run results/runs/arith/gflownet/seed0 --split test_3op
 
-With --run, the candidates are a trained row's recorded evaluation samples (its samples.jsonl) instead of fresh
+With --run, the candidates are a trained row's recorded evaluation samples (its samples.jsonl.gz) instead of fresh
 base-model draws: whether the trained sampler sits where the reward is high (a sampler that matched R^(1/T)
 would put its samples near the gold rationale's log R, not far below it).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-from pathlib import Path
 
 import torch
 
 from gfnbench.models import adapters_off, load_model
 from gfnbench.policy import gold_trajectory, sample_task, trajectories_from_states
-from gfnbench.records import SAMPLES
+from gfnbench.records import read_samples
 from gfnbench.sampling import encode
 from gfnbench.tasks import get_task
 from gfnbench.tasks.arith import extract_answer
@@ -49,10 +47,9 @@ def text_trajectories(task, tok, prompt: str, texts: list[str]):
 def recorded_texts(run: str, split: str) -> dict[str, list[str]]:
     """A run's evaluation samples of one split, by question id (questions it did not evaluate are absent)."""
     texts: dict[str, list[str]] = {}
-    with open(Path(run) / SAMPLES) as f:
-        for r in map(json.loads, f):
-            if r["split"] == split:
-                texts.setdefault(r["id"], []).append(r["text"])
+    for r in read_samples(run):      # samples.jsonl.gz, or an older run's plain samples.jsonl
+        if r["split"] == split:
+            texts.setdefault(r["id"], []).append(r["text"])
     return texts
 
 

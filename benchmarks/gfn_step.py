@@ -1,7 +1,7 @@
 """GFlowNet step time vs a per-prefix naive pipeline, measured side by side in one run (ratios, not times).
 
 This per-prefix naive (every prefix's reward as its own sequence) is an extra, labelled comparison: nobody would
-write it. The headline comparison is `python -m gfnbench.perf` (`make perf`): gfnbench's step against the
+write it. The headline comparison is `python -m gfnbench_perf` (`make perf`): gfnbench's step against the
 naive pipeline one would write first (generate, one reward forward, one policy forward), FLOPs, the FLOP limit
 and the step breakdown, written to results/perf.md.
 

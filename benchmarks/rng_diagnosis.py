@@ -13,11 +13,11 @@ import json
 import time
 
 from gfnbench.gflownet import GFlowNetSubTB, GFlowNetTB
-from gfnbench.harness import seed_everything
-from gfnbench.leaderboard import CURVE_AXES
 from gfnbench.methods import RunContext
 from gfnbench.models import load_model
+from gfnbench.plots import CURVE_AXES
 from gfnbench.profiles import get_profile
+from gfnbench.runner import seed_everything
 from gfnbench.tasks import get_task
 
 

@@ -15,10 +15,10 @@ import json
 import time
 
 from gfnbench.catalog import get_method
-from gfnbench.harness import seed_everything
 from gfnbench.methods import RunContext
 from gfnbench.models import adapters_off, load_model
 from gfnbench.profiles import get_profile
+from gfnbench.runner import seed_everything
 from gfnbench.tasks import get_task
 
 

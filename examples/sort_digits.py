@@ -1,4 +1,4 @@
-"""Example task for the README's "Adding a task": write three digits in ascending order.
+"""Example task for "Adding a task" in docs/contributing.md: write three digits in ascending order.
 
 Run it with any method: `gfnbench run --task examples/sort_digits.py --method gflownet --profile smoke`.
 The reward needs no model: log R(text) = -(character edit distance to the sorted digits), so the GFlowNet's
@@ -27,7 +27,7 @@ def make_examples(count: int, seed: int) -> list[Example]:
 
 @register_task("sort_digits")
 class SortDigits(Task):
-    description = "write three digits in ascending order (the README's example task)"
+    description = "write three digits in ascending order (the example task of docs/contributing.md)"
     data_source = "synthetic (seeded)"
     min_len, max_len, eval_max_len = 1, 8, 8
     eval_samples = 4

@@ -1,4 +1,4 @@
-"""Per-prompt replay buffer (reference-paper.md §1.7): capped, deduplicated, reward-prioritised.
+"""Per-prompt replay buffer (docs/paper.md#replay-buffer): capped, deduplicated, reward-prioritised.
 
 Items keep *untempered* log rewards, so priorities stay meaningful while the reward temperature anneals.
 """

@@ -4,16 +4,22 @@ Kept apart from `methods.py` so that method modules import the interface without
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 from gfnbench.methods import METHODS, MethodSpec
 from gfnbench.usercode import import_user_file
 
+# Importing a method module registers its rows; this order is the order of the rows in listings and tables.
+BUILTIN_METHOD_MODULES = ("gfnbench.baselines.decoding", "gfnbench.baselines.flowrl", "gfnbench.baselines.grpo",
+                          "gfnbench.gflownet", "gfnbench.baselines.mstep", "gfnbench.baselines.ppo",
+                          "gfnbench.baselines.prompting", "gfnbench.baselines.sft", "gfnbench.baselines.tb_vargrad")
+
 
 def load_builtin_methods() -> None:
-    import gfnbench.baselines  # noqa: F401  (importing registers)
-    import gfnbench.gflownet  # noqa: F401
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
 
 
 def load_method_file(path: str) -> str:

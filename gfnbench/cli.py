@@ -69,7 +69,7 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         save_adapters: also write the trained weights (LoRA adapters, heads) to the run folder's adapters.pt.
     """
     from gfnbench.devices import rank
-    from gfnbench.harness import run as run_one
+    from gfnbench.runner import run as run_one
 
     compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
     out = run_one(task, method, seed, profile, results_dir, model, overwrite, data,
@@ -106,7 +106,7 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         jobs: runs side by side, each with its share of the cores' torch threads (default: the profile's; cpu:
             one per core, up to 4; smoke and paper: 1).
     """
-    from gfnbench.harness import bench as run_bench
+    from gfnbench.bench import bench as run_bench
 
     compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
     for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data,
@@ -150,7 +150,7 @@ def perf(quick: bool = False, model: str = "embedded", steps: int = 6, out: str 
         steps: timed steps per pipeline (median), after one warm-up step.
         out: the report's path (the JSON goes beside it).
     """
-    from gfnbench.perf import main as perf_main
+    from gfnbench_perf import main as perf_main  # the benchmark tool lives beside the package, loaded on use
 
     perf_main(["--model", model, "--steps", str(steps), "--out", out] + (["--quick"] if quick else []))
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from jsonargparse import auto_cli
 
-        from gfnbench.harness import BenchJobFailed
+        from gfnbench.bench import BenchJobFailed
         from gfnbench.locks import RunInProgress
         from gfnbench.models import ModelNotAvailable
         from gfnbench.records import describe_os_error

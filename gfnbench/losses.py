@@ -1,4 +1,4 @@
-"""GFlowNet losses as small pure functions over per-step tensors (reference-paper.md §1.4).
+"""GFlowNet losses as small pure functions over per-step tensors (docs/paper.md#modified-subtb-loss).
 
 Shapes, for a batch of B trajectories padded to L non-stop actions:
   log_pf     [B, L]    log q(a_t | s_{t-1}) of the t-th non-stop action, t = 1..L at index t-1

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from gfnbench.models import LanguageModel
 from gfnbench.settings import build, typed_overrides
-from gfnbench.tasks.base import TASKS, Example, Task
-from gfnbench.trajectories import Trajectories
+from gfnbench.tasks.base import TASKS
+
+if TYPE_CHECKING:
+    import torch
+
+    from gfnbench.models import LanguageModel
+    from gfnbench.tasks.base import Example, Task
+    from gfnbench.trajectories import Trajectories
 
 METHODS: dict[str, MethodSpec] = {}
 
@@ -27,7 +30,7 @@ class MethodSpec:
     factory: Callable[..., Method]
     description: str
     tasks: tuple[str, ...] | None = None    # None: every task
-    trains: bool = False
+    trains: bool = False                    # the factory's `trains` (Method.trains)
     opt_in: bool = False                    # applies only to tasks that list it in `opt_in_methods`
     settings: type | None = None            # the dataclass of its settings (None: it takes none)
     deterministic: bool = False             # no sampling and no training: every seed gives the same record
@@ -77,9 +80,9 @@ class RunContext:
 
 class Method:
     """A leaderboard row. Subclasses set `settings_class` (a dataclass) when they take settings, build them with
-    `self.settings(defaults)`, and return their training budget from `budget()`."""
+    `self.build_settings(defaults)`, and return their training budget from `budget()`."""
 
-    trains = False
+    trains: ClassVar[bool] = False           # it fits a model (the registry reads this: stated once, here)
     deterministic: ClassVar[bool] = False    # no sampling, no training (greedy, beam): `bench` runs one seed
     settings_class: ClassVar[type | None] = None
     resumable: ClassVar[bool] = False        # its checkpoints resume a killed run exactly (see checkpoints.py)
@@ -138,42 +141,16 @@ class Method:
         return None
 
 
-def make_trainer(ctx: RunContext, checkpoints: bool = False, model: torch.nn.Module | None = None, **settings):
-    """The Lightning Trainer every trained method uses, on the run's accelerator, devices, strategy and precision
-    (`ctx.profile`; one CPU process by default): CSV logs in the run's train/ folder (when it has one), every step
-    logged, no sanity validation. Data loaders are never re-sharded by Lightning (`use_distributed_sampler` off):
-    in a multi-process run each process draws its own prompts from its own seed (devices.rank_seed).
-    `checkpoints` (modules that save their whole training state, see checkpoints.py) adds atomic checkpoints
-    every `ctx.checkpoint_every` steps when the run has a checkpoint folder; `model` (the network trained) lets
-    FSDP shard it by transformer block; `settings` add the method's own."""
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
-
-    from gfnbench.checkpoints import AtomicCheckpointIO, checkpoint_callback
-    from gfnbench.devices import LIGHTNING_PRECISION, strategy_for
-
-    prof = ctx.profile
-    logger = CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False
-    callbacks = list(settings.pop("callbacks", []))
-    saving = checkpoints and ctx.checkpoint_dir is not None
-    if saving:
-        callbacks.append(checkpoint_callback(ctx.checkpoint_dir, ctx.checkpoint_every))
-    return L.Trainer(accelerator=prof.accelerator, devices=prof.devices, strategy=strategy_for(prof, model),
-                     precision=LIGHTNING_PRECISION[str(prof.precision)], use_distributed_sampler=False,
-                     logger=logger, enable_checkpointing=saving, enable_model_summary=False, num_sanity_val_steps=0,
-                     deterministic=False, log_every_n_steps=1, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-                     **settings)
-
-
-def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, trains: bool = False,
-                    opt_in: bool = False, settings: type | None = None):
-    """Class (or factory) decorator; a Method class's own `settings_class` is used unless `settings` is given."""
+def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, opt_in: bool = False,
+                    settings: type | None = None):
+    """Class (or factory) decorator. What a Method class states about itself (`trains`, `deterministic`,
+    `settings_class`) is read from it, so no registration repeats it; `settings` is for a plain factory."""
     def wrap(factory):
         if name in METHODS and METHODS[name].factory is not factory:
             raise ValueError(f"method {name!r} is registered twice ({METHODS[name].factory.__module__} and "
                              f"{factory.__module__})")
-        declared = settings or (factory.settings_class if isinstance(factory, type) else None)
-        deterministic = isinstance(factory, type) and factory.deterministic
-        METHODS[name] = MethodSpec(name, factory, description, tasks, trains, opt_in, declared, deterministic)
+        declared = settings or getattr(factory, "settings_class", None)
+        METHODS[name] = MethodSpec(name, factory, description, tasks, bool(getattr(factory, "trains", False)),
+                                   opt_in, declared, bool(getattr(factory, "deterministic", False)))
         return factory
     return wrap

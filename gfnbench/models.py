@@ -297,10 +297,16 @@ def hub_preflight(name: str) -> None:
         f"default) or a local directory, or run where the hub can be reached")
 
 
+def local_files_only(name: str) -> bool:
+    """Whether a model's files must come from disk alone: a local directory, HF_HUB_OFFLINE=1, or a hub name
+    that `hub_preflight` found cached with the hub unreachable (call that first)."""
+    return Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or name in _CACHE_ONLY
+
+
 def _load_pretrained(name: str, model_id: str | None = None) -> LanguageModel:
     local = Path(name).expanduser()
     hub_preflight(name)
-    offline_only = local.exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or name in _CACHE_ONLY
+    offline_only = local_files_only(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline_only)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=offline_only)

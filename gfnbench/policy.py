@@ -1,8 +1,9 @@
 """What trained methods share: a seeded LoRA policy, sampling a task, gold trajectories, schedules, prompt loaders,
-the GFlowNet row's defaults, and `PolicyMethod`, the base of every row that fine-tunes a policy.
+the GFlowNet row's defaults, and `PolicyMethod`, the base of every row that fine-tunes a policy (its modules'
+base, `TrainedModule`, is in trained.py).
 
 Every method file imports from here rather than from another method's file, so a new method needs nothing but
-this module, `methods.py` and the core passes in `sampling.py`.
+this module, `methods.py` and the core passes in `sampling/`.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gfnbench.devices import rank, rank_seed, seeded_generator
-from gfnbench.methods import Budget, Method, make_trainer
+from gfnbench.devices import rank, rank_seed
+from gfnbench.methods import Budget, Method
 from gfnbench.models import LanguageModel, add_lora
 from gfnbench.sampling import SamplingConfig, sample
 from gfnbench.tasks.base import Example, Task
+from gfnbench.trainer import make_trainer
 from gfnbench.trajectories import Trajectories, from_rows
 
 # Supervised rows (SFT on targets, SFT on labels) train at 10x the profile's GFlowNet learning rate (1e-3 on cpu,
@@ -62,7 +64,7 @@ def sample_scored(task: Task, policy, tokenizer, examples: list[Example], n: int
     traj = sample_task(task, policy, tokenizer, [task.prompt(ex) for ex in examples], n, task.sampling(train=True),
                        context=context, generator=generator)
     with adapters_off(policy) as base:
-        traj.log_reward = task.log_reward(base, tokenizer, traj, examples)
+        traj = traj.with_log_reward(task.log_reward(base, tokenizer, traj, examples))
     check_log_reward(traj.log_reward, f"task {task.name}, {what}", traj.lengths)
     return traj
 
@@ -182,28 +184,18 @@ def fit_on_prompts(module, ctx, batches: int, batch_size: int, callbacks: list |
                 ckpt_path=resume_path(ctx.checkpoint_dir, ctx.resume) if checkpoints else None)
 
 
-class SeededStreams:
-    """LightningModule mixin for modules that sample while training from `self.generator` (seeded `self.seed`):
-    at setup, where the training device and the process are known, the generator moves to that device and each
-    process gets its own stream (devices.rank_seed). Rank 0 on the CPU keeps the generator it was built with, so
-    a one-process CPU run draws exactly what it always drew."""
-
-    seed: int
-    generator: torch.Generator
-
-    def setup(self, stage: str) -> None:
-        device, process = self.trainer.strategy.root_device, self.global_rank
-        if process != 0 or self.generator.device != device:
-            self.generator = seeded_generator(rank_seed(self.seed, process), device)
-
-
 class PolicyMethod(Method):
-    """A row that fine-tunes `self.module.policy` (a LightningModule with `task`, `examples` and a `curve` list):
-    it samples like every trained row and trains on seeded prompts with the task's learning curve. Its module
-    saves its whole training state (checkpoints.ResumableModule), so its runs resume exactly."""
+    """A row that fine-tunes `self.module.policy` (a `trained.TrainedModule`): it samples like every trained row
+    and trains on seeded prompts, drawn by the task's `prompt_weights`, with the task's learning curve, for
+    `self.steps` (the profile's steps scaled by the task's `steps_multiplier`). Its module saves its whole
+    training state, so its runs resume exactly."""
 
     trains = True
     resumable = True
+
+    def __init__(self, task, lm, ctx):
+        super().__init__(task, lm, ctx)
+        self.steps = train_steps(task, ctx.profile)
 
     @property
     def policy(self):
@@ -224,6 +216,23 @@ class PolicyMethod(Method):
         settings.setdefault("checkpoints", True)
         fit_on_prompts(self.module, self.ctx, batches, batch_size, callbacks=[curve] if curve else [], **settings)
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}
+
+
+class PromptStepMethod(PolicyMethod):
+    """Rows whose optimizer step is `prompts_per_step` prompts of `cfg.samples_per_prompt` fresh samples each,
+    one prompt per micro-batch (GFlowNet, VarGrad TB, examples/reinforce.py): `self.steps` such steps."""
+
+    def fit(self) -> dict:
+        accumulate = self.ctx.profile.prompts_per_step
+        return self.train_on_prompts(self.steps * accumulate, 1, self.cfg.samples_per_prompt, checkpoints=True,
+                                     max_steps=self.steps, accumulate_grad_batches=accumulate)
+
+    def budget(self) -> Budget:
+        batches = self.steps * self.ctx.profile.prompts_per_step
+        return Budget(batches * self.cfg.samples_per_prompt, self.steps, self.budget_summary())
+
+    def budget_summary(self) -> str:
+        return f"{self.steps} steps x {self.cfg.samples_per_prompt} samples"
 
 
 class RolloutMethod(PolicyMethod):

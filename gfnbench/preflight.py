@@ -4,25 +4,26 @@ Checked, in this order: profile, task (a task file's syntax and import errors as
 (exists, a file or a folder as the task expects, UTF-8 and well-formed: the task's reader), methods (known and
 applicable), seeds (non-negative, distinct integers), model (its tokenizer and config only, never the weights),
 every example's prompt length against the model's context, and the results folder (writable, without creating
-it). Each failure is one `InputError` (a ValueError) whose message is one line.
+it), then the compute settings and each method's settings. Each failure is one ValueError (an `InputError` up to
+the results folder) whose message is one line. `check_run` and `check_bench` return what they checked as a plan
+(`gfnbench.plans`), which the runner and the bench carry out without checking again.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
-from functools import lru_cache
+from functools import partial
 from pathlib import Path
 
+from gfnbench.model_context import BytesTokenizer, gguf_tokenizer, model_tokenizer
+from gfnbench.plans import BenchPlan, RunPlan
 from gfnbench.usercode import user_code_error
 
 
 class InputError(ValueError):
     """A user error found before any work: the CLI prints it as one `gfnbench: error:` line."""
 
-
-# --------------------------------------------------------------------------- user code (task files)
 
 # --------------------------------------------------------------------------- seeds, methods
 
@@ -41,12 +42,18 @@ def check_seeds(seeds) -> list[int]:
 
 
 def check_methods(task_name: str, methods) -> list[str]:
+    """The registered names of `methods` (see `method_specs`)."""
+    return [spec.name for spec in method_specs(task_name, methods)]
+
+
+def method_specs(task_name: str, methods) -> list:
+    """Each named method's spec (a method file imported), in order: known, applicable to the task, distinct."""
     from gfnbench.catalog import get_method, methods_for
 
     methods = list(methods)
     if not methods:
         raise InputError(f"no methods given; methods for {task_name}: {', '.join(methods_for(task_name))}")
-    names = []
+    specs = []
     for name in methods:
         if not isinstance(name, str):
             raise InputError(f"method names are strings, got {name!r}")
@@ -54,17 +61,17 @@ def check_methods(task_name: str, methods) -> list[str]:
         if not spec.applies_to(task_name):
             raise InputError(f"method {spec.name!r} does not apply to task {task_name!r}; "
                              f"methods for it: {', '.join(methods_for(task_name))}")
-        if spec.name in names:
+        if spec.name in [s.name for s in specs]:
             raise InputError(f"method {spec.name!r} is listed twice (methods {methods})")
-        names.append(spec.name)
-    return names
+        specs.append(spec)
+    return specs
 
 
 # --------------------------------------------------------------------------- task and data
 
 def task_class(task: str):
     """The task's class (importing a task file), without constructing it."""
-    from gfnbench.tasks.base import get_task_class
+    from gfnbench.tasks import get_task_class
 
     try:
         return get_task_class(task)
@@ -75,10 +82,9 @@ def task_class(task: str):
 
 
 def check_data_path(cls, data: str) -> None:
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    if "data" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    """`data_kind` is the one answer to "does this task read --data?": None means no; otherwise the task's
+    constructor takes the path."""
+    if cls.data_kind is None:
         raise InputError(f"task {cls.name} does not read a data file (--data)")
     path = Path(data)
     kind = cls.data_kind
@@ -96,6 +102,12 @@ def build_task(task: str, data: str | None):
     cls = task_class(task)
     if data is not None:
         check_data_path(cls, data)
+    return construct_task(cls, task, data)
+
+
+def construct_task(cls, task: str, data: str | None):
+    """`cls` built on `data` (a path its `data_kind` accepts, checked by `check_data_path`; None: no --data).
+    A failure in a user's task file is one line naming its file and line."""
     kwargs = {"data": data} if data is not None else {}
     try:
         return cls(**kwargs)
@@ -105,103 +117,6 @@ def build_task(task: str, data: str | None):
         module_file = getattr(sys.modules.get(cls.__module__), "__file__", None) or "?"
         file = Path(task) if task.endswith(".py") else Path(module_file)
         raise InputError(f"task {cls.name} could not be built: {user_code_error(err, file)}") from err
-
-
-# --------------------------------------------------------------------------- model: tokenizer and context only
-
-@lru_cache(maxsize=4)
-def model_tokenizer(name: str):
-    """(tokenizer, context length, description) of a model, read from its tokenizer and config files only."""
-    from gfnbench.models import ModelNotAvailable, build_tiny_tokenizer, embedded_cache_dir, embedded_gguf_path
-
-    if name in ("tiny", "tiny-llama"):
-        return build_tiny_tokenizer(), 2048, "tiny-llama"
-    if name == "tiny-gpt2":
-        return build_tiny_tokenizer(), 512, "tiny-gpt2"
-    if name == "embedded":
-        embedded_gguf_path()   # the package must be there (ModelNotAvailable otherwise)
-        target = embedded_cache_dir()
-        if not (target / "config.json").is_file() or not (target / "tokenizer.json").is_file():
-            return None, EMBEDDED_CONTEXT, "embedded SmolLM2"   # its tokenizer is read only when needed
-        return _local_tokenizer(str(target), "embedded SmolLM2")
-    from gfnbench.models import hub_preflight
-
-    hub_preflight(name)   # local directory, local cache, or a reachable hub: fails fast otherwise
-    if Path(name).expanduser().is_dir():
-        check_safetensors(Path(name).expanduser())
-    try:
-        return _local_tokenizer(name, name)
-    except ModelNotAvailable:
-        raise
-    except (OSError, ValueError) as err:
-        local = Path(name).expanduser()
-        where = "the local directory" if local.exists() else (
-            "the local Hugging Face cache (offline)" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the hub")
-        raise ModelNotAvailable(
-            f"could not load model {name!r} from {where}: {str(err).splitlines()[0] if str(err) else err!r}. "
-            f"Pass --model embedded (offline default), a directory written by save_pretrained, or a hub name on a "
-            f"machine with a hub") from err
-
-
-def check_safetensors(folder: Path) -> None:
-    """Every .safetensors file in a model folder is whole: its header parses and the file is as long as the
-    header says (a truncated copy or download), read from the header alone."""
-    import struct
-
-    from gfnbench.models import ModelNotAvailable
-
-    for file in sorted(folder.glob("*.safetensors")):
-        size = file.stat().st_size
-        try:
-            with open(file, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                if n > size - 8:
-                    raise ValueError("its header runs past the end of the file")
-                header = json.loads(f.read(n))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
-            raise ModelNotAvailable(f"{file} is damaged ({err}): copy or save the model again "
-                                    f"(save_pretrained)") from None
-        if size < 8 + n + end:
-            raise ModelNotAvailable(f"{file} is truncated ({size} bytes, {8 + n + end} expected): copy or save the "
-                                    f"model again (save_pretrained)")
-
-
-EMBEDDED_CONTEXT = 8192   # SmolLM2-135M's max_position_embeddings
-
-
-class _BytesTokenizer:
-    """An upper bound of a byte-level BPE tokenizer: one token per UTF-8 byte, plus one special token."""
-
-    def __call__(self, texts, add_special_tokens: bool = True):
-        one = isinstance(texts, str)
-        ids = [list(range(len(t.encode("utf-8")) + int(add_special_tokens))) for t in ([texts] if one else texts)]
-        return {"input_ids": ids[0] if one else ids}
-
-
-def _gguf_tokenizer():
-    from transformers import AutoTokenizer
-
-    from gfnbench.models import embedded_gguf_path
-
-    gguf = embedded_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-
-
-def _local_tokenizer(name: str, label: str):
-    from transformers import AutoConfig, AutoTokenizer
-
-    from gfnbench.models import _CACHE_ONLY
-
-    offline = Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or name in _CACHE_ONLY
-    config = AutoConfig.from_pretrained(name, local_files_only=offline)
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-    context = None
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        if getattr(config, key, None):
-            context = int(getattr(config, key))
-            break
-    return tokenizer, context or 2048, label
 
 
 # --------------------------------------------------------------------------- every example against the context
@@ -245,14 +160,15 @@ def locate(ex, data: str | None, split: str) -> str:
 
 def _shots_prefix(task, methods, first, tokenizer) -> tuple[int, str]:
     """(tokens, what) of the longest demonstration prefix any of `methods` puts before a prompt."""
-    from gfnbench.tasks.base import LabelledClassification
+    from functools import partial
+
+    from gfnbench.shots import few_shot_k, shots_prompt
 
     best, what = 0, ""
     plain = len(tokenizer(task.prompt(first))["input_ids"])
     for name in methods:
         if name == "few_shot":
-            k = (task.few_shot_k if isinstance(task, LabelledClassification) else None) or 3
-            build = task.classifier_prompt if isinstance(task, LabelledClassification) else task.shots_prompt
+            k, build = few_shot_k(task), partial(shots_prompt, task)
         elif name == "zero_shot":
             continue
         else:
@@ -324,67 +240,118 @@ def check_results_dir(root: str | Path) -> None:
 
 def _check(task: str, methods, seeds, profile: str, results_dir: str | None, model: str | None,
            data: str | None):
+    """(task, method specs or None, results root): every input but the compute and the methods' settings."""
     from gfnbench.profiles import get_profile
+    from gfnbench.records import results_root
 
     prof = get_profile(profile)
     task_obj = build_task(task, data)
-    names = None if methods is None else check_methods(task_obj.name, methods)
+    specs = None if methods is None else method_specs(task_obj.name, methods)
     check_seeds(seeds)
-    model_name = model or prof.model
+    check_context(task_obj, data, model or prof.model, None if specs is None else [s.name for s in specs])
+    root = results_root(prof, results_dir, data)
+    check_results_dir(root)
+    return task_obj, specs, root
+
+
+def check_context(task_obj, data: str | None, model_name: str, names: list[str] | None) -> None:
+    """Every example fits the model's context (once per task, data, model and methods in a process)."""
     tokenizer, context, label = model_tokenizer(model_name)
     key = (task_obj.name, data, model_name, None if names is None else tuple(names))
-    if key not in _LENGTHS_OK:
-        if tokenizer is None:
-            try:   # bytes bound a byte-level BPE's tokens from above: the GGUF's tokenizer (~8 s) only if needed
-                check_lengths(task_obj, data, _BytesTokenizer(), context, label, names)
-            except InputError:
-                check_lengths(task_obj, data, _gguf_tokenizer(), context, label, names)
-        else:
-            check_lengths(task_obj, data, tokenizer, context, label, names)
-        _LENGTHS_OK.add(key)
-    from gfnbench.records import results_root
-
-    check_results_dir(results_root(prof, results_dir, data))
-    return task_obj
+    if key in _LENGTHS_OK:
+        return
+    if tokenizer is None:
+        try:   # bytes bound a byte-level BPE's tokens from above: the GGUF's tokenizer (~8 s) only if needed
+            check_lengths(task_obj, data, BytesTokenizer(), context, label, names)
+        except InputError:
+            check_lengths(task_obj, data, gguf_tokenizer(), context, label, names)
+    else:
+        check_lengths(task_obj, data, tokenizer, context, label, names)
+    _LENGTHS_OK.add(key)
 
 
-_DONE: set = set()
 _LENGTHS_OK: set = set()
 
 
 def check_run(task: str, method: str, seed, profile: str = "smoke", results_dir: str | None = None,
-              model: str | None = None, data: str | None = None) -> None:
-    """All of a `run`'s inputs, before anything is created or loaded."""
+              model: str | None = None, data: str | None = None, settings: dict | None = None,
+              compute: dict | None = None) -> RunPlan:
+    """All of a `run`'s inputs, before anything is created or loaded: the plan `runner.run_plan` carries out.
+    `settings` is {method: overrides}; `compute` overrides the profile's accelerator, devices, ..."""
     if not isinstance(method, str):
         raise InputError(f"method must be a name, got {method!r}")
-    key = ("run", task, method, seed, profile, results_dir, model, data)
-    if _hashable(key) and key in _DONE:
-        return
     from gfnbench.catalog import get_method
 
-    get_method(method)
-    _check(task, [method], [seed], profile, results_dir, model, data)
-    if _hashable(key):
-        _DONE.add(key)
+    get_method(method)   # an unknown method is the first thing said
+    task_obj, (spec,), root = _check(task, [method], [seed], profile, results_dir, model, data)
+    prof = run_profile(profile, compute)
+    others = sorted(set(settings or {}) - {spec.name})
+    if others:
+        raise ValueError(f"settings given for {', '.join(others)}, but this run is {spec.name}")
+    return RunPlan(task_obj, spec, seed, prof, settings_for(spec, settings), root, model or prof.model, data)
 
 
 def check_bench(task: str, profile: str = "cpu", seeds=(0, 1, 2), methods=None, results_dir: str | None = None,
-                model: str | None = None, data: str | None = None) -> None:
-    """All of a `bench`'s inputs (every seed and method), before the first run."""
+                model: str | None = None, data: str | None = None, settings: dict | None = None,
+                compute: dict | None = None) -> BenchPlan:
+    """All of a `bench`'s inputs (every seed and method), before the first run: the plan `bench` carries out."""
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise InputError(f"seeds must be a list of integers, got {seeds!r}")
     if methods is not None and (isinstance(methods, (str, bytes)) or not hasattr(methods, "__iter__")):
         raise InputError(f"methods must be a list of names, got {methods!r}")
-    _check(task, None if methods is None else list(methods), list(seeds), profile, results_dir, model, data)
+    seeds = list(seeds)
+    task_obj, specs, root = _check(task, None if methods is None else list(methods), seeds, profile, results_dir,
+                                   model, data)
+    prof = run_profile(profile, compute)
+    if specs is None:
+        from gfnbench.catalog import get_method
+
+        specs = [get_method(name) for name in default_methods(task_obj, prof)]
+    names = [spec.name for spec in specs]
+    unused = sorted(set(settings or {}) - set(names))
+    if unused:
+        raise ValueError(f"settings given for {', '.join(unused)}, which this bench does not run "
+                         f"(its methods: {', '.join(names)})")
+    overrides = {spec.name: settings_for(spec, settings) for spec in specs}
+    return BenchPlan(task_obj, partial(construct_task, type(task_obj), task, data), tuple(specs), tuple(seeds),
+                     prof, overrides, root, model or prof.model, data)
 
 
-def _hashable(key) -> bool:
-    try:
-        hash(key)
-    except TypeError:
-        return False
-    return True
+# --------------------------------------------------------------------------- what a run computes on, and with
+
+def run_profile(profile: str, compute: dict | None = None):
+    """The profile with this run's accelerator, devices, strategy and precision (those given), checked."""
+    from dataclasses import replace
+
+    from gfnbench.devices import check_compute
+    from gfnbench.profiles import get_profile
+
+    prof = get_profile(profile)
+    given = {k: v for k, v in (compute or {}).items() if v is not None}
+    unknown = set(given) - {"accelerator", "devices", "strategy", "precision"}
+    if unknown:
+        raise ValueError(f"unknown compute settings {sorted(unknown)}")
+    prof = replace(prof, **given) if given else prof
+    check_compute(prof.accelerator, prof.devices, prof.strategy, str(prof.precision))
+    return prof
+
+
+def settings_for(spec, settings: dict | None) -> dict:
+    """This method's overrides out of {method: overrides}, checked against its settings class."""
+    return spec.check_settings(dict((settings or {}).get(spec.name) or {}))
+
+
+def default_methods(task, prof) -> list[str]:
+    """Every method for the task, less its `costly_methods` on profiles that skip them (said on stdout)."""
+    from gfnbench.catalog import methods_for
+
+    names = methods_for(task.name)
+    skipped = [m for m in names if prof.skip_costly and m in task.costly_methods]
+    if skipped:
+        print(f"[gfnbench] the {prof.name} profile skips {', '.join(skipped)} on {task.name} (too slow for its "
+              f"time budget); run them with --methods {','.join(skipped)}")
+    return [m for m in names if m not in skipped]
 
 
 __all__ = ["InputError", "check_run", "check_bench", "check_seeds", "check_methods", "build_task",
-           "check_results_dir", "check_lengths", "model_tokenizer"]
+           "check_results_dir", "check_lengths", "model_tokenizer", "default_methods", "run_profile"]

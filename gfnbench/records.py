@@ -2,7 +2,9 @@
 
 Layout: ``<results_dir>/runs/<task>/<method>/seed<seed>/`` holding
 
-- ``samples.jsonl``: one JSON object per evaluation sample;
+- ``samples.jsonl.gz``: one JSON object per evaluation sample, gzip-compressed with a zero timestamp so the same
+  samples give the same bytes (results/ is committed; the text compresses over 10x). Readers also accept the plain
+  ``samples.jsonl`` that older runs wrote, see :func:`read_samples`;
 - ``config.json``: the run's ``config`` on its own, for quick diffing;
 - ``record.json``: the RunRecord below. It is written last, so its presence means the run is complete.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import gzip
 import importlib.metadata
 import json
 import math
@@ -46,7 +49,8 @@ REQUIRED_KEYS = ("task", "method", "seed", "profile", "model", "scoring_model", 
                  "versions", "git_commit", "wall_time_s")
 DEFAULT_PACKAGES = ("torch", "transformers", "peft", "lightning", "torchmetrics", "pandas", "sacrebleu",
                     "bert-score", "evaluate", "gfnbench")
-RECORD, SAMPLES, CONFIG = "record.json", "samples.jsonl", "config.json"
+RECORD, SAMPLES, CONFIG = "record.json", "samples.jsonl.gz", "config.json"
+PLAIN_SAMPLES = "samples.jsonl"   # what runs wrote before the samples were compressed; still read
 
 
 # --------------------------------------------------------------------------- provenance
@@ -181,6 +185,29 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# --------------------------------------------------------------------------- samples
+
+def samples_bytes(samples: Iterable[dict]) -> bytes:
+    """JSON lines, gzip level 9 with mtime 0: equal samples give equal bytes, so a re-run diffs clean in git."""
+    text = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
+    return gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)
+
+
+def samples_path(run_dir: str | Path) -> Path:
+    """The run's samples file: the compressed one, or the plain one an older run left (compressed if neither)."""
+    folder = Path(run_dir)
+    plain = folder / PLAIN_SAMPLES
+    return plain if plain.exists() and not (folder / SAMPLES).exists() else folder / SAMPLES
+
+
+def read_samples(run_dir: str | Path) -> list[dict]:
+    """A run's evaluation samples in written order, from ``samples.jsonl.gz`` or an old plain ``samples.jsonl``."""
+    path = samples_path(run_dir)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 # --------------------------------------------------------------------------- validation
 
 def _is_number(value: object) -> bool:
@@ -220,10 +247,11 @@ def normalise_record(record: dict) -> dict:
 # --------------------------------------------------------------------------- write / read
 
 def write_run(run_dir: str | Path, record: dict, samples: list[dict], overwrite: bool = False) -> Path:
-    """Validate and serialise everything first, then samples.jsonl, config.json and record.json last.
+    """Validate and serialise everything first, then samples.jsonl.gz, config.json and record.json last.
 
     A record.json therefore exists only for a complete run; with overwrite the old one is removed before the
-    new files go in, so a crash mid-write cannot leave an old record beside new samples.
+    new files go in, so a crash mid-write cannot leave an old record beside new samples. An old plain
+    samples.jsonl goes too: readers prefer the .gz, but a stale file beside it would only mislead.
     """
     out = Path(run_dir)
     record_path = out / RECORD
@@ -232,18 +260,19 @@ def write_run(run_dir: str | Path, record: dict, samples: list[dict], overwrite:
                               f"delete {out}")
     validate_record(record)
     record = normalise_record(record)
-    samples_text = "".join(json.dumps(s, sort_keys=True) + "\n" for s in samples)
+    samples_gz = samples_bytes(samples)
     config_text = json.dumps(record["config"], indent=2, sort_keys=True) + "\n"
     record_text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     check_writable(out)
     record_path.unlink(missing_ok=True)
     try:
-        atomic_write_text(out / SAMPLES, samples_text)
+        (out / PLAIN_SAMPLES).unlink(missing_ok=True)
+        atomic_write_bytes(out / SAMPLES, samples_gz)
         atomic_write_text(out / CONFIG, config_text)
         atomic_write_text(record_path, record_text)
     except OSError as err:
         # nothing partial: without its record.json a run folder's other files would only mislead
-        for name in (RECORD, CONFIG, SAMPLES):
+        for name in (RECORD, CONFIG, SAMPLES, PLAIN_SAMPLES):
             (out / name).unlink(missing_ok=True)
         raise WriteFailed(describe_os_error(err, out / RECORD)) from err
     return out

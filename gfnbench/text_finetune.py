@@ -1,5 +1,5 @@
 """A copy of a causal LM fully fine-tuned on plain texts: the paper's infilling reward model (GPT-2 Large
-fine-tuned on the training stories, reference-paper.md §3.2) and anything else that wants a domain-adapted scorer.
+fine-tuned on the train stories, docs/paper.md#infilling-reward) and anything else that wants a domain-adapted scorer.
 
 The copy is made from the network with every LoRA adapter removed (not merged), so the policy being trained
 is never touched and the tuned scorer starts from the plain base weights.

@@ -33,9 +33,12 @@ def right_pad(seqs: list[list], pad, dtype=torch.long, device: torch.device | st
     return out.to(device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trajectories:
-    """B sampled continuations. Shapes: P prompt width, S state width, L max number of (non-stop) actions."""
+    """B sampled continuations. Shapes: P prompt width, S state width, L max number of (non-stop) actions.
+
+    Frozen and shape-checked when built: a batch with rewards is a new batch (`with_log_reward`), so no code can
+    hand on a batch whose rewards belong to other rows or were never set."""
 
     prompts: list[str]        # [B] policy prompt text of each row
     group: Tensor             # [B] index of the example (question) each row belongs to
@@ -49,8 +52,17 @@ class Trajectories:
     log_pf: Tensor            # [B, L] log q(a_t | s_{t-1}) of the t-th action, sampling-time values
     log_pterm: Tensor         # [B, L+1] log q(stop | s_j); 0 at s_n when the stop was forced
     texts: list[str]          # [B] decoded state text
-    log_reward: Tensor | None = None   # [B, L+1] untempered log R(s_j stop), set by the task
+    log_reward: Tensor | None = None   # [B, L+1] untempered log R(s_j stop), from the task (`with_log_reward`)
     extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        problems = shape_problems(self)
+        if problems:
+            raise ValueError(f"Trajectories: {'; '.join(problems)}")
+
+    def with_log_reward(self, log_reward: Tensor) -> Trajectories:
+        """The same batch with its rewards: [B, L+1], the log reward of stopping at every prefix state."""
+        return replace(self, log_reward=log_reward)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -114,6 +126,20 @@ class Trajectories:
         return replace(self, prompts=list(prompts), prompt_ids=prompt_ids, prompt_mask=prompt_mask)
 
 
+def shape_problems(traj: Trajectories) -> list[str]:
+    """What disagrees with the shapes the fields document (empty: a consistent batch)."""
+    B, P, S, L = len(traj.texts), traj.prompt_ids.shape[-1], traj.state_ids.shape[-1], traj.log_pf.shape[-1]
+    rows, prompt, state, steps = ("[B]", (B,)), ("[B, P]", (B, P)), ("[B, S]", (B, S)), ("[B, L+1]", (B, L + 1))
+    expected = {"group": rows, "prompt_ids": prompt, "prompt_mask": prompt, "state_ids": state, "state_mask": state,
+                "is_action": state, "lengths": rows, "stopped": rows, "log_pf": ("[B, L]", (B, L)),
+                "log_pterm": steps, **({"log_reward": steps} if traj.log_reward is not None else {})}
+    problems = [f"{name} must be {letters} = {list(shape)}, got {list(getattr(traj, name).shape)}"
+                for name, (letters, shape) in expected.items() if tuple(getattr(traj, name).shape) != shape]
+    if len(traj.prompts) != B:
+        problems.append(f"{len(traj.prompts)} prompts for {B} rows")
+    return problems
+
+
 def from_rows(prompts: list[str], group: list[int], prompt_ids: list[list[int]], states: list[list[int]],
               is_action: list[list[bool]], stopped: list[bool], log_pf: list[list[float]],
               log_pterm: list[list[float]], texts: list[str], pad_id: int,
@@ -169,10 +195,4 @@ def make_trajectories(*, prompt_ids: list[list[int]], states: list[list[int]], p
     traj = from_rows(prompts or [""] * B, group if group is not None else list(range(B)), prompt_ids, states,
                      is_action, stopped if stopped is not None else [True] * B, log_pf, log_pterm,
                      texts or [""] * B, pad_id)
-    if log_reward is not None:
-        expected = (B, traj.max_actions + 1)
-        if tuple(log_reward.shape) != expected:
-            raise ValueError(f"make_trajectories: log_reward must be [B, L+1] = {list(expected)}, "
-                             f"got {list(log_reward.shape)}")
-        traj.log_reward = log_reward
-    return traj
+    return traj if log_reward is None else traj.with_log_reward(log_reward)

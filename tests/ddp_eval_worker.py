@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from gfnbench.catalog import get_method
-from gfnbench.harness import evaluate
+from gfnbench.evaluation import evaluate
 from gfnbench.methods import RunContext
 from gfnbench.models import load_model
 from gfnbench.profiles import get_profile

@@ -225,7 +225,7 @@ def _records(root: Path, methods=("greedy", "temperature"), seeds=(0, 1)) -> Non
 
 @pytest.mark.parametrize("fail_at", [1, 3, 4])
 def test_disk_full_while_writing_a_table_keeps_the_old_table_whole(tmp_path, capsys, monkeypatch, fail_at):
-    import gfnbench.leaderboard as lb
+    import gfnbench.plots as plots
     import gfnbench.records as rec
 
     _records(tmp_path)
@@ -245,7 +245,7 @@ def test_disk_full_while_writing_a_table_keeps_the_old_table_whole(tmp_path, cap
         return real(path, data)
 
     monkeypatch.setattr(rec, "atomic_write_bytes", full_disk)
-    monkeypatch.setattr(lb, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(plots, "atomic_write_bytes", full_disk)
     with pytest.raises(SystemExit) as exc:
         main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -367,3 +367,15 @@ def test_two_benches_on_one_folder_do_every_run_exactly_once(tmp_path):
     assert (tmp_path / "arith.md").is_file()
     records = [json.loads(p.read_text()) for p in tmp_path.rglob("record.json")]
     assert len(records) == 4
+
+
+def test_data_kind_is_the_one_answer_to_whether_a_task_reads_data():
+    """A task whose `data_kind` is None takes no data path; any other task's constructor takes `data`."""
+    import inspect
+
+    from gfnbench.tasks import TASKS, load_task_file
+
+    load_task_file(str(REPO / "examples" / "sort_digits.py"))
+    for name, cls in TASKS.items():
+        takes_data = "data" in inspect.signature(cls.__init__).parameters
+        assert takes_data == (cls.data_kind is not None), name

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from gfnbench.harness import bench, bench_jobs, bench_runs
+from gfnbench.bench import bench, bench_jobs, bench_runs
+from gfnbench.catalog import get_method
 from gfnbench.profiles import get_profile
 
 METHODS = ["gflownet", "greedy", "temperature"]
@@ -18,7 +19,7 @@ def _done_lines(text: str) -> list[str]:
 
 
 def test_two_jobs_run_each_run_once_and_the_table_states_the_wall_time(tmp_path, capsys):
-    runs = bench_runs(METHODS, [0, 1])
+    runs = bench_runs([get_method(m) for m in METHODS], [0, 1])
     assert runs[0] == ("gflownet", 0) and ("greedy", 1) not in runs      # training first; greedy once
     bench("rng", "smoke", [0, 1], METHODS, str(tmp_path), jobs=2)
     root = tmp_path / "runs" / "rng"
@@ -57,7 +58,7 @@ def test_job_count_rules():
 
 
 def test_a_missing_or_broken_bench_log_leaves_the_header_line_out():
-    from gfnbench.leaderboard import bench_wall_time
+    from gfnbench.tables import bench_wall_time
 
     records = [{"method": "gflownet", "seed": 0}, {"method": "greedy", "seed": 0}]
     log = {"ran": [["gflownet", 0]], "wall_time_s": 90.0, "jobs": 2, "torch_threads_per_job": 1, "cores": 2,
@@ -68,3 +69,15 @@ def test_a_missing_or_broken_bench_log_leaves_the_header_line_out():
     assert bench_wall_time(records, None) == ""
     assert bench_wall_time(records, {"ran": [["gflownet", 0]]}) == ""        # no wall time in it
     assert bench_wall_time(records, {**log, "ran": [["sft", 1]]}) == ""      # ran none of this table's runs
+
+
+def test_a_bench_checks_its_inputs_once_and_each_run_trusts_the_plan(tmp_path, monkeypatch):
+    import gfnbench.preflight as preflight
+    from gfnbench.methods import MethodSpec
+
+    calls, check, settings = [], preflight._check, MethodSpec.check_settings
+    monkeypatch.setattr(preflight, "_check", lambda *a: calls.append("inputs") or check(*a))
+    monkeypatch.setattr(MethodSpec, "check_settings", lambda spec, o: calls.append(spec.name) or settings(spec, o))
+    bench("rng", "smoke", [0, 1], ["greedy", "temperature"], str(tmp_path), jobs=1, tables=False)
+    assert calls == ["inputs", "greedy", "temperature"]       # not once more per run
+    assert len(list((tmp_path / "runs" / "rng").glob("*/seed*/record.json"))) == 3

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfnbench.records import read_samples
 from gfnbench.tasks import get_task
 from gfnbench.tasks.continuation import BUILTIN, allowed_token, period_id
 from gfnbench.trajectories import from_rows
@@ -159,7 +160,7 @@ def test_score_keys_and_values():
 
 
 def test_smoke_run_through_the_harness(tmp_path):
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     out = run("continuation", "greedy", 0, profile="smoke", results_dir=str(tmp_path), data=str(PROMPTS))
     rec = json.loads((out / "record.json").read_text())
@@ -167,7 +168,7 @@ def test_smoke_run_through_the_harness(tmp_path):
                                            "logp_ref_max"}
     assert str(PROMPTS) in rec["data"] and "diversity" in rec["metric_info"]
     assert rec["data_sha256"] == hashlib.sha256(PROMPTS.read_bytes()).hexdigest()
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_samples(out)
     assert len(samples) == 2 and all("." not in s["text"] for s in samples)    # greedy: 1 sample x 2 test prompts
 
 

@@ -14,6 +14,7 @@ from ddp_eval_worker import evaluate_with_weights, one_question_batches
 
 from gfnbench.catalog import all_methods, methods_for
 from gfnbench.profiles import get_profile
+from gfnbench.records import read_samples
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -56,7 +57,7 @@ def test_ddp_run_writes_one_record_equal_to_one_process_evaluation(ddp_results, 
     assert not list(run.glob("*.tmp")) and not (run / "checkpoints").exists()
     metrics, samples = evaluate_with_weights(task, method, run / "adapters.pt", get_profile("smoke"), fit=True)
     assert metrics == record["metrics"]
-    assert samples == [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples == read_samples(run)
 
 
 def free_port() -> int:

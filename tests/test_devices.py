@@ -30,7 +30,7 @@ def pipeline(task_name: str, lm) -> list[torch.Tensor]:
     generator = seeded_generator(0)
     traj = sample_task(task, lm.model, lm.tokenizer, [task.prompt(e) for e in ex], 2, task.sampling(train=True),
                        context=lm.context_length, generator=generator)
-    traj.log_reward = task.log_reward(lm.model, lm.tokenizer, traj, ex)
+    traj = traj.with_log_reward(task.log_reward(lm.model, lm.tokenizer, traj, ex))
     log_pf, log_pterm = policy_log_probs(lm.model, traj, task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer))
     terms, weight = subtb_terms(log_pf, log_pterm, traj.log_reward, traj.lengths, lam=1.0, min_log_reward=-99.0,
                                 min_len=task.min_len, log_root_flow=log_pf.new_zeros(len(traj)), huber_delta=1.0)

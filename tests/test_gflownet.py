@@ -4,9 +4,10 @@ import re
 import pytest
 import torch
 
-from gfnbench.gflownet import GFlowNetConfig, GFlowNetModule, fit_module, gold_trajectory
+from gfnbench.gflownet import GFlowNetConfig, GFlowNetModule, fit_module
 from gfnbench.methods import RunContext
 from gfnbench.models import build_tiny
+from gfnbench.policy import gold_trajectory
 from gfnbench.profiles import PROFILES
 from gfnbench.tasks import get_task
 from gfnbench.tasks.rng import RandomInteger

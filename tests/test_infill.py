@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfnbench.records import read_samples
 from gfnbench.tasks import Example, get_task
 from gfnbench.trajectories import from_rows
 
@@ -143,13 +144,13 @@ def test_score_against_the_reference_middle():
 
 
 def test_smoke_run_through_the_harness(tmp_path):
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     out = run("infill", "zero_shot", 0, profile="smoke", results_dir=str(tmp_path), data=str(STORIES))
     rec = json.loads((out / "record.json").read_text())
     assert set(rec["metrics"]["test"]) == {"bleu4", "gleu", "bertscore_f1", "diversity", "logp_ref"}
     assert str(STORIES) in rec["data"] and "version" in rec["metric_info"]["bleu4"]
-    assert all("." not in json.loads(line)["text"] for line in (out / "samples.jsonl").read_text().splitlines())
+    assert all("." not in s["text"] for s in read_samples(out))
 
 
 def test_tuned_reward_lm_is_a_fine_tuned_copy_and_the_reward_uses_it():

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfnbench.baselines.label_sft import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_loss
 from gfnbench.catalog import get_method, methods_for
-from gfnbench.harness import default_methods
+from gfnbench.label_classifier import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_loss
 from gfnbench.methods import RunContext
 from gfnbench.models import build_tiny
+from gfnbench.preflight import default_methods
 from gfnbench.profiles import get_profile
+from gfnbench.records import read_samples
 from gfnbench.tasks.arith import Arithmetic
 from gfnbench.tasks.continuation import Continuation
 from gfnbench.tasks.subj import LABELS, Subjectivity
@@ -66,12 +67,12 @@ def test_label_classifier_training_lowers_the_loss_and_leaves_the_base_model():
 
 
 def test_sft_and_mstep_rows_through_the_harness(tmp_path):
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     out = run("subj", "sft", 0, profile="smoke", results_dir=str(tmp_path))
     record = json.loads((out / "record.json").read_text())
     assert "label_sft" in record["config"]["method"] and 0.0 <= record["metrics"]["test"]["accuracy"] <= 1.0
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_samples(out)
     assert {s["text"] for s in samples} <= {" objective", " subjective"}
     out = run("subj", "gflownet_mstep", 0, profile="smoke", results_dir=str(tmp_path))
     record = json.loads((out / "record.json").read_text())

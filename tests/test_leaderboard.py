@@ -7,17 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gfnbench.leaderboard import (
-    bootstrap_ci,
-    format_cell,
-    render_csv,
-    render_latex,
-    render_markdown,
-    seed_question_bootstrap,
-    summarize,
-    write_leaderboard,
-)
+from gfnbench.leaderboard import write_leaderboard
 from gfnbench.records import run_dir, write_run
+from gfnbench.stats import bootstrap_ci, seed_question_bootstrap, summarize
+from gfnbench.tables import format_cell, render_csv, render_latex, render_markdown
 
 # --------------------------------------------------------------------------- bootstrap
 
@@ -230,7 +223,7 @@ def test_tradeoff_panel_plots_each_method_at_its_means_with_ci_bars(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gfnbench.leaderboard import _tradeoff_panel, tradeoff_axes
+    from gfnbench.plots import _tradeoff_panel, tradeoff_axes
 
     records = []
     for method, (lps, divs) in {"beam": ([-5.0, -6.0, -7.0], [0.1, 0.2, 0.3]),
@@ -263,7 +256,7 @@ def test_tradeoff_panel_plots_each_method_at_its_means_with_ci_bars(tmp_path):
 
 
 def test_training_budget_is_read_from_each_record_without_knowing_methods():
-    from gfnbench.leaderboard import training_budget
+    from gfnbench.tables import training_budget
 
     records = [
         {"method": "my_method", "budget": {"reward_evaluations": 320, "optimizer_steps": 40,
@@ -283,7 +276,7 @@ def test_headings_name_each_metrics_direction(tmp_path):
 
 
 def test_learning_curves_png_from_records(tmp_path):
-    from gfnbench.leaderboard import learning_curves
+    from gfnbench.plots import learning_curves
 
     for seed in (0, 1):
         curve = [{"batches": b, "reward_evals": 8 * b, "wall_s": 1.5 * b, "tv_exact": 1.0 / (b + 1 + seed)}

@@ -247,9 +247,9 @@ def test_grpo_moves_towards_the_highest_reward_answers(variant):
 ])
 def test_runs_through_the_harness_on_gflownets_reward_budget(tmp_path, method, settings):
     from gfnbench.catalog import get_method
-    from gfnbench.harness import run
     from gfnbench.methods import RunContext
     from gfnbench.models import load_model
+    from gfnbench.runner import run
     from gfnbench.tasks import get_task
 
     task = get_task("rng")

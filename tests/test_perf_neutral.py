@@ -30,9 +30,9 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 def small_head_blocks(monkeypatch):
     """37 output-layer columns per block: the tiny model's 400-token vocabulary spans 11 blocks, the last one
     partial, so every pass here runs the blocked logsumexp and its recomputing backward across block edges."""
-    import gfnbench.sampling as sampling
+    import gfnbench.sampling.head as head
 
-    monkeypatch.setattr(sampling, "HEAD_BLOCK", 37)
+    monkeypatch.setattr(head, "HEAD_BLOCK", 37)
 
 
 def forward_tail(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, keep: int) -> Tensor:
@@ -191,9 +191,9 @@ def test_every_prefix_reward_equals_per_row_forwards(lora_lm, monkeypatch, suffi
     the copies pass, so a row's copies span several), and rows whose suffixes differ in length (1, 2 and 10 tokens)
     and whose contexts differ (left padding). Prefixes shorter than min_len read -inf, those past a row's length
     0; the three batches have mixed lengths, tool tokens and a replayed batch."""
-    import gfnbench.sampling as sampling
+    import gfnbench.sampling.rewards as rewards
 
-    monkeypatch.setattr(sampling, "COPIES_PER_ROW", 3)
+    monkeypatch.setattr(rewards, "COPIES_PER_ROW", 3)
     lm, policy = lora_lm
     tok = lm.tokenizer
     _, batches = _batches(lm, policy)
@@ -231,7 +231,8 @@ def test_blocked_head_log_probs_equal_log_softmax_in_float64(block, masked):
     """Values and the hidden states' gradient against torch's log_softmax + gather in float64 (an independent
     reference), with blocked columns, a blocked target (-inf; its upstream gradient still reaches the
     logsumexp, as through the masked softmax) and two targets per position."""
-    from gfnbench.sampling import _BlockedHeadLogProbs, column_mask_bias
+    from gfnbench.sampling import column_mask_bias
+    from gfnbench.sampling.head import _BlockedHeadLogProbs
 
     g = torch.Generator().manual_seed(0)
     N, H, V = 7, 6, 23
@@ -257,7 +258,7 @@ def test_blocked_head_log_probs_equal_log_softmax_in_float64(block, masked):
 
 
 def test_perf_quick_mode_runs(tmp_path):
-    from gfnbench import perf
+    import gfnbench_perf as perf
 
     out = perf.main(["--quick", "--out", str(tmp_path / "perf.md")])
     text = (tmp_path / "perf.md").read_text()
@@ -270,7 +271,7 @@ def test_perf_quick_mode_runs(tmp_path):
 def test_step_floor_by_hand():
     """2 decode steps x 1 GB at 10 GB/s = 0.2 s of reads; the other phases' 4 GFLOP at 1 GFLOP/s = 4 s (the
     sampling phase's own FLOPs are not counted: its reads are its floor)."""
-    from gfnbench.perf import step_floor
+    from gfnbench_perf import step_floor
 
     w = {"decode_floor": {"weight_bytes_per_step": 1e9, "decode_steps": 2, "read_bandwidth_gbs": 10.0},
          "per_phase_flops": {"sampling": 5e9, "reward": 1e9, "backward": 3e9},
@@ -293,7 +294,8 @@ def test_lean_decoder_equals_hf_decode(lora_lm, adapters, vocab):
     recomputes them teacher-forced)."""
     from contextlib import nullcontext
 
-    from gfnbench.sampling import _HFDecoder, _LlamaDecoder, masked_log_softmax
+    from gfnbench.sampling import masked_log_softmax
+    from gfnbench.sampling.decoders import _HFDecoder, _LlamaDecoder
 
     lm, policy = lora_lm
     if not _LlamaDecoder.supports(policy):
@@ -394,9 +396,9 @@ def test_sampler_draws_what_plain_per_row_decoding_draws(lora_lm, monkeypatch, f
     per-row `reference_sample`, with tools, left-padded prompts of different lengths and both decoders
     (`fast=False`: the HF forward and its cache; gpt2 has only that one). The temperature is low enough that
     rows share histories, and high enough that they split."""
-    import gfnbench.sampling as sampling
+    import gfnbench.sampling.sampler as sampler
 
-    monkeypatch.setattr(sampling, "DROP_FINISHED_AT", drop_at)
+    monkeypatch.setattr(sampler, "DROP_FINISHED_AT", drop_at)
     lm, policy = lora_lm
     tok = lm.tokenizer
     allowed = digit_mask(tok)
@@ -420,10 +422,10 @@ def test_sequence_log_likelihoods_equal_the_full_batch_pass(lora_lm, monkeypatch
     """Evaluation's likelihood scores each distinct (prompt, state) once, in length-sorted passes (3 rows a pass
     here, so the passes split a prompt's rows): equal to the one padded full-batch pass, with repeated rows,
     an empty state, two prompts of different lengths and tool tokens in the states."""
-    import gfnbench.sampling as sampling
+    import gfnbench.sampling.scoring as scoring
     from gfnbench.sampling import sequence_log_likelihoods
 
-    monkeypatch.setattr(sampling, "ROWS_PER_PASS", 3)
+    monkeypatch.setattr(scoring, "ROWS_PER_PASS", 3)
     lm, policy = lora_lm
     _, batches = _batches(lm, policy)
     two = batches["two_prompts"]

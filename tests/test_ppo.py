@@ -112,7 +112,7 @@ def test_adaptive_kl_controller():
 def test_action_log_probs_match_the_teacher_forced_policy_with_tool_tokens():
     """On a gold arith trajectory (calculator tokens in the state), actions are the tokens plus the stop; the
     log-probs equal gflownet's policy_log_probs, except that the stop is renormalised away before min_len."""
-    from gfnbench.gflownet import gold_trajectory, trajectories_from_states
+    from gfnbench.policy import gold_trajectory, trajectories_from_states
     from gfnbench.sampling import encode, policy_log_probs
 
     task = get_task("arith")
@@ -141,7 +141,7 @@ def test_action_log_probs_match_the_teacher_forced_policy_with_tool_tokens():
 def test_ppo_is_registered_for_every_task_and_runs_through_the_harness(tmp_path):
     import json
 
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     spec = get_method("ppo")
     assert spec.trains and all(spec.applies_to(t) for t in ("arith", "rng", "rng_peaked"))  # every task
@@ -156,7 +156,7 @@ def test_ppo_is_registered_for_every_task_and_runs_through_the_harness(tmp_path)
 def test_settings_override_iterations_and_are_recorded_typed(tmp_path):
     import json
 
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     out = run("rng", "ppo", 0, profile="smoke", results_dir=str(tmp_path),
               settings={"ppo": {"iterations": "2", "ppo_epochs": 1}})

@@ -1,6 +1,7 @@
 """Run records: validation before any write, atomic files, no silent overwrite, deterministic reading."""
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from gfnbench.records import (
     git_commit,
     package_versions,
     read_runs,
+    read_samples,
     run_dir,
     validate_record,
     write_run,
@@ -47,14 +49,15 @@ def test_run_dir_layout(tmp_path):
 def test_write_run_writes_three_files(tmp_path):
     out = run_dir(tmp_path, "arith", "greedy", 0)
     assert write_run(out, make_record(), SAMPLES) == out
-    assert files_in(out) == ["config.json", "record.json", "samples.jsonl"]
+    assert files_in(out) == ["config.json", "record.json", "samples.jsonl.gz"]
     text = (out / "record.json").read_text()
     record = json.loads(text)
     assert text == json.dumps(record, indent=2, sort_keys=True) + "\n"
     assert record["metrics"] == {"test": {"accuracy": 0.5, "logp_ref": -12.0}}
     assert record["created"].endswith("+00:00")
-    lines = (out / "samples.jsonl").read_text().splitlines()
+    lines = gzip.decompress((out / "samples.jsonl.gz").read_bytes()).decode().splitlines()
     assert [json.loads(line) for line in lines] == SAMPLES
+    assert read_samples(out) == SAMPLES
     assert json.loads((out / "config.json").read_text()) == {"lr": 1e-4}
 
 
@@ -73,7 +76,26 @@ def test_second_write_refused_then_overwrite(tmp_path):
     assert json.loads((out / "record.json").read_text())["metrics"]["test"]["accuracy"] == 0.5
     write_run(out, make_record(metrics={"test": {"accuracy": 0.9}}), SAMPLES[:1], overwrite=True)
     assert json.loads((out / "record.json").read_text())["metrics"]["test"]["accuracy"] == 0.9
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 1
+    assert read_samples(out) == SAMPLES[:1]
+
+
+def test_samples_bytes_are_deterministic(tmp_path):
+    """Two writes of the same samples give the same bytes: no timestamp in the gzip header."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_run(first, make_record(), SAMPLES)
+    write_run(second, make_record(), SAMPLES)
+    assert (first / "samples.jsonl.gz").read_bytes() == (second / "samples.jsonl.gz").read_bytes()
+
+
+def test_old_plain_samples_are_read_and_replaced_on_overwrite(tmp_path):
+    out = tmp_path / "run"
+    write_run(out, make_record(), SAMPLES)
+    (out / "samples.jsonl.gz").unlink()
+    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
+    assert read_samples(out) == SAMPLES
+    write_run(out, make_record(), SAMPLES[:1], overwrite=True)
+    assert files_in(out) == ["config.json", "record.json", "samples.jsonl.gz"]
+    assert read_samples(out) == SAMPLES[:1]
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "0.5", None, True])
@@ -260,9 +282,8 @@ def test_regenerated_results_do_not_make_the_commit_dirty(tmp_path):
 def test_data_fingerprint_and_the_folder_for_runs_on_user_data(tmp_path):
     import hashlib
 
-    from gfnbench.harness import results_root
     from gfnbench.profiles import get_profile
-    from gfnbench.records import data_fingerprint
+    from gfnbench.records import data_fingerprint, results_root
 
     file = tmp_path / "prompts.txt"
     file.write_text("A first prompt.\nA second one.\n")

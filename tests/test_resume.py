@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from gfnbench.records import read_samples
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -37,9 +39,9 @@ def kill_after_checkpoints(cmd: list[str], checkpoint: Path, writes: int) -> Non
     assert seen == writes, f"saw {seen} checkpoints before the run ended or timed out"
 
 
-def outcome(run: Path) -> tuple[dict, str, list]:
+def outcome(run: Path) -> tuple[dict, list, list]:
     record = json.loads((run / "record.json").read_text())
-    return record["metrics"], (run / "samples.jsonl").read_text(), record["train_curve"]
+    return record["metrics"], read_samples(run), record["train_curve"]
 
 
 @pytest.mark.parametrize("method", ["gflownet", "ppo"])

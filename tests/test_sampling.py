@@ -173,7 +173,7 @@ def test_greedy_evaluation_fills_batches_with_more_questions_and_draws_the_same(
     from dataclasses import replace
 
     from gfnbench.catalog import get_method
-    from gfnbench.harness import evaluate, questions_per_batch
+    from gfnbench.evaluation import evaluate, questions_per_batch
     from gfnbench.methods import RunContext
     from gfnbench.models import load_model
     from gfnbench.profiles import get_profile

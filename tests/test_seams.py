@@ -15,15 +15,13 @@ from gfnbench.trajectories import make_trajectories
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_TASK = str(ROOT / "examples" / "sort_digits.py")
 EXAMPLE_METHOD = str(ROOT / "examples" / "reinforce.py")
-PACKAGES = {"gfnbench": ROOT / "gfnbench", "gfnbench.tasks": ROOT / "gfnbench" / "tasks",
-            "gfnbench.baselines": ROOT / "gfnbench" / "baselines"}
 
 
 # ------------------------------------------------------------------------------------- example task and method
 
 def test_readme_example_task_runs_every_applicable_method(tmp_path, capsys):
     from gfnbench.catalog import methods_for
-    from gfnbench.tasks.base import load_task_file
+    from gfnbench.tasks import load_task_file
 
     load_task_file(EXAMPLE_TASK)
     methods = methods_for("sort_digits")
@@ -40,8 +38,15 @@ def test_readme_example_method_appears_with_its_budget_in_the_table(tmp_path):
     main(["bench", "--task", "rng", "--methods", f"[{EXAMPLE_METHOD}, greedy]", "--seeds", "[0]",
           "--profile", "smoke", "--results_dir", str(tmp_path), "--reinforce.samples_per_prompt", "3"])
     table = (tmp_path / "rng.md").read_text()
-    steps = 3   # the smoke profile's train_steps
-    assert f"reinforce: {steps} steps x 3 samples ({steps * 3} reward evaluations)" in table
+    from gfnbench.profiles import PROFILES
+    from gfnbench.tasks import get_task
+
+    # the example is a PromptStepMethod, so it gets every trained row's budget: the profile's train_steps scaled
+    # by the task's steps_multiplier (smoke on rng: 3 x 6 = 18), each step prompts_per_step prompts x 3 samples
+    smoke = PROFILES["smoke"]
+    steps = round(smoke.train_steps * get_task("rng").training.steps_multiplier)
+    evaluations = steps * smoke.prompts_per_step * 3
+    assert f"reinforce: {steps} steps x 3 samples ({evaluations} reward evaluations)" in table
     assert "| reinforce" in table and "| greedy" in table
     record = json.loads((tmp_path / "runs" / "rng" / "reinforce" / "seed0" / "record.json").read_text())
     assert record["settings"] == {"samples_per_prompt": 3}
@@ -151,49 +156,9 @@ def test_make_trajectories_checks_shapes():
 
 # ----------------------------------------------------------------------------------------------- structure
 
-def module_files() -> dict[str, Path]:
-    out = {}
-    for package, folder in PACKAGES.items():
-        for file in folder.glob("*.py"):
-            out[package if file.stem == "__init__" else f"{package}.{file.stem}"] = file
-    return out
-
-
-def imported_modules(file: Path, known: set[str]) -> set[str]:
-    """Modules of the package a file imports, at any depth (function-level imports count too)."""
-    found = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name in known}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            subs = {f"{node.module}.{a.name}" for a in node.names} & known
-            found |= subs or ({node.module} & known)
-    return found
-
-
-def test_no_import_cycles():
-    files = module_files()
-    graph = {m: imported_modules(f, set(files)) - {m} for m, f in files.items()}
-    state, cycle = {}, []
-
-    def visit(node, path):
-        state[node] = "open"
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                cycle.append(path[path.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt, path + [nxt])
-        state[node] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
-    assert not cycle, " ; ".join(" -> ".join(c) for c in cycle)
-
-
 def test_no_function_over_60_lines_in_core():
     long = []
-    for file in module_files().values():
+    for file in all_module_files().values():
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{file.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
@@ -203,7 +168,7 @@ def test_no_function_over_60_lines_in_core():
 def test_core_never_probes_tasks_with_hasattr():
     """Every hook a task may implement is declared on Task (gfnbench/tasks/base.py), so core code calls it directly."""
     offenders = []
-    for file in module_files().values():
+    for file in all_module_files().values():
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("hasattr", "getattr") and \
                     "task" in ast.unparse(node.args[0]):
@@ -222,3 +187,116 @@ def test_bench_runs_deterministic_methods_once(tmp_path):
     assert sorted(p.name for p in (runs / "greedy").iterdir()) == ["seed0"]
     assert sorted(p.name for p in (runs / "temperature").iterdir()) == ["seed0", "seed1"]
     assert "deterministic rows (no sampling, no training) run once" in (tmp_path / "rng.md").read_text()
+
+
+# ------------------------------------------------------------------------------------- the house's four rules
+
+MAX_MODULE_LINES = 450
+INTERFACES = {"gfnbench.tasks.base", "gfnbench.methods", "gfnbench.trajectories", "gfnbench.sampling.config",
+              "gfnbench.settings"}   # the typed-settings schema a Method declares; like the rest, a leaf
+
+
+def all_module_files() -> dict[str, Path]:
+    """Every module under gfnbench/, at any depth, by dotted name."""
+    out = {}
+    for file in (ROOT / "gfnbench").rglob("*.py"):
+        parts = file.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    return out
+
+
+def runtime_imports(file: Path, known: set[str]) -> set[str]:
+    """Package modules a file imports at run time (any depth; `if TYPE_CHECKING:` blocks left out)."""
+    tree = ast.parse(file.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                   for stmt in block.body for n in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known
+            found |= subs or ({node.module} & known)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of a directed graph as a path, or [] (depth-first search)."""
+    state: dict[str, str] = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = "done"
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [node])):
+            return found
+    return []
+
+
+def folder_of(module: str, files: dict[str, Path]) -> str:
+    """A sub-package is one node of the folder graph; a top-level module is a node of its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or files[module].name == "__init__.py" and len(parts) == 2 \
+        else module
+
+
+def method_modules(files: dict[str, Path]) -> set[str]:
+    """Modules that register a method: a method module, which another method module may not import."""
+    return {m for m, f in files.items() if "@register_method(" in f.read_text()}
+
+
+def test_no_module_over_450_lines():
+    long = {m: n for m, f in all_module_files().items() if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
+
+
+def test_no_import_cycle_between_modules_or_folders():
+    files = all_module_files()
+    graph = {m: runtime_imports(f, set(files)) - {m} for m, f in files.items()}
+    # a package's __init__ that re-exports its own modules is the package itself, not a cycle through them
+    graph = {m: {n for n in deps if not n.startswith(m + ".") or files[m].name != "__init__.py"}
+             for m, deps in graph.items()}
+    assert not (cycle := find_cycle(graph)), " -> ".join(cycle)
+    folders: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        src = folder_of(module, files)
+        folders.setdefault(src, set()).update(folder_of(d, files) for d in deps)
+    folders = {k: v - {k} for k, v in folders.items()}
+    assert not (cycle := find_cycle(folders)), " -> ".join(cycle)
+
+
+def test_no_method_module_imports_another():
+    files = all_module_files()
+    methods = method_modules(files)
+    assert {"gfnbench.gflownet", "gfnbench.baselines.ppo", "gfnbench.baselines.decoding"} <= methods
+    offenders = {m: sorted(runtime_imports(files[m], methods) - {m}) for m in methods}
+    examples = {f.name: sorted(runtime_imports(f, methods)) for f in (ROOT / "examples").glob("*.py")}
+    assert not {k: v for k, v in {**offenders, **examples}.items() if v}
+
+
+def test_interface_modules_import_no_implementation():
+    files = all_module_files()
+    assert set(files) >= INTERFACES
+    offenders = {m: sorted(runtime_imports(files[m], set(files)) - INTERFACES) for m in INTERFACES}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_structure_checks_can_fail():
+    """The checks above see what they must: a cycle, a folder cycle and a method import, built by hand."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+    files = all_module_files()
+    assert folder_of("gfnbench.tasks.arith", files) == "gfnbench.tasks"
+    assert folder_of("gfnbench.tasks", files) == "gfnbench.tasks"
+    assert folder_of("gfnbench.metrics", files) == "gfnbench.metrics"
+    assert "gfnbench.metrics" in runtime_imports(files["gfnbench.tasks.arith"], set(files))

@@ -106,7 +106,7 @@ def test_same_seed_same_numbers():
 def test_sft_method_is_registered_for_tasks_with_targets_and_runs_through_the_harness(tmp_path):
     import json
 
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     spec = get_method("sft")
     assert spec.trains and all(spec.applies_to(t) for t in ("arith", "rng", "rng_peaked"))
@@ -142,3 +142,22 @@ def test_a_task_without_targets_is_refused():
     lm = build_tiny("llama")
     with pytest.raises(ValueError, match="nothing to imitate"):
         SFTMethod(task, lm, RunContext(seed=0, profile=PROFILES["smoke"]))
+
+
+def test_sft_settings_on_a_label_task_pass_the_check_and_are_used():
+    """The sft row takes SFTConfig on every task, so a setting the check accepts on subj is one its label
+    classifier uses (weight decay: 0.01 by default, AdamW's own, so default runs are unchanged)."""
+    from pathlib import Path
+
+    from gfnbench.baselines.sft import LabelSFTMethod
+    from gfnbench.catalog import get_method
+    from gfnbench.tasks.subj import Subjectivity
+
+    spec = get_method("sft")
+    task = Subjectivity(data=str(Path(__file__).parent / "fixtures" / "subj"))
+    for given, want in (({"weight_decay": "0.1"}, 0.1), ({}, 0.01)):
+        ctx = RunContext(seed=0, profile=PROFILES["smoke"], settings=spec.check_settings(given), method="sft")
+        impl = spec.factory(task, build_tiny("llama"), ctx)
+        assert isinstance(impl, LabelSFTMethod)
+        optimizer = impl.trained_module().configure_optimizers()["optimizer"]
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [want]

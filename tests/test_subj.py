@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gfnbench.catalog import get_method
+from gfnbench.records import read_samples
 from gfnbench.sampling import sample
 from gfnbench.tasks import get_task
 from gfnbench.tasks.subj import FILES, LABELS, Subjectivity, vote
@@ -203,13 +204,13 @@ def test_prompted_classifier_is_the_papers_label_comparison(tiny, task):
 
 
 def test_harness_zero_and_few_shot_rows(tmp_path, monkeypatch):
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     out = run("subj", "zero_shot", 0, profile="smoke", results_dir=str(tmp_path))
     record = json.loads((out / "record.json").read_text())
     assert 0.0 <= record["metrics"]["test"]["accuracy"] <= 1.0
     assert record["data"].startswith("built-in sample")
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_samples(out)
     assert len(samples) == 3 and {s["text"] for s in samples} <= {" objective", " subjective"}
     # few-shot uses all n labelled demos (10 here: ~890 tiny-tokenizer tokens, inside the tiny llama's 2048)
     out = run("subj", "few_shot", 0, profile="smoke", results_dir=str(tmp_path))
@@ -222,7 +223,7 @@ def test_harness_zero_and_few_shot_rows(tmp_path, monkeypatch):
 
 
 def test_harness_gflownet_row(tmp_path):
-    from gfnbench.harness import run
+    from gfnbench.runner import run
 
     out = run("subj", "gflownet", 0, profile="smoke", results_dir=str(tmp_path))
     metrics = json.loads((out / "record.json").read_text())["metrics"]["test"]
@@ -268,7 +269,7 @@ def test_gflownet_buffer_starts_with_scored_wishful_rationales(task):
 
 
 def test_subj_evaluates_at_least_40_questions_per_split():
-    from gfnbench.harness import eval_questions
+    from gfnbench.evaluation import eval_questions
     from gfnbench.profiles import get_profile
     from gfnbench.tasks.arith import Arithmetic
 

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.checkpoints import ResumableModule
 from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
@@ -41,18 +39,17 @@ from gfnbench.objectives import (
 )
 from gfnbench.policy import (
     RolloutMethod,
-    SeededStreams,
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
     sample_scored,
     sequence_log_prob_of,
     stepwise_schedule,
-    train_steps,
     trainable_parameters,
 )
 from gfnbench.sampling import positions_from_mask
 from gfnbench.tasks.base import Example, Task
+from gfnbench.trained import TrainedModule
 from gfnbench.trajectories import Trajectories
 
 
@@ -117,27 +114,15 @@ class FlowRollout:
     score: Tensor              # [B] untempered floored log reward (for logs)
 
 
-class FlowRLModule(ResumableModule, SeededStreams, L.LightningModule):
+class FlowRLModule(TrainedModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: FlowRLConfig, train_examples: list[Example],
                  seed: int = 0, total_steps: int = 1):
-        super().__init__()
+        super().__init__(task, lm, cfg, train_examples, seed)
         self.automatic_optimization = False
-        self.task, self.tokenizer, self.cfg, self.examples = task, lm.tokenizer, cfg, train_examples
         self.total_steps = total_steps
         self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
         self.log_z = FlowLogZ(lm.model.config.hidden_size, cfg.logz_layers)
-        self.allowed, self.stop_id = task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer)
-        self.context = lm.context_length
-        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
         self.features_cache: dict[str, Tensor] = {}
-        self.curve: list[dict] = []
-
-    def training_state(self) -> dict:
-        return {"generator": self.generator.get_state(), "curve": self.curve}
-
-    def load_training_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.curve = list(state["curve"])
 
     def sequence_logp(self, model, traj: Trajectories) -> Tensor:
         return sequence_log_prob_of(model, traj, self.task, self.allowed, self.stop_id)
@@ -207,17 +192,16 @@ class FlowRLModule(ResumableModule, SeededStreams, L.LightningModule):
 
 
 @register_method("flowrl", "FlowRL (Zhu et al. 2026): length-normalised TB to pi_ref x exp(beta r_hat), "
-                 "prompt-conditioned log Z, clipped importance weight", trains=True)
+                 "prompt-conditioned log Z, clipped importance weight")
 class FlowRLMethod(RolloutMethod):
     settings_class = FlowRLConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
         prof = ctx.profile
-        steps = train_steps(task, prof)
-        self.cfg = self.build_settings({**gflownet_family_defaults(task, prof, steps),
+        self.cfg = self.build_settings({**gflownet_family_defaults(task, prof, self.steps),
                                         "prompts_per_step": prof.prompts_per_step})
-        self.iterations = self.cfg.iterations or steps
+        self.iterations = self.cfg.iterations or self.steps
         self.module = FlowRLModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed,
                                    total_steps=self.iterations)
 

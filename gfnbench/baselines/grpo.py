@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.checkpoints import ResumableModule
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
@@ -35,14 +33,13 @@ from gfnbench.objectives import (
 )
 from gfnbench.policy import (
     RolloutMethod,
-    SeededStreams,
     lora_policy,
     sample_scored,
-    train_steps,
     trainable_parameters,
 )
 from gfnbench.sampling import policy_log_probs
 from gfnbench.tasks.base import Example, Task
+from gfnbench.trained import TrainedModule
 from gfnbench.trajectories import Trajectories
 
 
@@ -82,23 +79,11 @@ class GroupRollout:
     score: Tensor               # [B] floored terminal log reward
 
 
-class GRPOModule(ResumableModule, SeededStreams, L.LightningModule):
+class GRPOModule(TrainedModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: GRPOConfig, train_examples: list[Example], seed: int = 0):
-        super().__init__()
+        super().__init__(task, lm, cfg, train_examples, seed)
         self.automatic_optimization = False
-        self.task, self.tokenizer, self.cfg, self.examples = task, lm.tokenizer, cfg, train_examples
         self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
-        self.allowed, self.stop_id = task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer)
-        self.context = lm.context_length
-        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
-        self.curve: list[dict] = []
-
-    def training_state(self) -> dict:
-        return {"generator": self.generator.get_state(), "curve": self.curve}
-
-    def load_training_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.curve = list(state["curve"])
 
     def action_logp(self, model, traj: Trajectories) -> Tensor:
         log_pf, log_pterm = policy_log_probs(model, traj, self.allowed, self.stop_id)
@@ -153,7 +138,7 @@ class GRPOModule(ResumableModule, SeededStreams, L.LightningModule):
 
 
 @register_method("grpo", "GRPO (LoRA, group-standardised terminal log reward, clipped ratio, k3 KL to the base "
-                 "model; Dr. GRPO as a setting)", trains=True)
+                 "model; Dr. GRPO as a setting)")
 class GRPOMethod(RolloutMethod):
     settings_class = GRPOConfig
 
@@ -164,7 +149,7 @@ class GRPOMethod(RolloutMethod):
                                             samples_per_prompt=prof.samples_per_prompt,
                                             prompts_per_step=prof.prompts_per_step, lora_rank=prof.lora_rank,
                                             lora_alpha=prof.lora_alpha))
-        self.iterations = self.cfg.iterations or train_steps(task, prof)
+        self.iterations = self.cfg.iterations or self.steps
         self.module = GRPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
     def config(self) -> dict:

@@ -2,7 +2,7 @@
 
 E-step: the GFlowNet row's training, unchanged (same seed, same budget). M-step: sample rationales Z for every
 labelled training example from the trained GFlowNet at T = 1, then fine-tune a fresh LoRA on a clean copy of the
-base LM with the label loss on X + Z (gfnbench/baselines/label_sft.py): the classifier learns to read the rationales the
+base LM with the label loss on X + Z (gfnbench/label_classifier.py): the classifier learns to read the rationales the
 sampler writes. Test: rationales come from the E-step policy, the M-step model predicts the label after each,
 and they vote, exactly as the GFlowNet row does with the base LM as predictor.
 
@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from gfnbench.baselines.label_sft import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
 from gfnbench.devices import run_device, seeded_generator
-from gfnbench.gflownet import GFlowNetConfig, GFlowNetSubTB
+from gfnbench.gflownet_training import GFlowNetConfig, GFlowNetMethod
+from gfnbench.label_classifier import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
 from gfnbench.methods import Budget, register_method
 from gfnbench.text_finetune import plain_copy
 
@@ -31,8 +31,10 @@ class GFlowNetMStepConfig(GFlowNetConfig):
 
 
 @register_method("gflownet_mstep", "GFlowNet rationales (E-step) read by a classifier fine-tuned on them (M-step)",
-                 trains=True, opt_in=True)
-class GFlowNetMStep(GFlowNetSubTB):
+                 opt_in=True)
+class GFlowNetMStep(GFlowNetMethod):
+    """The gflownet row's training (SubTB) as the E-step."""
+
     settings_class = GFlowNetMStepConfig
 
     def __init__(self, task, lm, ctx):

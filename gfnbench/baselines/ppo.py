@@ -17,7 +17,7 @@ Value head: a linear map of the policy's last-layer hidden state (adapters on) a
 from, sharing the LoRA body with the policy (as TRL's value-head model). Advantages: GAE (gamma 1, lambda 0.95),
 whitened over the batch's actions.
 
-Settings follow the paper's PPO (reference-paper.md §5.5: TRL, lr 1.41e-5, init KL coefficient 0.2 with the
+Settings follow the paper's PPO (docs/paper.md#arithmetic-baselines: TRL, lr 1.41e-5, init KL coefficient 0.2 with the
 adaptive controller, target KL 0.1, horizon 10000), except 4 PPO epochs over each batch instead of 10 and one
 mini-batch (the whole rollout) per epoch, which keeps a CPU run short.
 """
@@ -25,25 +25,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.checkpoints import ResumableModule
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
 from gfnbench.objectives import terminal_log_reward
 from gfnbench.policy import (
     PolicyMethod,
-    SeededStreams,
     fit_on_prompts,
     lora_policy,
     sample_scored,
-    train_steps,
     trainable_parameters,
 )
 from gfnbench.sampling import positions_from_mask
 from gfnbench.tasks.base import Example, Task
+from gfnbench.trained import TrainedModule
 from gfnbench.trajectories import Trajectories
 
 
@@ -197,27 +194,19 @@ class Rollout:
 
 # ---------------------------------------------------------------------------------------------- module
 
-class PPOModule(ResumableModule, SeededStreams, L.LightningModule):
+class PPOModule(TrainedModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: PPOConfig, train_examples: list[Example],
                  seed: int = 0):
-        super().__init__()
+        super().__init__(task, lm, cfg, train_examples, seed)
         self.automatic_optimization = False
-        self.task, self.tokenizer, self.cfg, self.examples = task, lm.tokenizer, cfg, train_examples
         self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
         self.value_head = ValueHead(lm.model.config.hidden_size)
         self.kl_ctl = KLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon, cfg.adaptive_kl)
-        self.allowed = task.allowed_tokens(lm.tokenizer)
-        self.stop_id = task.stop_id(lm.tokenizer)
-        self.context = lm.context_length
-        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
-        self.curve: list[dict] = []
 
-    def training_state(self) -> dict:
-        return {"generator": self.generator.get_state(), "curve": self.curve, "kl_coef": self.kl_ctl.value}
+    def own_training_state(self) -> dict:
+        return {"kl_coef": self.kl_ctl.value}
 
-    def load_training_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.curve = list(state["curve"])
+    def load_own_training_state(self, state: dict) -> None:
         self.kl_ctl.value = state["kl_coef"]
 
     def forward_actions(self, traj: Trajectories, hidden: bool = False) -> ActionPass:
@@ -313,8 +302,7 @@ def fit_ppo(module: PPOModule, ctx, iterations: int, callbacks: list | None = No
                    limit_val_batches=0)
 
 
-@register_method("ppo", "PPO (LoRA, value head, adaptive KL penalty to the base model, terminal task log reward)",
-                 trains=True)
+@register_method("ppo", "PPO (LoRA, value head, adaptive KL penalty to the base model, terminal task log reward)")
 class PPOMethod(PolicyMethod):
     settings_class = PPOConfig
 
@@ -324,7 +312,7 @@ class PPOMethod(PolicyMethod):
         self.cfg = self.build_settings(dict(samples_per_prompt=prof.samples_per_prompt,
                                             prompts_per_step=prof.prompts_per_step, lora_rank=prof.lora_rank,
                                             lora_alpha=prof.lora_alpha))
-        self.iterations = self.cfg.iterations or train_steps(task, prof)
+        self.iterations = self.cfg.iterations or self.steps
         self.module = PPOModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
     def fit(self) -> dict:

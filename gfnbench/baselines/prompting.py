@@ -4,17 +4,18 @@ temperature with majority vote, exactly as trained methods are evaluated.
 On a `LabelledClassification` task (subj) the paper's prompting rows are direct classifiers (the base LM's
 preferred label after a k-shot prompt, no rationale), so these methods return that label as their one sample
 and score it themselves (the harness prefers a method's `score_with_model` to the task's, which would read the
-label as a rationale). Such a task may set `few_shot_k` (subj: all n labelled examples, as the paper's
-10/20/50-shot rows)."""
+label as a rationale). How many shots the few_shot row takes is gfnbench/shots.py's rule (subj: all n labelled
+examples, as the paper's 10/20/50-shot rows)."""
 from __future__ import annotations
 
-from gfnbench.baselines.decoding import DecodingBaseline
+from gfnbench.base_decoding import DecodingBaseline
 from gfnbench.methods import register_method
+from gfnbench.shots import FEW_SHOT_K, few_shot_k, shots_prompt
 from gfnbench.tasks.base import LabelledClassification
 
 
 class ShotsPrompting(DecodingBaseline):
-    shots = 0
+    """A prompting row: k demonstrations before the task's prompt (`k` set by the subclass)."""
 
     @property
     def classifier(self) -> bool:
@@ -22,12 +23,10 @@ class ShotsPrompting(DecodingBaseline):
 
     @property
     def k(self) -> int:
-        if not self.shots:
-            return 0
-        return (self.task.few_shot_k or self.shots) if self.classifier else self.shots
+        raise NotImplementedError
 
     def prompt_for(self, ex):
-        return self.task.classifier_prompt(ex, self.k) if self.classifier else self.task.shots_prompt(ex, self.k)
+        return shots_prompt(self.task, ex, self.k)
 
     def sample(self, examples, n, generator):
         if self.classifier:
@@ -52,11 +51,13 @@ class ShotsPrompting(DecodingBaseline):
 
 @register_method("zero_shot", "zero-shot prompting of the base model (task prompt only)")
 class ZeroShot(ShotsPrompting):
-    shots = 0
+    k = 0
 
 
-@register_method("few_shot", "3-shot prompting of the base model (arith: chain of thought; infill: gold middles; "
-                 "subj: all n labelled examples, direct classifier)",
+@register_method("few_shot", f"{FEW_SHOT_K}-shot prompting of the base model (arith: chain of thought; infill: gold "
+                 "middles; subj: all n labelled examples, direct classifier)",
                  opt_in=True)
 class FewShot(ShotsPrompting):
-    shots = 3
+    @property
+    def k(self) -> int:
+        return few_shot_k(self.task)

@@ -1,4 +1,6 @@
-"""Supervised fine-tuning (SFT) on the task's gold continuations: the paper's "SFT + tool use" row.
+"""Supervised fine-tuning (SFT): the paper's "SFT + tool use" row on gold continuations, and on a label task
+(subj) its "SFT on labels" row, a direct classifier (gfnbench/label_classifier.py). One row, one settings class
+(`SFTConfig`), so every setting the pre-flight check accepts is one the row uses.
 
 The policy is the base LM plus LoRA (the same rank and alpha as GFlowNet). It is trained to maximise the
 likelihood of each labelled continuation (for arith, the rationale text with the calculator's outputs, then the
@@ -15,7 +17,7 @@ maximum likelihood on a finite sample of the exact target.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 
 import lightning as L
@@ -23,9 +25,9 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from gfnbench.baselines.label_sft import LabelSFTMethod
 from gfnbench.devices import rank, rank_seed
-from gfnbench.methods import Budget, Method, make_trainer, register_method
+from gfnbench.label_classifier import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
+from gfnbench.methods import Budget, Method, register_method
 from gfnbench.models import LanguageModel
 from gfnbench.policy import (
     SUPERVISED_LR_MULTIPLIER,
@@ -39,15 +41,20 @@ from gfnbench.policy import (
 )
 from gfnbench.sampling import encode, masked_log_softmax, positions_from_mask
 from gfnbench.tasks.base import Example, LabelledClassification, Task
+from gfnbench.trainer import make_trainer
 from gfnbench.trajectories import Trajectories, left_pad, right_pad
 
 
 @dataclass(frozen=True)
 class SFTConfig:
+    """The sft row's settings. On a label task the classifier uses lr, weight_decay, warmup_steps, batch_size,
+    max_grad_norm and the LoRA shape; the validation fields (val_every, patience, val_batch_size) and
+    loss_on_tool_tokens concern gold targets only."""
+
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 10
-    batch_size: int = 8                # gold sequences per optimizer step
+    batch_size: int = 8                # gold sequences (labelled examples) per optimizer step
     max_grad_norm: float = 1.0
     val_every: int = 5                 # optimizer steps between validation passes
     patience: int = 4                  # validation passes without improvement before stopping
@@ -196,11 +203,31 @@ def fit_sft(module: SFTModule, ctx, steps: int) -> None:
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
 
 
+@register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
+                 "outputs; rng: draws from the target; infill: gold middles; early-stopped on val NLL) or, for "
+                 "label tasks (subj), on the labels as a direct classifier", opt_in=True)
 class SFTMethod(Method):
-    """Imitates the task's gold targets (train split); tasks without any are refused (see the module doc)."""
+    """The sft row. Building it gives `LabelSFTMethod` on a label task (subj) and `GoldSFTMethod` on the others;
+    both take `SFTConfig`, the class the registry checks settings against."""
 
     trains = True
     settings_class = SFTConfig
+
+    def __new__(cls, task=None, *args, **kwargs):
+        if cls is SFTMethod:
+            cls = LabelSFTMethod if isinstance(task, LabelledClassification) else GoldSFTMethod
+        return super().__new__(cls)
+
+    @property
+    def policy(self):
+        return self.module.policy
+
+    def trained_module(self):
+        return self.module
+
+
+class GoldSFTMethod(SFTMethod):
+    """Imitates the task's gold targets (train split); tasks without any are refused (see the module doc)."""
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
@@ -212,13 +239,6 @@ class SFTMethod(Method):
         train = gold_sequences(task, tok, task.examples("train"), self.cfg.loss_on_tool_tokens)
         val = gold_sequences(task, tok, task.examples(task.val_split), self.cfg.loss_on_tool_tokens)
         self.module = SFTModule(task, lm, self.cfg, train, val, seed=ctx.seed)
-
-    @property
-    def policy(self):
-        return self.module.policy
-
-    def trained_module(self):
-        return self.module
 
     def fit(self) -> dict:
         fit_sft(self.module, self.ctx, self.steps)
@@ -239,14 +259,43 @@ class SFTMethod(Method):
                 "best_val_nll": None if self.module.best_state is None else self.module.best_nll}
 
 
-def make_sft(task, lm, ctx) -> Method:
-    """Label tasks (subj) get the label classifier of gfnbench/baselines/label_sft.py; the rest imitate gold targets."""
-    if isinstance(task, LabelledClassification):
-        return LabelSFTMethod(task, lm, ctx)
-    return SFTMethod(task, lm, ctx)
+def label_settings(cfg: SFTConfig) -> LabelSFTConfig:
+    """The label classifier's settings out of the row's: the fields the two classes share, by name."""
+    return LabelSFTConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelSFTConfig)})
 
 
-register_method("sft", "supervised fine-tuning (LoRA) on the task's gold targets (arith: rationales incl. tool "
-                "outputs; rng: draws from the target; infill: gold middles; early-stopped on val NLL) or, for "
-                "label tasks (subj), on the labels as a direct classifier", trains=True, opt_in=True,
-                settings=SFTConfig)(make_sft)
+class LabelSFTMethod(SFTMethod):
+    """SFT on labels: the fine-tuned LM is a direct classifier (zero-shot classifier prompt, argmax label)."""
+
+    def __init__(self, task, lm, ctx):
+        super().__init__(task, lm, ctx)
+        lr = ctx.profile.learning_rate * SUPERVISED_LR_MULTIPLIER
+        settings = self.build_settings(label_defaults(ctx.profile, lr))
+        self.cfg = label_settings(settings)
+        self.steps = max(1, ctx.profile.train_steps)
+        labels = list(task.labels)
+        items = [(task.classifier_prompt(ex, 0), labels.index(ex.answer)) for ex in task.examples("train")]
+        self.module = LabelClassifierModule(lm, self.cfg, items, [f" {lab}" for lab in labels], self.steps,
+                                            seed=ctx.seed, weight_decay=settings.weight_decay)
+
+    def fit(self) -> dict:
+        fit_label_classifier(self.module, self.ctx)
+        return {"train_curve": self.module.curve}
+
+    def sample(self, examples, n, generator) -> Trajectories:
+        self.policy.eval()
+        return self.task.prompted_classifier(replace(self.lm, model=self.policy), examples, 0)
+
+    def score_with_model(self, model, tokenizer, texts, ex) -> dict:
+        return {"accuracy": float(texts[0].strip() == ex.answer)}
+
+    def budget(self) -> Budget:
+        return Budget(0, self.steps, f"{self.steps} steps x {self.cfg.batch_size} labelled examples, no reward")
+
+    @property
+    def exact_temperature(self):
+        return None
+
+    def config(self) -> dict:
+        return {"label_sft": asdict(self.cfg), "train_steps": self.steps, "train_items": len(self.module.items),
+                "prompt": "the zero-shot classifier prompt; loss: softmax over the labels' log-likelihoods"}

@@ -28,14 +28,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from gfnbench.checkpoints import ResumableModule
 from gfnbench.devices import model_device
 from gfnbench.losses import balance_penalty, reward_temperature
-from gfnbench.methods import Budget, register_method
+from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
     replay_probabilities,
@@ -44,20 +42,19 @@ from gfnbench.objectives import (
     vargrad_residual,
 )
 from gfnbench.policy import (
-    PolicyMethod,
-    SeededStreams,
+    PromptStepMethod,
     gflownet_family_defaults,
     lora_policy,
     lr_multiplier,
     sample_scored,
     sequence_log_prob_of,
     stepwise_schedule,
-    train_steps,
     trainable_parameters,
     trajectories_from_states,
 )
 from gfnbench.sampling import encode
 from gfnbench.tasks.base import Example, Task
+from gfnbench.trained import TrainedModule
 from gfnbench.trajectories import Trajectories, right_pad
 
 
@@ -130,25 +127,17 @@ def stored_rows(traj: Trajectories, step: int) -> list[Stored]:
     return rows
 
 
-class VarGradModule(ResumableModule, SeededStreams, L.LightningModule):
+class VarGradModule(TrainedModule):
     def __init__(self, task: Task, lm: LanguageModel, cfg: VarGradConfig, train_examples: list[Example],
                  seed: int = 0):
-        super().__init__()
-        self.task, self.tokenizer, self.cfg, self.examples = task, lm.tokenizer, cfg, train_examples
+        super().__init__(task, lm, cfg, train_examples, seed)
         self.policy = lora_policy(lm, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed)
         self.buffer = RecentRewardReplay(cfg.buffer_capacity, cfg.replay_recent, cfg.replay_reward_share)
-        self.allowed, self.stop_id = task.allowed_tokens(lm.tokenizer), task.stop_id(lm.tokenizer)
-        self.context = lm.context_length
-        self.seed, self.generator = seed, torch.Generator().manual_seed(seed)
-        self.curve: list[dict] = []
 
-    def training_state(self) -> dict:
-        return {"generator": self.generator.get_state(), "curve": self.curve,
-                "replay": {k: [asdict(s) for s in v] for k, v in self.buffer.items.items()}}
+    def own_training_state(self) -> dict:
+        return {"replay": {k: [asdict(s) for s in v] for k, v in self.buffer.items.items()}}
 
-    def load_training_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.curve = list(state["curve"])
+    def load_own_training_state(self, state: dict) -> None:
         self.buffer.items = {k: [Stored(**s) for s in v] for k, v in state["replay"].items()}
 
     def sequence_logp(self, model, traj: Trajectories) -> Tensor:
@@ -170,8 +159,7 @@ class VarGradModule(ResumableModule, SeededStreams, L.LightningModule):
         traj = trajectories_from_states(prompt, encode(self.tokenizer, [prompt])[0],
                                         [(r.tokens, r.is_action, r.stopped) for r in rows], self.tokenizer,
                                         model_device(self.policy))
-        traj.log_reward = right_pad([r.log_reward for r in rows], 0.0, torch.float32, traj.device)
-        return traj, len(new)
+        return traj.with_log_reward(right_pad([r.log_reward for r in rows], 0.0, torch.float32, traj.device)), len(new)
 
     def loss(self, traj: Trajectories) -> tuple[Tensor, dict]:
         temperature = reward_temperature(int(self.global_step), *self.cfg.reward_temperature)
@@ -206,26 +194,19 @@ class VarGradModule(ResumableModule, SeededStreams, L.LightningModule):
 
 
 @register_method("tb_vargrad", "VarGrad TB with recent/high-reward replay (TBA, Bartoldson et al. 2025): log Z "
-                 "estimated per prompt from its samples", trains=True)
-class VarGradMethod(PolicyMethod):
+                 "estimated per prompt from its samples")
+class VarGradMethod(PromptStepMethod):
     settings_class = VarGradConfig
 
     def __init__(self, task, lm, ctx):
         super().__init__(task, lm, ctx)
-        self.steps = train_steps(task, ctx.profile)
         self.cfg = self.build_settings({**gflownet_family_defaults(task, ctx.profile, self.steps),
                                         "total_steps": self.steps})
         self.module = VarGradModule(task, lm, self.cfg, task.examples("train"), seed=ctx.seed)
 
-    def fit(self) -> dict:
-        accumulate = self.ctx.profile.prompts_per_step
-        return self.train_on_prompts(self.steps * accumulate, 1, self.cfg.samples_per_prompt, max_steps=self.steps,
-                                     accumulate_grad_batches=accumulate)
-
-    def budget(self) -> Budget:
-        fresh = self.steps * self.ctx.profile.prompts_per_step * self.cfg.samples_per_prompt
-        return Budget(fresh, self.steps, f"{self.steps} steps x {self.cfg.samples_per_prompt} fresh samples "
-                      f"(+ {round(self.cfg.replay_share * self.cfg.samples_per_prompt)} replayed)")
+    def budget_summary(self) -> str:
+        return (f"{self.steps} steps x {self.cfg.samples_per_prompt} fresh samples "
+                f"(+ {round(self.cfg.replay_share * self.cfg.samples_per_prompt)} replayed)")
 
     def config(self) -> dict:
         return {"tb_vargrad": asdict(self.cfg), "train_steps": self.steps,

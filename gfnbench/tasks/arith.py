@@ -1,4 +1,4 @@
-"""Arithmetic with a calculator tool (paper §4.4 / reference-paper.md §5), with the official code's bugs fixed.
+"""Arithmetic with a calculator tool (docs/paper.md#arithmetic-with-a-calculator), with the official code's bugs fixed.
 
 The latent Z is a rationale such as `6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6` for `6 - 0 - 4 - 8`. The policy writes
 the expressions; whenever it writes `=`, a calculator that only handles two-term expressions inserts the value
@@ -22,7 +22,7 @@ from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, 
 
 ALLOWED_CHARS = set(" 0123456789+-=,.")
 SPLITS = ("train", "val", "test_3op", "test_4op", "test_5op")
-UNLABELLED_WEIGHT = 0.2     # reference-paper.md §5.1: hw problems weigh 0.2, the labelled ones 1
+UNLABELLED_WEIGHT = 0.2     # docs/paper.md#arithmetic-data: hw problems weigh 0.2, the labelled ones 1
 
 
 def evaluate_left_to_right(operands: list[int], ops: list[str]) -> int:
@@ -130,7 +130,7 @@ class Arithmetic(Task):
     eval_max_len = 40     # 5 operands need ~27 actions
     default_shots = 3
     opt_in_methods = ("few_shot", "sft")
-    # over the cpu bench's time on 2 cores (README "What it costs"): T = 1 sampling and beams write long,
+    # over the cpu bench's time on 2 cores (docs/methods.md): T = 1 sampling and beams write long,
     # unshared rationales for 300 questions, PPO trains 4 epochs an iteration; the prompting rows at T = 0.1
     # cost an evaluation each (~7 min a seed at one thread). All run with --methods.
     costly_methods = ("temperature", "nucleus", "beam", "diverse_beam", "ppo", "zero_shot", "few_shot")

@@ -21,8 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from gfnbench.sampling import SamplingConfig
-from gfnbench.usercode import import_user_file
+from gfnbench.sampling.config import SamplingConfig
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -38,7 +37,7 @@ class Example:
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """Per-task GFlowNet settings (reference-paper.md §1.5, §1.6)."""
+    """Per-task GFlowNet settings (docs/paper.md#reward-temperature and #exploration)."""
 
     reward_temperature: tuple[float, float, int] = (1.0, 1.0, 0)   # start, end, horizon in optimizer steps
     behaviour_mix: tuple[float, float, float] = (0.25, 0.5, 0.25)  # on-policy, tempered U[0.5, 2], replay
@@ -77,7 +76,7 @@ class Task(ABC):
     # Methods the cpu profile's `bench` leaves out unless named with --methods (too slow for its time limit).
     costly_methods: ClassVar[tuple[str, ...]] = ()
     # "higher" or "lower" (is better) per metric, shown in every table heading; metrics not listed fall back to
-    # the harness's defaults (leaderboard.DEFAULT_DIRECTIONS).
+    # the harness's defaults (tables.DEFAULT_DIRECTIONS).
     metric_directions: ClassVar[dict[str, str]] = {}
     metric_info: ClassVar[dict[str, str]] = {}     # one-line explanations of metrics, kept in run records
     curve_points: ClassVar[int] = 0     # learning-curve probes per training run (0: the task has no cheap probe)
@@ -181,7 +180,7 @@ class LabelledClassification(Task):
     `classifier_prompt`, through `prompted_classifier`, instead of sampling a rationale."""
 
     labels: ClassVar[tuple[str, ...]] = ()
-    few_shot_k: ClassVar[int | None] = None    # shots of the few_shot row (None: the method's own, 3)
+    few_shot_k: ClassVar[int | None] = None    # shots of the few_shot row (None: shots.FEW_SHOT_K)
 
     @abstractmethod
     def label_suffix(self, label: str) -> str:
@@ -216,26 +215,3 @@ def register_task(name: str):
         TASKS[name] = cls
         return cls
     return wrap
-
-
-def load_task_file(path: str) -> list[str]:
-    """Import a task file that lives outside the package; its @register_task classes join the registry."""
-    return import_user_file(path, "task", TASKS)
-
-
-def get_task(name: str, **kwargs) -> Task:
-    """A registered task by name, or the task defined in a .py file (`path/to/task.py`)."""
-    return get_task_class(name)(**kwargs)
-
-
-def get_task_class(name: str) -> type[Task]:
-    """The task's class, importing a task file when given one, without constructing the task."""
-    if name.endswith(".py"):
-        added = load_task_file(name)
-        if len(added) != 1:
-            raise ValueError(f"{name} must register exactly one task with @register_task, found {added}")
-        name = added[0]
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} "
-                         f"(or a path to a task .py file)")
-    return TASKS[name]

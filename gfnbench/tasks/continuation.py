@@ -1,4 +1,4 @@
-"""Sentence continuation (paper §4.1 / reference-paper.md §2): sample the next sentence at a lowered temperature.
+"""Sentence continuation (docs/paper.md#sentence-continuation): sample the next sentence at a lowered temperature.
 
 X is 1-3 sentences; the policy writes Z, one sentence. The stop action is the "." token itself, so Z ends at
 its first period and the sampled text never contains it. The target is p(Z "." | X)^(1/T) under the base LM
@@ -138,7 +138,7 @@ class Continuation(Task):
     report_logp_ref_max = True
     excluded_methods = ("zero_shot",)     # no shots to drop: it would repeat `temperature` row for row
     opt_in_methods = ("tempered",)        # the paper's "LM tempered" baseline (T = the final reward temperature)
-    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (README "Methods")
+    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (docs/methods.md)
     # The task is about the lowered temperature: a run shorter than the paper's 750-step ramp (the cpu profile's
     # 40 steps) still ends at T = 0.8, the target the `tempered` row is compared with.
     training = TrainingDefaults(reward_temperature=(1.0, 0.8, 750), behaviour_mix=(0.25, 0.5, 0.25),

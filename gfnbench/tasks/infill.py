@@ -1,4 +1,4 @@
-"""Story infilling (paper §4.2 / reference-paper.md §3): write the missing 4th sentence of a 5-sentence story.
+"""Story infilling (paper §4.2; docs/paper.md#story-infilling): write the missing 4th sentence of a 5-sentence story.
 
 X = s1 s2 s3 (beginning), Y = s5 (ending), Z = s4 (the middle, the latent). The policy sees
 `Beginning: {s1} {s2} {s3}\\nEnding: {s5}\\nMiddle:` (the official code's template; the paper's appendix quotes
@@ -90,7 +90,7 @@ class Infill(Task):
     eval_temperature = 0.9          # the paper's evaluation temperature
     eval_samples = 8
     opt_in_methods = ("few_shot", "sft")
-    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (README "Methods")
+    costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (docs/methods.md)
     training = TrainingDefaults(reward_temperature=(1.1, 0.85, 100), behaviour_mix=(0.25, 0.5, 0.25),
                                 buffer_capacity=50, buffer_sampling="reward")
 

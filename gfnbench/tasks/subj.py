@@ -1,4 +1,4 @@
-"""Subjectivity classification with a latent rationale (paper §4.3 / reference-paper.md §4).
+"""Subjectivity classification with a latent rationale (paper §4.3; docs/paper.md#subjectivity-classification).
 
 X = `Classify this movie review as objective or subjective: "{text}" This review is`; the policy writes a 1-5
 token rationale Z and stops with eos; the answer Y = `, so it is {label}.`. Reward, for every prefix Z_<=j:
@@ -20,7 +20,7 @@ Prompting baselines: the paper's zero-/few-shot rows are direct classifiers, not
 `Classify ...: "{text}" It is` after k demos (`... It is {label}.`, one per line; few-shot k = all n labelled,
 as the paper's 10/20/50), comparing log p(" objective") with log p(" subjective"). `prompted_classifier`
 does this; gfnbench/baselines/prompting.py calls it for tasks that have it and scores the label it returns.
-Label-only rows (baselines/label_sft.py, baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
+Label-only rows (baselines/sft.py, baselines/mstep.py): `sft` is the paper's classifier fine-tuned on
 the n labels; `gflownet_mstep` adds the paper's M-step (a classifier fine-tuned on X + GFlowNet rationales).
 The replay buffer starts with the paper's "wishful" rationales (`buffer_seeds`: 20 base-LM continuations of
 `X {gold} because it is` per labelled example) and de-duplicates at the paper's tolerance, 0.1.

@@ -1,0 +1,172 @@
+"""One run: preflight's checked plan -> train -> evaluate -> record.
+
+`run` checks every input first (preflight) and hands the plan to `run_plan`, which trusts it: nothing is resolved
+or validated twice. A bench calls `run_plan` directly with the plans its own preflight made.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gfnbench import locks
+from gfnbench.checkpoints import remove_checkpoints
+from gfnbench.devices import full_parameters, gather, launch, rank, run_device, world_size
+from gfnbench.evaluation import eval_questions, evaluate
+from gfnbench.methods import Method, RunContext
+from gfnbench.models import LanguageModel, load_model
+from gfnbench.plans import RunPlan
+from gfnbench.preflight import check_run
+from gfnbench.profiles import Profile
+from gfnbench.records import (
+    atomic_write_bytes,
+    check_writable,
+    data_fingerprint,
+    git_commit,
+    machine,
+    package_versions,
+    run_dir,
+    write_run,
+)
+from gfnbench.tasks import Task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
+        model: str | None = None, overwrite: bool = False, data: str | None = None,
+        settings: dict | None = None, resume: bool = False, keep_checkpoints: bool = False,
+        checkpoint_every: int = 10, compute: dict | None = None, save_adapters: bool = False) -> Path:
+    """Train (if the method trains), evaluate and write one run record. Returns the record's folder.
+
+    `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}}); `compute` overrides
+    the profile's accelerator, devices, strategy and precision. Training saves a checkpoint every
+    `checkpoint_every` steps into the run folder; `resume` continues from it, and it is removed once the record
+    is written unless `keep_checkpoints`. With several processes (--devices N) every process trains and
+    evaluates its share, and process 0 alone writes the record."""
+    # every input, before anything is created or loaded
+    plan = check_run(task, method, seed, profile, results_dir, model, data, settings=settings, compute=compute)
+    return run_plan(plan, overwrite=overwrite, resume=resume, keep_checkpoints=keep_checkpoints,
+                    checkpoint_every=checkpoint_every, save_adapters=save_adapters)
+
+
+def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = False, keep_checkpoints: bool = False,
+             checkpoint_every: int = 10, save_adapters: bool = False) -> Path:
+    """`run` on inputs preflight has already checked (see `run` for the options)."""
+    check_writable(plan.root)
+    out = run_dir(plan.root, plan.task.name, plan.method, plan.seed)
+    lock = claim_run(out, overwrite)       # process 0 only, before any other process starts
+    launch(plan.profile)                   # the other processes (--devices N > 1), through Lightning
+    seed_everything(plan.seed)
+    lm: LanguageModel = load_model(plan.model)
+    lm.model.to(run_device(plan.profile))
+    started = time.time()
+    ctx = RunContext(seed=plan.seed, profile=plan.profile, log_dir=out / "train", settings=plan.settings,
+                     method=plan.method, checkpoint_dir=out / "checkpoints", checkpoint_every=checkpoint_every,
+                     resume=resume)
+    impl = plan.spec.factory(plan.task, lm, ctx)
+    extra = train(impl, plan, resume)
+    with full_parameters(impl.trained_module()):
+        metrics, samples, per_question = evaluate(impl, plan.task, plan.profile, plan.seed,
+                                                  label=f"{plan.method} seed {plan.seed}")
+        adapters = adapter_bytes(impl) if save_adapters else None
+    extras, prints = gather(extra), (gather(weights_fingerprint(impl)) if world_size() > 1 else [])
+    if rank() == 0:
+        record = run_record(plan, lm, impl, metrics, per_question)
+        record.update({"wall_time_s": time.time() - started, **extra, **processes_field(extras, prints)})
+        if adapters is not None:
+            atomic_write_bytes(out / "adapters.pt", adapters)
+        write_run(out, record, samples, overwrite=overwrite)
+        if not keep_checkpoints:
+            remove_checkpoints(ctx.checkpoint_dir)
+    if lock is not None:
+        lock.release()
+    return out
+
+
+def train(impl: Method, plan: RunPlan, resume: bool) -> dict:
+    """The method's training (nothing for a method that does not train), its modules then on the run's device
+    (Lightning hands a trained module back on the CPU). Returns the method's extra record fields."""
+    if resume and impl.trains and not impl.resumable and rank() == 0:
+        print(f"[gfnbench] {plan.method} does not checkpoint its training (see checkpoints.py): this run trains "
+              f"from step 0, it does not resume")
+    extra = impl.fit()
+    for module in impl.evaluation_modules():
+        module.to(run_device(plan.profile))
+    return extra
+
+
+def claim_run(out: Path, overwrite: bool):
+    """Process 0's lock on the run folder (RunInProgress if another run has it; released on return or exit)
+    after checking that no record is there; other processes of a multi-process run return None."""
+    if rank() != 0:
+        return None
+    lock = locks.acquire(out)
+    if (out / "record.json").exists() and not overwrite:
+        lock.release()
+        raise FileExistsError(f"{out / 'record.json'} exists: pass --overwrite true to replace it")
+    return lock
+
+
+def run_record(plan: RunPlan, lm: LanguageModel, impl: Method, metrics: dict, per_question: dict) -> dict:
+    """The record's fields (the caller adds wall time and the method's training extras)."""
+    task_obj, prof, data = plan.task, plan.profile, plan.data
+    return {
+        "task": task_obj.name, "method": plan.method, "seed": plan.seed, "profile": prof.name,
+        "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
+        "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
+        "metrics": metrics, "per_question": per_question, "metric_info": task_obj.metric_info,
+        "metric_directions": task_obj.metric_directions, "task_version": task_obj.version,
+        "settings": plan.settings, "budget": (budget := impl.budget()) and asdict(budget),
+        "config": run_config(prof, impl, task_obj), "versions": package_versions(), "git_commit": git_commit(),
+        "machine": machine(),
+    }
+
+
+def processes_field(extras: list[dict], prints: list[str]) -> dict:
+    """A multi-process run's record keeps every process's training curve (its own prompts and samples; the
+    top-level `train_curve` is process 0's) and the fingerprint of the weights each evaluated with (equal when
+    the gradients were all-reduced as they should be). Nothing for one process."""
+    if len(extras) == 1:
+        return {}
+    return {"processes": {"count": len(extras), "train_curves": [e.get("train_curve") for e in extras],
+                          "weights_sha256": prints}}
+
+
+def weights_fingerprint(impl: Method) -> str:
+    """sha256 of the trained weights of every network evaluation runs (names and values)."""
+    from gfnbench.policy import trainable_state
+
+    digest = hashlib.sha256()
+    for module in impl.evaluation_modules():
+        for name, value in sorted(trainable_state(module).items()):
+            digest.update(name.encode())
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def adapter_bytes(impl: Method) -> bytes:
+    """The trained weights of every network evaluation runs ([{name: tensor}] in `evaluation_modules` order:
+    LoRA adapters and heads), for `--save_adapters` (kilobytes to megabytes)."""
+    from gfnbench.policy import trainable_state
+
+    buffer = io.BytesIO()
+    torch.save([{k: v.cpu() for k, v in trainable_state(m).items()} for m in impl.evaluation_modules()], buffer)
+    return buffer.getvalue()
+
+
+def run_config(prof: Profile, impl: Method, task: Task) -> dict:
+    """The settings a run record keeps: profile, method (as built), task and evaluation."""
+    return {"profile": prof.as_dict(), "method": impl.config(), "task": type(task).__name__,
+            "task_settings": task.config(), "eval_samples": prof.eval_samples or task.eval_samples,
+            "eval_questions": eval_questions(prof, task), "eval_temperature": task.eval_temperature}

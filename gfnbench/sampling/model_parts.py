@@ -1,0 +1,55 @@
+"""Which weights a model applies where: the effective (LoRA-merged) weight of a layer, and the (body, output
+layer) split that lets the decoders and the teacher-forced passes apply the output layer only where needed."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def effective_linear(module) -> tuple[Tensor, Tensor | None] | None:
+    """(weight, bias) that `module` applies right now: a plain Linear's own, or a peft LoRA Linear's base weight
+    plus its active adapters' B A * scaling (nothing inside `adapters_off`). None when the layer does something
+    else (a LoRA variant such as DoRA, dropout in training mode, a non-Linear base), so the caller runs it."""
+    if isinstance(module, torch.nn.Linear):
+        return module.weight, module.bias
+    base = getattr(module, "base_layer", None)
+    if not isinstance(base, torch.nn.Linear) or not hasattr(module, "lora_A"):
+        return None
+    weight = base.weight
+    if module.disable_adapters or module.merged:
+        return weight, base.bias
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        if name in getattr(module, "lora_variant", {}) or (module.training and
+                                                          not isinstance(module.lora_dropout[name], torch.nn.Identity)):
+            return None
+        weight = weight + module.get_delta_weight(name).to(weight.dtype)
+    return weight, base.bias
+
+
+# Architectures whose logits are exactly lm_head(final hidden state): for them the teacher-forced passes run the
+# decoder body and apply the output layer only where (and to the vocabulary rows that) a log-prob is needed.
+PLAIN_HEAD = {"llama", "gpt2", "qwen2", "mistral", "gptj"}
+
+
+def body_and_head(model):
+    """(decoder body, output layer) of a plain-head causal LM (through a peft wrapper: the LoRA layers live in the
+    body's modules, so calling the body applies them, or not inside `adapters_off`); None for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD:
+        return None
+    try:
+        body, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        return None
+    head = effective_linear(head)          # (weight, bias), adapters included if the output layer has any
+    return None if head is None else (body, head)
+
+
+def runner(model, parts) -> tuple:
+    """(what to call, the output field it gives): the body's hidden states when the model has a plain head (the
+    caller applies the head in blocks), else the whole model's logits."""
+    return (parts[0], "last_hidden_state") if parts is not None else (model, "logits")
