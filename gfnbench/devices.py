@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import torch
 
+from gfnbench.precision import check_precision
+
 ACCELERATORS = ("auto", "cpu", "gpu")
 STRATEGIES = ("auto", "ddp", "fsdp")
-PRECISIONS = ("32", "bf16-mixed")
-LIGHTNING_PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed"}
 
 
 def check_compute(accelerator: str, devices: int, strategy: str, precision: str) -> None:
@@ -28,8 +28,7 @@ def check_compute(accelerator: str, devices: int, strategy: str, precision: str)
         raise ValueError(f"--devices must be an integer >= 1, got {devices!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if str(precision) not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise ValueError("--accelerator gpu, but torch sees no CUDA device (is this the CPU build of torch?)")
     if accelerator == "gpu" and devices > torch.cuda.device_count():

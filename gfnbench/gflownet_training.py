@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.buffer import BufferItem, ReplayBuffer
 from gfnbench.devices import model_device, rank_seed
 from gfnbench.losses import (
@@ -73,6 +74,14 @@ class GFlowNetConfig:
             raise ValueError(f"GFlowNet loss must be 'subtb' or 'tb', got {self.loss!r}")
         if any(p < 0 for p in self.behaviour_mix) or not math.isclose(sum(self.behaviour_mix), 1.0):
             raise ValueError(f"behaviour_mix must be 3 non-negative probabilities summing to 1: {self.behaviour_mix}")
+        ranges.positive(self, "lam", "lr", "logz_lr", "huber_delta")
+        ranges.at_least(self, 0, "warmup_steps", "decay_to", "total_steps", "dedup_tol")
+        ranges.at_least(self, 1, "samples_per_prompt", "buffer_capacity")
+        ranges.temperature_ramp(self)
+        ranges.ordered_positive_pair(self, "tempered_range")
+        ranges.lora_shape(self)
+        if self.buffer_sampling not in ("uniform", "reward"):
+            raise ValueError(f"buffer_sampling must be 'uniform' or 'reward', got {self.buffer_sampling!r}")
 
 
 def invalid_pair_share(terms: Tensor, log_r: Tensor) -> Tensor:

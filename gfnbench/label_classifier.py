@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.devices import rank, rank_seed
 from gfnbench.models import LanguageModel
 from gfnbench.policy import lora_policy, lr_multiplier, stepwise_schedule, trainable_parameters
@@ -36,6 +37,12 @@ class LabelSFTConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None
+
+    def __post_init__(self):
+        ranges.positive(self, "lr")
+        ranges.at_least(self, 0, "warmup_steps", "max_grad_norm")
+        ranges.at_least(self, 1, "batch_size")
+        ranges.lora_shape(self)
 
 
 def label_log_likelihoods(model, tokenizer, prompts: list[str], label_texts: list[str]) -> Tensor:

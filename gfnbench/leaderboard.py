@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from gfnbench.names import check_inside, check_name
 from gfnbench.plots import plot, plot_learning_curves
-from gfnbench.records import atomic_write_text, check_writable, read_runs
+from gfnbench.precision import record_precision
+from gfnbench.records import DamagedRecord, atomic_write_text, check_writable, read_runs_and_damage
 from gfnbench.stats import summarize
 from gfnbench.tables import render_csv, render_latex, render_markdown
 
@@ -19,30 +21,45 @@ def _mixed(records: list[dict], key: str) -> dict[str, list[str]]:
     return groups
 
 
-def check_consistent(records: list[dict], results_dir: str | Path) -> None:
-    """One policy model and one profile per table: mixing them would average incomparable numbers."""
+def check_consistent(records: list[dict], results_dir: str | Path, allow_mixed_precision: bool = False) -> None:
+    """One policy model, one profile and (unless allowed) one precision per table: mixing them would average
+    incomparable numbers."""
     for key in ("model", "profile"):
         groups = _mixed(records, key)
         if len(groups) > 1:
             listing = "; ".join(f"{value!r}: {', '.join(runs)}" for value, runs in groups.items())
             raise ValueError(f"runs under {results_dir} mix {len(groups)} different {key}s ({listing}). "
                              f"Keep one {key} per results folder: use a different --results_dir for each.")
+    groups = _mixed([{**r, "precision": record_precision(r)} for r in records], "precision")
+    if len(groups) > 1 and not allow_mixed_precision:
+        listing = "; ".join(f"{value}: {', '.join(runs)}" for value, runs in groups.items())
+        raise ValueError(f"runs under {results_dir} mix precisions ({listing}): re-run them at one --precision, "
+                         f"or pass --allow_mixed_precision true (the header then lists each row's precision).")
 
 
 def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | None = None,
-                      method_order: Sequence[str] | None = None) -> list[Path]:
-    """Read the task's runs and write <task>.md, .csv, .tex and .png atomically; returns their paths."""
-    records = read_runs(results_dir, task)
+                      method_order: Sequence[str] | None = None, allow_mixed_precision: bool = False,
+                      skip_damaged: bool = False) -> list[Path]:
+    """Read the task's runs and write <task>.md, .csv, .tex and .png atomically; returns their paths. Every
+    record is checked against its row before anything is written: a damaged one stops the table (one line), or
+    with `skip_damaged` is left out and named in the header."""
+    check_name(task, "task")
+    records, damaged = read_runs_and_damage(results_dir, task)
+    if damaged and not skip_damaged:
+        raise DamagedRecord(damaged[0].path, damaged[0].problem,
+                            ", or pass --skip_damaged true to table the other runs without it")
     if not records:
         raise ValueError(f"no run records under {Path(results_dir) / 'runs' / task}: produce them with "
                          f"`gfnbench bench --task {task}` (or `gfnbench run --task {task} --method ... --seed ...`)")
-    check_consistent(records, results_dir)
+    check_consistent(records, results_dir, allow_mixed_precision)
     df = summarize(records)
     out = check_writable(out_dir if out_dir is not None else results_dir)
-    names = [f"{task}{ext}" for ext in (".md", ".csv", ".tex", ".png")]
+    names = [check_inside(out / f"{task}{ext}", out).name for ext in (".md", ".csv", ".tex", ".png")]
+    skipped = [f"{d.path.relative_to(results_dir)} ({d.problem})" for d in damaged]
     with staged_table(out, names + [f"{task}_curves.png"]) as stage:
         md, csv, tex, png = (stage / name for name in names)
-        atomic_write_text(md, render_markdown(df, records, task, method_order, read_bench_log(results_dir, task)))
+        atomic_write_text(md, render_markdown(df, records, task, method_order, read_bench_log(results_dir, task),
+                                              skipped))
         atomic_write_text(csv, render_csv(df))
         atomic_write_text(tex, render_latex(df, method_order))
         plot(df, records, png, method_order)

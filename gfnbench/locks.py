@@ -63,15 +63,15 @@ def _holder(path: Path) -> str:
 
 def acquire(run_dir: str | Path, wait: bool = False) -> RunLock:
     """Lock a run folder (created if needed). Raises RunInProgress when another process holds it and not
-    `wait`; with `wait`, blocks until it is free."""
+    `wait`; with `wait`, blocks until it is free. A failure after the lock file was made (a full disk refusing
+    the holder's pid) removes the file and the folder again, so nothing is left holding only `.lock`."""
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
     if key in _HELD:
         return RunLock(run_dir, None, reentrant=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(run_dir)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -86,13 +86,27 @@ def acquire(run_dir: str | Path, wait: bool = False) -> RunLock:
             same = False
         if not same:                               # the holder removed the file as we waited: lock the new one
             os.close(fd)
-            run_dir.mkdir(parents=True, exist_ok=True)
             continue
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         lock = RunLock(run_dir, fd)
         _HELD[key] = lock
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except BaseException:
+            lock.release()                         # removes the file, and the folder when it holds nothing else
+            raise
         return lock
+
+
+def _open_lock_file(run_dir: Path, tries: int = 5) -> int:
+    """Open (creating it and its folder) a run folder's lock file. A run that failed in a neighbouring folder may
+    remove the empty parents between our mkdir and open: then make them again."""
+    for _ in range(tries - 1):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            return os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def try_acquire(run_dir: str | Path) -> RunLock | None:

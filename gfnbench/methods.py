@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from gfnbench.names import check_name
 from gfnbench.settings import build, typed_overrides
 from gfnbench.tasks.base import TASKS
 
@@ -145,6 +146,7 @@ def register_method(name: str, description: str, tasks: tuple[str, ...] | None =
                     settings: type | None = None):
     """Class (or factory) decorator. What a Method class states about itself (`trains`, `deterministic`,
     `settings_class`) is read from it, so no registration repeats it; `settings` is for a plain factory."""
+    check_name(name, "method")   # it names the run's folder: one safe path component
     def wrap(factory):
         if name in METHODS and METHODS[name].factory is not factory:
             raise ValueError(f"method {name!r} is registered twice ({METHODS[name].factory.__module__} and "

@@ -320,10 +320,12 @@ def check_bench(task: str, profile: str = "cpu", seeds=(0, 1, 2), methods=None, 
 # --------------------------------------------------------------------------- what a run computes on, and with
 
 def run_profile(profile: str, compute: dict | None = None):
-    """The profile with this run's accelerator, devices, strategy and precision (those given), checked."""
+    """The profile with this run's accelerator, devices, strategy and precision (those given), checked, its
+    precision resolved (precision.resolve_precision: `auto` decided on this host, `32` spelled 32-true)."""
     from dataclasses import replace
 
     from gfnbench.devices import check_compute
+    from gfnbench.precision import resolve_precision
     from gfnbench.profiles import get_profile
 
     prof = get_profile(profile)
@@ -333,7 +335,7 @@ def run_profile(profile: str, compute: dict | None = None):
         raise ValueError(f"unknown compute settings {sorted(unknown)}")
     prof = replace(prof, **given) if given else prof
     check_compute(prof.accelerator, prof.devices, prof.strategy, str(prof.precision))
-    return prof
+    return replace(prof, precision=resolve_precision(str(prof.precision), prof.accelerator))   # `auto`, `32` named
 
 
 def settings_for(spec, settings: dict | None) -> dict:

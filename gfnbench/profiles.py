@@ -25,7 +25,10 @@ class Profile:
     accelerator: str = "cpu"        # auto, cpu or gpu
     devices: int = 1                # processes, one per device (DDP/FSDP when > 1)
     strategy: str = "auto"          # auto (one device), ddp or fsdp
-    precision: str = "32"           # 32 or bf16-mixed (training under autocast; evaluation in the model's dtype)
+    # 32-true (alias 32), bf16-true (bf16 base weights, fp32 LoRA/heads/log-probs), bf16-mixed (training under
+    # autocast) or auto (bf16-true on AMX CPUs and bf16 GPUs); see precision.py. Every profile stays 32-true until
+    # the committed tables are re-run in bf16.
+    precision: str = "32-true"
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -45,6 +45,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from gfnbench.names import check_inside
+
 REQUIRED_KEYS = ("task", "method", "seed", "profile", "model", "scoring_model", "data", "metrics", "config",
                  "versions", "git_commit", "wall_time_s")
 DEFAULT_PACKAGES = ("torch", "transformers", "peft", "lightning", "torchmetrics", "pandas", "sacrebleu",
@@ -74,7 +76,10 @@ def machine() -> dict:
 
     import torch
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.machine()}
+    from gfnbench.precision import host_cpu_flags
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.machine(),
+            "host_cpu_flags": host_cpu_flags()}     # AMX / AVX-512 bf16: what bf16 speed depends on
 
 
 def _git(args: list[str], cwd: str) -> str:
@@ -130,8 +135,8 @@ def results_root(prof, results_dir: str | None, data: str | None) -> Path:
 
 
 def run_dir(results_dir: str | Path, task: str, method: str, seed: int) -> Path:
-    """The one folder a (task, method, seed) run may occupy."""
-    return Path(results_dir) / "runs" / task / method / f"seed{seed}"
+    """The one folder a (task, method, seed) run may occupy; refused unless it resolves inside the results folder."""
+    return check_inside(Path(results_dir) / "runs" / task / method / f"seed{seed}", results_dir)
 
 
 def check_writable(results_dir: str | Path) -> Path:
@@ -286,32 +291,83 @@ def _seed_key(path: Path) -> tuple:
 
 
 def read_runs(results_dir: str | Path, task: str) -> list[dict]:
-    """Every complete run of a task, ordered by (method folder, seed) so tables are deterministic."""
-    root = Path(results_dir) / "runs" / task
-    records = []
-    for path in sorted(root.glob(f"*/seed*/{RECORD}"), key=_seed_key):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}): fix or delete that run folder") from err
-        problem = record_problem(record, path)
-        if problem:
-            raise ValueError(problem)
-        records.append(record)
+    """Every complete run of a task, ordered by (method folder, seed) so tables are deterministic; the first
+    damaged record stops it with one line (DamagedRecord)."""
+    records, damaged = read_runs_and_damage(results_dir, task)
+    if damaged:
+        raise damaged[0]
     return records
 
 
+def read_runs_and_damage(results_dir: str | Path, task: str) -> tuple[list[dict], list[DamagedRecord]]:
+    """(usable records, damaged ones) of a task, in (method folder, seed) order: the caller decides whether a
+    damaged record stops the table or is left out of it and named."""
+    root = Path(results_dir) / "runs" / task
+    records, damaged = [], []
+    for path in sorted(root.glob(f"*/seed*/{RECORD}"), key=_seed_key):
+        try:
+            records.append(read_record(path))
+        except DamagedRecord as err:
+            damaged.append(err)
+    return records, damaged
+
+
+class DamagedRecord(ValueError):
+    """A record.json that cannot make its table row; the message is one line naming the file and the fix."""
+
+    def __init__(self, path: Path, problem: str, alternative: str = ""):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path} {problem}: delete that run folder ({self.path.parent}) and re-run it{alternative}")
+
+
+def read_record(path: str | Path) -> dict:
+    """One run record from disk, checked against the row it must make (row_problem)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        bad = f"byte {err.object[err.start]:#04x} at offset {err.start}"
+        raise DamagedRecord(path, f"is not UTF-8 text ({bad})") from err
+    except json.JSONDecodeError as err:
+        raise DamagedRecord(path, f"is not valid JSON ({err})") from err
+    problem = row_problem(record)
+    if problem:
+        raise DamagedRecord(path, problem)
+    return record
+
+
 def record_problem(record: object, path: str | Path) -> str | None:
-    """One line on what makes a record read from disk unusable for a table (None when it is usable)."""
+    """One line naming the file, what is wrong and the fix, when a record read from disk cannot make its row."""
+    problem = row_problem(record)
+    return f"{path} {problem}: delete that run folder and re-run it" if problem else None
+
+
+def row_problem(record: object) -> str | None:
+    """What keeps a record from making its table row, as a phrase after the file's name (None when it can):
+    the keys, the method and seed that place the row, and metrics {split: {metric: finite number}}, none empty."""
     if not isinstance(record, dict):
-        return (f"{path}: expected a JSON object (a run record), got {type(record).__name__}: fix or delete that "
-                f"run folder")
+        return f"holds a JSON {type(record).__name__}, not an object (a run record)"
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
-        return (f"{path} lacks {', '.join(missing)} (an incomplete or hand-edited run record): delete that run "
-                f"folder and re-run it")
-    if not isinstance(record["metrics"], dict):
-        return f"{path}: metrics must be an object {{split: {{metric: number}}}}: delete that run folder and re-run it"
+        return f"lacks {', '.join(missing)} (an incomplete or hand-edited run record)"
+    seed, method = record["seed"], record["method"]
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        return f"has seed {json.dumps(seed)}, not an integer"
+    if not isinstance(method, str) or not method:
+        return f"has method {json.dumps(method)}, not a name"
+    return metrics_problem(record["metrics"])
+
+
+def metrics_problem(metrics: object) -> str | None:
+    """What keeps `metrics` from being {split: {metric: finite number}} with at least one number per split."""
+    if not isinstance(metrics, dict) or not metrics:
+        return f"has metrics {json.dumps(metrics)}, not a non-empty object {{split: {{metric: number}}}}"
+    for split, values in metrics.items():
+        if not isinstance(values, dict) or not values:
+            return f"has metrics[{split!r}] = {json.dumps(values)}, not a non-empty object {{metric: number}}"
+        for name, value in values.items():
+            if not _is_number(value) or not math.isfinite(value):
+                return f"has metric {name!r} on split {split!r} = {json.dumps(value)}, not a finite number"
     return None
 
 

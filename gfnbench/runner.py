@@ -1,30 +1,42 @@
 """One run: preflight's checked plan -> train -> evaluate -> record.
 
 `run` checks every input first (preflight) and hands the plan to `run_plan`, which trusts it: nothing is resolved
-or validated twice. A bench calls `run_plan` directly with the plans its own preflight made.
+or validated twice. A bench calls `run_plan` directly with the plans its own preflight made. A run that fails leaves
+no folder behind, only a checkpoint that a rerun can resume (see `clear_failed_run`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import random
+import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gfnbench import locks
-from gfnbench.checkpoints import remove_checkpoints
+from gfnbench.checkpoints import (
+    LAST,
+    checkpoint_damage,
+    prepare_resume,
+    remove_checkpoints,
+    run_identity,
+    write_identity,
+)
 from gfnbench.devices import full_parameters, gather, launch, rank, run_device, world_size
 from gfnbench.evaluation import eval_questions, evaluate
 from gfnbench.methods import Method, RunContext
 from gfnbench.models import LanguageModel, load_model
 from gfnbench.plans import RunPlan
+from gfnbench.precision import cast_frozen_base
 from gfnbench.preflight import check_run
 from gfnbench.profiles import Profile
 from gfnbench.records import (
+    RECORD,
     atomic_write_bytes,
     check_writable,
     data_fingerprint,
@@ -45,37 +57,59 @@ def seed_everything(seed: int) -> None:
 
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
-        settings: dict | None = None, resume: bool = False, keep_checkpoints: bool = False,
+        settings: dict | None = None, resume: bool = True, keep_checkpoints: bool = False,
         checkpoint_every: int = 10, compute: dict | None = None, save_adapters: bool = False) -> Path:
     """Train (if the method trains), evaluate and write one run record. Returns the record's folder.
 
     `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}}); `compute` overrides
     the profile's accelerator, devices, strategy and precision. Training saves a checkpoint every
-    `checkpoint_every` steps into the run folder; `resume` continues from it, and it is removed once the record
-    is written unless `keep_checkpoints`. With several processes (--devices N) every process trains and
-    evaluates its share, and process 0 alone writes the record."""
+    `checkpoint_every` steps into the run folder; `resume` continues from one a killed run of the same settings
+    left (False: start again from step 0), and it is removed once the record is written unless
+    `keep_checkpoints`. With several processes (--devices N) every process trains and evaluates its share, and
+    process 0 alone writes the record."""
     # every input, before anything is created or loaded
     plan = check_run(task, method, seed, profile, results_dir, model, data, settings=settings, compute=compute)
     return run_plan(plan, overwrite=overwrite, resume=resume, keep_checkpoints=keep_checkpoints,
                     checkpoint_every=checkpoint_every, save_adapters=save_adapters)
 
 
-def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = False, keep_checkpoints: bool = False,
+def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = True, keep_checkpoints: bool = False,
              checkpoint_every: int = 10, save_adapters: bool = False) -> Path:
-    """`run` on inputs preflight has already checked (see `run` for the options)."""
-    check_writable(plan.root)
+    """`run` on inputs preflight has already checked (see `run` for the options). Whatever stops it before the
+    record is written, its run folder goes (and the folders created for it), but for a checkpoint to resume."""
     out = run_dir(plan.root, plan.task.name, plan.method, plan.seed)
-    lock = claim_run(out, overwrite)       # process 0 only, before any other process starts
+    created = missing_folders(out)
+    lock = None
+    try:
+        check_writable(plan.root)
+        lock = claim_run(out, overwrite)       # process 0 only, before any other process starts
+        if lock is not None:
+            prepare_run_folder(plan, out, resume)
+        return run_claimed(plan, out, overwrite, resume, keep_checkpoints, checkpoint_every, save_adapters)
+    except BaseException:
+        if lock is not None:
+            clear_failed_run(out)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        remove_empty(created)
+
+
+def run_claimed(plan: RunPlan, out: Path, overwrite: bool, resume: bool, keep_checkpoints: bool,
+                checkpoint_every: int, save_adapters: bool) -> Path:
+    """Train, evaluate and write the record of a run whose folder process 0 holds."""
     launch(plan.profile)                   # the other processes (--devices N > 1), through Lightning
     seed_everything(plan.seed)
     lm: LanguageModel = load_model(plan.model)
+    cast_frozen_base(lm.model, plan.profile.precision)     # bf16-true: bf16 base, before any LoRA is added
     lm.model.to(run_device(plan.profile))
     started = time.time()
     ctx = RunContext(seed=plan.seed, profile=plan.profile, log_dir=out / "train", settings=plan.settings,
                      method=plan.method, checkpoint_dir=out / "checkpoints", checkpoint_every=checkpoint_every,
                      resume=resume)
     impl = plan.spec.factory(plan.task, lm, ctx)
-    extra = train(impl, plan, resume)
+    extra = train(impl, plan)
     with full_parameters(impl.trained_module()):
         metrics, samples, per_question = evaluate(impl, plan.task, plan.profile, plan.seed,
                                                   label=f"{plan.method} seed {plan.seed}")
@@ -89,17 +123,77 @@ def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = False, keep_
         write_run(out, record, samples, overwrite=overwrite)
         if not keep_checkpoints:
             remove_checkpoints(ctx.checkpoint_dir)
-    if lock is not None:
-        lock.release()
     return out
 
 
-def train(impl: Method, plan: RunPlan, resume: bool) -> dict:
+def prepare_run_folder(plan: RunPlan, out: Path, resume: bool) -> None:
+    """Process 0, before the model loads and before other processes start: what a killed run left is resumed
+    (a checkpoint of the same settings), or set aside and said so in one line; its train/ log goes either way
+    (a checkpoint keeps the rows logged before it). A row that does not checkpoint says that it restarts."""
+    if not plan.spec.trains:
+        return
+    interrupted = not (out / RECORD).exists() and (out / "train").is_dir()
+    identity = run_identity_of(plan)
+    note = prepare_resume(out / "checkpoints", identity, resume)
+    resumable = getattr(plan.spec.factory, "resumable", False)
+    if note is None and interrupted and not resumable:
+        note = (f"{plan.method} does not checkpoint its training (see checkpoints.py): the interrupted run in {out} "
+                f"trains again from step 0")
+    if interrupted:
+        shutil.rmtree(out / "train")
+    if resumable:
+        write_identity(out / "checkpoints", identity)
+    if note:
+        print(f"[gfnbench] {note}")
+
+
+def run_identity_of(plan: RunPlan) -> dict:
+    """What a checkpoint must have been written by to be resumed: the same task, method, seed, settings, profile
+    (but its process count: a mismatch there is refused at load, naming the count to resume with), model, data."""
+    profile = {k: v for k, v in plan.profile.as_dict().items() if k != "devices"}
+    return run_identity({"task": plan.task.name, "task_settings": plan.task.config(), "method": plan.method,
+                         "seed": plan.seed, "settings": plan.settings, "profile": profile, "model": plan.model,
+                         "data_sha256": data_fingerprint(plan.data) if plan.data else None})
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what a run would create."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder if it is empty (deepest first), leaving any that holds something."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def clear_failed_run(out: Path) -> None:
+    """Empty the folder of a run that wrote no record, but for its lock (released next) and a sound checkpoint
+    that `--resume` can continue from. A failed --overwrite run leaves the old record's folder as it is."""
+    if (out / RECORD).exists():
+        return
+    checkpoints = out / "checkpoints"
+    sound = (checkpoints / LAST).is_file() and checkpoint_damage(checkpoints / LAST) is None
+    with contextlib.suppress(OSError):
+        for entry in out.iterdir():
+            if entry.name == locks.LOCK_NAME or (sound and entry == checkpoints):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        for temp in checkpoints.glob("*.tmp") if sound else ():
+            temp.unlink(missing_ok=True)
+
+
+def train(impl: Method, plan: RunPlan) -> dict:
     """The method's training (nothing for a method that does not train), its modules then on the run's device
     (Lightning hands a trained module back on the CPU). Returns the method's extra record fields."""
-    if resume and impl.trains and not impl.resumable and rank() == 0:
-        print(f"[gfnbench] {plan.method} does not checkpoint its training (see checkpoints.py): this run trains "
-              f"from step 0, it does not resume")
     extra = impl.fit()
     for module in impl.evaluation_modules():
         module.to(run_device(plan.profile))
@@ -123,14 +217,26 @@ def run_record(plan: RunPlan, lm: LanguageModel, impl: Method, metrics: dict, pe
     task_obj, prof, data = plan.task, plan.profile, plan.data
     return {
         "task": task_obj.name, "method": plan.method, "seed": plan.seed, "profile": prof.name,
+        "precision": prof.precision,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
         "metrics": metrics, "per_question": per_question, "metric_info": task_obj.metric_info,
         "metric_directions": task_obj.metric_directions, "task_version": task_obj.version,
-        "settings": plan.settings, "budget": (budget := impl.budget()) and asdict(budget),
+        "settings": plan.settings, "budget": run_budget(impl),
         "config": run_config(prof, impl, task_obj), "versions": package_versions(), "git_commit": git_commit(),
         "machine": machine(),
     }
+
+
+def run_budget(impl: Method) -> dict | None:
+    """The whole run's training budget. With N processes each draws and scores its own samples, so the run makes
+    N times one process's reward calls; optimizer steps are shared (the gradients are all-reduced)."""
+    budget = impl.budget()
+    if budget is None or world_size() == 1:
+        return budget and asdict(budget)
+    n = world_size()
+    return asdict(replace(budget, reward_evaluations=budget.reward_evaluations * n,
+                          summary=f"{budget.summary} in each of {n} processes"))
 
 
 def processes_field(extras: list[dict], prints: list[str]) -> dict:

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from gfnbench.precision import record_precision
+
 MISSING = "–"
 
 
@@ -90,6 +92,7 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
         f"- log-likelihood scored by: {', '.join(unique_values(records, 'scoring_model'))}",
         f"- data: {', '.join(unique_values(records, 'data'))}",
         f"- profile: {', '.join(unique_values(records, 'profile'))}",
+        f"- precision: {precision_phrase(records)}",
         f"- seeds: {', '.join(map(str, seeds))}",
         f"- git commit(s): {', '.join(unique_values(records, 'git_commit'))}",
     ]
@@ -116,6 +119,20 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
     lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as mean [lo, hi], over {_seed_phrase(df)}"
                  f"{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
     return "\n".join(lines) + "\n"
+
+
+def precision_phrase(records: list[dict]) -> str:
+    """The table's precision (precision.py's names), or each row's when the runs mix them (a leaderboard built
+    with --allow_mixed_precision true)."""
+    per_row: dict[str, list[str]] = {}
+    for r in records:
+        names = per_row.setdefault(str(r.get("method")), [])
+        if record_precision(r) not in names:
+            names.append(record_precision(r))
+    every = {p for names in per_row.values() for p in names}
+    if len(every) == 1:
+        return every.pop()
+    return "mixed, per row: " + "; ".join(f"{m} {', '.join(names)}" for m, names in per_row.items())
 
 
 def questions_per_split(records: list[dict], cfg: dict) -> str:
@@ -200,11 +217,19 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def render_markdown(df: pd.DataFrame, records: list[dict], task: str,
-                    method_order: Sequence[str] | None = None, bench_log: dict | None = None) -> str:
-    """Header, then one table per metric: rows = methods, columns = splits."""
+def skipped_line(skipped: Sequence[str]) -> str:
+    """The header's line naming the damaged records a `--skip_damaged true` table left out ("" when none)."""
+    if not skipped:
+        return ""
+    return f"- left out (damaged records, --skip_damaged true): {'; '.join(map(_md_escape, skipped))}\n"
+
+
+def render_markdown(df: pd.DataFrame, records: list[dict], task: str, method_order: Sequence[str] | None = None,
+                    bench_log: dict | None = None, skipped: Sequence[str] = ()) -> str:
+    """Header (with the damaged records left out, if any), then one table per metric: rows = methods, columns =
+    splits."""
     order = ordered([r["method"] for r in records], method_order)
-    parts = [header(df, records, task, bench_log)]
+    parts = [header(df, records, task, bench_log) + skipped_line(skipped)]
     for metric in ordered(df["metric"]):
         methods, splits, cells, dec, max_n = metric_table(df, metric, order)
         lines = [f"## {_md_escape(metric_heading(metric, records))}", "",

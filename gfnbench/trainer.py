@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 
 def make_trainer(ctx: RunContext, checkpoints: bool = False, model: torch.nn.Module | None = None, **settings):
     """The Lightning Trainer every trained method uses, on the run's accelerator, devices, strategy and precision
-    (`ctx.profile`; one CPU process by default): CSV logs in the run's train/ folder (when it has one), every step
-    logged, no sanity validation. Data loaders are never re-sharded by Lightning (`use_distributed_sampler` off):
-    in a multi-process run each process draws its own prompts from its own seed (devices.rank_seed).
+    (`ctx.profile`; one CPU process by default; bf16-true trains at Lightning's 32-true, see precision.py): CSV
+    logs in the run's train/ folder (when it has one), every step logged, no sanity validation. Data loaders are
+    never re-sharded by Lightning (`use_distributed_sampler` off): in a multi-process run each process draws its
+    own prompts from its own seed (devices.rank_seed).
     `checkpoints` (modules that save their whole training state, see checkpoints.py) adds atomic checkpoints
     every `ctx.checkpoint_every` steps when the run has a checkpoint folder; `model` (the network trained) lets
     FSDP shard it by transformer block; `settings` add the method's own."""
@@ -24,7 +25,8 @@ def make_trainer(ctx: RunContext, checkpoints: bool = False, model: torch.nn.Mod
     from lightning.pytorch.loggers import CSVLogger
 
     from gfnbench.checkpoints import AtomicCheckpointIO, checkpoint_callback
-    from gfnbench.devices import LIGHTNING_PRECISION, strategy_for
+    from gfnbench.devices import strategy_for
+    from gfnbench.precision import lightning_precision
 
     prof = ctx.profile
     logger = CSVLogger(str(ctx.log_dir), name="", version="") if ctx.log_dir else False
@@ -33,7 +35,7 @@ def make_trainer(ctx: RunContext, checkpoints: bool = False, model: torch.nn.Mod
     if saving:
         callbacks.append(checkpoint_callback(ctx.checkpoint_dir, ctx.checkpoint_every))
     return L.Trainer(accelerator=prof.accelerator, devices=prof.devices, strategy=strategy_for(prof, model),
-                     precision=LIGHTNING_PRECISION[str(prof.precision)], use_distributed_sampler=False,
+                     precision=lightning_precision(prof.precision), use_distributed_sampler=False,
                      logger=logger, enable_checkpointing=saving, enable_model_summary=False, num_sanity_val_steps=0,
                      deterministic=False, log_every_n_steps=1, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                      **settings)

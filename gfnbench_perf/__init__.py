@@ -17,12 +17,17 @@ Pipelines:
 - per-prefix naive (extra row, `benchmarks/gfn_step.py`'s reference): the reward of every prefix as its own
   sequence; nobody would write it, so it is not the headline.
 
-    python -m gfnbench_perf [--model embedded] [--steps 6] [--quick]
+Precisions (`--precisions fp32,bf16`, the default): every pipeline runs in fp32 and on a bf16-true base (bf16
+frozen weights; LoRA, log Z, log-softmaxes and losses fp32), all four interleaved in the same rounds, each against
+its own precision's same-run 2048^3 matmul peak; the `precision` object of perf.json holds the bf16 ratios and the
+host's bf16 flags (the report says in one line whether the host has AMX).
+
+    python -m gfnbench_perf [--model embedded] [--steps 6] [--precisions fp32,bf16] [--quick]
 
 The package lives beside gfnbench, not in it: a benchmark of gfnbench, which gfnbench itself never imports (the
 `gfnbench perf` command loads it only when run). Modules: machine (facts and peaks), floors (least work), workload
-(the two pipelines), phases (the step split up), timing (interleaved rounds), children (own-process measurements),
-report (perf.md), run (main).
+(the two pipelines), phases (the step split up), timing (interleaved rounds), precisions (bf16 against fp32),
+children (own-process measurements), report (perf.md), run (main).
 """
 from gfnbench_perf.floors import step_floor
 from gfnbench_perf.run import main

@@ -54,9 +54,10 @@ def subtb_child(L: int, variant: str, B: int = 16) -> dict:
 
 
 def rss_child(model: str, workload: str, pipeline: str, samples: int, length: int, lora_rank: int,
-              prompt_tokens: int, steps: int) -> dict:
+              prompt_tokens: int, steps: int, precision: str = "32-true") -> dict:
+    """Peak RSS of `steps` steps of one pipeline at one precision (the bf16-true base cast after the load)."""
     lm = load_model(model)
-    wl = Workload(workload, lm, samples, length, lora_rank, prompt_tokens)
+    wl = Workload(workload, lm, samples, length, lora_rank, prompt_tokens, precision=precision)
     load_peak = vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reset = reset_hwm()
     after_setup = vm_hwm_mb()
@@ -84,6 +85,6 @@ def child_main(args: argparse.Namespace) -> dict:
         res = subtb_child(int(rest[0]), rest[1])
     else:
         res = rss_child(args.model, rest[0], rest[1], args.samples, args.length, args.lora_rank,
-                        args.prompt_tokens, int(rest[2]))
+                        args.prompt_tokens, int(rest[2]), *rest[3:4])
     print("CHILD " + json.dumps(res), flush=True)
     return res

@@ -19,7 +19,7 @@ def decode_matmul_floor(policy, rows: int, allowed: torch.Tensor, repeats: int =
                if isinstance(m, torch.nn.Linear) and "lora_" not in n and m is not head]
     n_allowed = int(allowed.sum())
     weights.append(head.weight[allowed] if few_allowed(n_allowed, allowed.numel()) else head.weight)
-    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}     # bf16 on a bf16 base
     flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
     best = float("inf")
     with torch.no_grad():
@@ -34,7 +34,8 @@ def decode_matmul_floor(policy, rows: int, allowed: torch.Tensor, repeats: int =
 
 def step_floor(w: dict, peak: float) -> dict:
     """A floor for the gfnbench step on this machine: the sampler's weight reads at the read bandwidth plus every
-    other phase's matmul FLOPs at the 2048^3 peak, with no elementwise work and no dispatch at all."""
+    other phase's matmul FLOPs at the 2048^3 peak, with no elementwise work and no dispatch at all. For bf16 pass
+    the bf16 workload and peak: its weight bytes (measured from the weights' element size) are half fp32's."""
     d = w["decode_floor"]
     reads = d["weight_bytes_per_step"] * d["decode_steps"] / (d["read_bandwidth_gbs"] * 1e9)
     other = sum(v for k, v in w["per_phase_flops"].items() if k != "sampling") / (peak * 1e9)

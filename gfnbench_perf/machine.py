@@ -34,9 +34,9 @@ def machine() -> dict:
                     if k in os.environ}}
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of one n^3 matmul, best of `repeats` (the same run's FLOP limit)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of one n^3 matmul in `dtype`, best of `repeats` (the same run's FLOP limit at that precision)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):

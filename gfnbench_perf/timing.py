@@ -1,5 +1,5 @@
-"""Pipelines timed side by side: interleaved rounds (a fresh matmul peak each round), the evaluation sampler
-against HF `generate`, and the policy pass in fp32 against bf16 autocast."""
+"""Pipelines timed side by side: interleaved rounds (a fresh matmul peak per precision each round), the
+evaluation sampler against HF `generate` in fp32 and in bf16, and the policy pass in fp32 against bf16 autocast."""
 from __future__ import annotations
 
 import statistics
@@ -13,22 +13,33 @@ from gfnbench_perf.workload import Workload
 
 LOG = print
 PEAK_N = 2048                # the matmul size of the peaks; main sets it (512 in --quick)
-PEAKS: list[float] = []      # a quick matmul peak every interleaved round: the run's best is the FLOP limit
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# a quick matmul peak per precision every interleaved round: each precision's best over the run is its FLOP limit
+PEAKS: dict[str, list[float]] = {k: [] for k in PEAK_DTYPES}
 
 
-def reset_peaks(n: int) -> int:
-    """Start a run's peak list afresh, measured at n^3 from now on; returns n."""
+def reset_peaks(n: int, labels: tuple[str, ...] = ("fp32", "bf16")) -> int:
+    """Start a run's peak lists afresh, for the precisions `labels`, measured at n^3 from now on; returns n."""
     global PEAK_N
     PEAK_N = n
     PEAKS.clear()
+    PEAKS.update({k: [] for k in labels})
     return n
+
+
+def record_peaks(repeats: int = 1) -> dict[str, float]:
+    """One n^3 matmul peak per precision of the run, appended to PEAKS; returns them."""
+    now = {k: matmul_peak(PEAK_N, repeats, PEAK_DTYPES[k]) for k in PEAKS}
+    for k, v in now.items():
+        PEAKS[k].append(v)
+    return now
 
 
 def interleaved(wl: Workload, steps: int, warmup: int, pipelines: dict) -> dict:
     """Seconds of each pipeline per round after `warmup`, the order alternating so neither always runs first."""
     times = {k: [] for k in pipelines}
     for r in range(warmup + steps):
-        PEAKS.append(matmul_peak(PEAK_N, 1))
+        record_peaks()
         order = list(pipelines) if r % 2 == 0 else list(pipelines)[::-1]
         for name in order:
             torch.manual_seed(1000 + r)
@@ -41,10 +52,10 @@ def interleaved(wl: Workload, steps: int, warmup: int, pipelines: dict) -> dict:
     return times
 
 
-def eval_throughput(wl: Workload, steps: int, rows: int, length: int) -> dict:
-    """Tokens/s of the evaluation sampler vs HF `generate`, same batch (rows x length, one prompt), interleaved."""
+def eval_samplers(wl: Workload, rows: int, length: int) -> dict:
+    """The evaluation sampler, HF `generate` and the sampler on HF's decoder, on the same batch (rows x length
+    tokens from one prompt, continuation mask), each a no-argument callable."""
     tok, policy = wl.lm.tokenizer, wl.policy
-    policy.eval()
     cfg = SamplingConfig(temperature=1.0, min_len=length, max_len=length)
     ids = torch.tensor([wl.prompt_ids])
     bad = (~wl.allowed).nonzero().flatten().tolist()
@@ -63,12 +74,33 @@ def eval_throughput(wl: Workload, steps: int, rows: int, length: int) -> dict:
         sample(policy, tok, [wl.prompt], rows, cfg, stop_id=wl.stop_id, allowed=wl.allowed, generator=wl.gen,
                fast=False)
 
-    times = interleaved(wl, steps, 1, {"gfnbench_sample": ours, "hf_generate": hf,
-                                       "gfnbench_sample_hf_decoder": ours_hf_decoder})
+    return {"gfnbench_sample": ours, "hf_generate": hf, "gfnbench_sample_hf_decoder": ours_hf_decoder}
+
+
+def eval_throughput(wls: dict[str, Workload], steps: int, rows: int, length: int) -> dict:
+    """Tokens/s of the evaluation sampler vs HF `generate` at each precision of `wls` ({"fp32": .., "bf16": ..}),
+    all interleaved in one set of rounds; the bf16 rows are keyed `<sampler>_bf16`. The sampler on HF's decoder
+    runs in fp32 only (it shows what the lean decoder adds, which bf16 does not change)."""
+    pipelines = {}
+    for label, wl in wls.items():
+        wl.policy.eval()
+        for name, fn in eval_samplers(wl, rows, length).items():
+            if label == "fp32":
+                pipelines[name] = fn
+            elif name != "gfnbench_sample_hf_decoder":
+                pipelines[f"{name}_{label}"] = fn
+    times = interleaved(next(iter(wls.values())), steps, 1, pipelines)
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: rows * length / v for k, v in med.items()}
-    return {"rows": rows, "length": length, "seconds": med, "tokens_per_s": tps,
-            "ratio_vs_generate": tps["gfnbench_sample"] / tps["hf_generate"]}
+    out = {"rows": rows, "length": length, "seconds": med, "tokens_per_s": tps}
+    if "gfnbench_sample" in tps:
+        out["ratio_vs_generate"] = tps["gfnbench_sample"] / tps["hf_generate"]
+    if "gfnbench_sample_bf16" in tps:
+        out["ratio_vs_generate_bf16"] = tps["gfnbench_sample_bf16"] / tps["hf_generate_bf16"]
+    if "gfnbench_sample" in tps and "gfnbench_sample_bf16" in tps:
+        out["bf16_vs_fp32"] = tps["gfnbench_sample_bf16"] / tps["gfnbench_sample"]
+        out["generate_bf16_vs_fp32"] = tps["hf_generate_bf16"] / tps["hf_generate"]
+    return out
 
 
 def bf16_check(wl: Workload, repeats: int) -> dict:

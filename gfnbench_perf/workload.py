@@ -1,22 +1,27 @@
 """One measured workload: a task, one example, the LoRA policy and a GFlowNetModule, with the two pipelines
-(gfnbench's training step and the naive one) that run on it."""
+(gfnbench's training step and the naive one) that run on it, at one precision (fp32, or a bf16-true base)."""
 from __future__ import annotations
 
 import torch
 
 from gfnbench.models import adapters_off
+from gfnbench.precision import cast_frozen_base
 from gfnbench.sampling import SamplingConfig, masked_log_softmax
 from gfnbench.tasks.base import Example
 
 
 class Workload:
-    """A task, one example, the policy (LoRA) and a GFlowNetModule around it, shared by both pipelines."""
+    """A task, one example, the policy (LoRA) and a GFlowNetModule around it, shared by both pipelines. With
+    `precision="bf16-true"` the frozen base weights of `lm` are cast to bf16 first (as a bf16-true run does, before
+    LoRA is added), so both pipelines run on the same bf16 base with fp32 LoRA."""
 
-    def __init__(self, name: str, lm, samples: int, length: int, lora_rank: int, prompt_tokens: int, seed: int = 0):
+    def __init__(self, name: str, lm, samples: int, length: int, lora_rank: int, prompt_tokens: int, seed: int = 0,
+                 precision: str = "32-true"):
         from gfnbench.gflownet import GFlowNetConfig, GFlowNetModule
         from gfnbench.tasks import get_task
 
-        self.name, self.lm, self.samples, self.length = name, lm, samples, length
+        cast_frozen_base(lm.model, precision)
+        self.name, self.lm, self.samples, self.length, self.precision = name, lm, samples, length, precision
         tok = lm.tokenizer
         task = get_task(name)
         if name == "continuation":
@@ -86,7 +91,7 @@ class Workload:
         policy.train()
         full = torch.cat([ids.expand(n, -1), samples], dim=1)
         logits = policy(input_ids=full).logits
-        lp = masked_log_softmax(logits[:, ids.shape[1] - 1:-1], self.allowed)
+        lp = masked_log_softmax(logits[:, ids.shape[1] - 1:-1].float(), self.allowed)     # fp32 (bf16 base too)
         log_pf = lp.gather(-1, samples[:, :, None]).squeeze(-1).sum(-1)
         loss = ((log_pf - log_r) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)

@@ -51,7 +51,12 @@ def make_inputs(root: Path) -> dict[str, str]:
     (d / "no_task.py").write_text("X = 1\n")
     (d / "raises.py").write_text("x = 1\nraise RuntimeError('boom at import')\n")
     (d / "bad_method.py").write_text("def f(:\n")
+    (d / "nan_reward.py").write_text(NAN_REWARD_TASK)
     (d / "not_a_model").mkdir()
+    (d / "no_weights").mkdir()
+    (d / "no_weights" / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16, "intermediate_size": 32,
+         "num_attention_heads": 2, "num_hidden_layers": 1, "num_key_value_heads": 2, "vocab_size": 64}))
     runs = root / "records" / "runs" / "arith" / "greedy"
     (runs / "seed0").mkdir(parents=True)
     (runs / "seed0" / "record.json").write_text("{}")
@@ -62,6 +67,31 @@ def make_inputs(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in {"in": d, "out": root / "out", "records": root / "records",
                                    "truncated": root / "truncated", "norecords": root / "norecords"}.items()}
 
+
+NAN_REWARD_TASK = textwrap.dedent("""
+    import torch
+    from gfnbench.tasks.base import Example, Task, register_task
+
+    @register_task("nan_reward")
+    class NanReward(Task):
+        description = "a task file whose reward is NaN"
+        data_source = "synthetic"
+        min_len, max_len, eval_max_len = 1, 3, 3
+        eval_samples = 2
+        metric_directions = {"exact": "higher"}
+
+        def examples(self, split):
+            return [Example(id=f"{split}{i}", question="1", answer="1") for i in range(3)]
+
+        def prompt(self, ex):
+            return "Say 1:"
+
+        def log_reward(self, model, tokenizer, traj, examples):
+            return torch.full(traj.state_ends().shape, float("nan"))
+
+        def score(self, texts, ex):
+            return {"exact": 0.0}
+""")
 
 RUN = ["run", "--profile", "smoke"]
 BENCH = ["bench", "--profile", "smoke"]
@@ -90,6 +120,18 @@ CASES = [
     ("bench settings for a method it does not run", BENCH + ["--task", "rng", "--methods", "[greedy]",
                                                               "--ppo.lr", "1"], "which this bench does not run"),
     ("setting without a value", RUN + ["--task", "rng", "--method", "gflownet", "--gflownet.lr"], "needs a value"),
+    ("a count of 0", RUN + ["--task", "rng", "--method", "gflownet", "--gflownet.samples_per_prompt", "0"],
+     "gflownet settings: samples_per_prompt must be >= 1, got 0"),
+    ("negative reward temperatures", RUN + ["--task", "rng", "--method", "gflownet",
+                                            "--gflownet.reward_temperature", "[-1,-1,0]"],
+     "gflownet settings: reward_temperature must be [start > 0, end > 0, steps >= 0], got [-1.0, -1.0, 0]"),
+    ("a tempered range below 0", RUN + ["--task", "rng", "--method", "gflownet", "--gflownet.tempered_range", "[-1,2]"],
+     "gflownet settings: tempered_range must be [low, high] with 0 < low <= high, got [-1.0, 2.0]"),
+    ("a probability above 1", RUN + ["--task", "rng", "--method", "ppo", "--ppo.gamma", "1.5"],
+     "ppo settings: gamma must be in [0, 1], got 1.5"),
+    ("an M-step count of 0", RUN + ["--task", "subj", "--method", "gflownet_mstep",
+                                    "--gflownet_mstep.mstep.batch_size", "0"],
+     "gflownet_mstep.mstep settings: batch_size must be >= 1, got 0"),
     ("bench negative seed", BENCH + ["--task", "arith", "--seeds", "[0,-1]"], "got -1"),
     ("bench repeated seed", BENCH + ["--task", "arith", "--seeds", "[0,0]"], "seed 0 is listed twice"),
     ("bench seeds not a list", BENCH + ["--task", "arith", "--seeds", "abc"], "--seeds"),
@@ -136,6 +178,12 @@ CASES = [
      "could not load model 'gpt2'"),
     ("model folder without a model", RUN + ["--task", "arith", "--method", "greedy", "--model", "{in}/not_a_model"],
      "could not load model"),
+    ("model folder without weights", RUN + ["--task", "rng", "--method", "gflownet", "--model", "{in}/no_weights"],
+     "could not load model"),
+    ("bench over a {} record", BENCH + ["--task", "arith", "--methods", "[greedy]", "--results_dir", "{records}"],
+     "seed0/record.json lacks task, method, seed"),
+    ("bench over a truncated record", BENCH + ["--task", "arith", "--methods", "[temperature]",
+                                               "--results_dir", "{truncated}"], "is not valid JSON"),
     ("leaderboard unknown task", ["leaderboard", "--task", "nosuchtask", "--results_dir", "{norecords}"],
      "unknown task 'nosuchtask'; known tasks:"),
     ("leaderboard without records", ["leaderboard", "--task", "arith", "--results_dir", "{norecords}"],
@@ -203,6 +251,22 @@ def test_truncated_safetensors_in_a_model_folder_is_one_line(tmp_path, capsys, t
     assert exc.value.code == 2 and len(err) == 1
     assert f"{weights} is truncated" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_after_the_model_loads_is_one_error_line_and_leaves_no_folder(tmp_path):
+    """A task file's NaN reward fails at the first training step (Lightning logs its own lines on stderr first, so
+    this runs as a subprocess): one error line, exit 2, and no run folder (nor the results folder it made)."""
+    task = tmp_path / "nan_reward.py"
+    task.write_text(NAN_REWARD_TASK)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gfnbench.cli", *RUN, "--task", str(task), "--method", "gflownet",
+           "--results_dir", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("gfnbench: error: task nan_reward, step 0: log reward has")
+    assert not out.exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
@@ -277,6 +341,70 @@ def test_new_table_replaces_the_old_set_and_drops_its_stale_files(tmp_path, caps
     main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path)])
     assert not (tmp_path / "arith_curves.png").exists()      # the new set has no curves: the old one goes
     assert (tmp_path / "arith.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _error_lines(err: str) -> list[str]:
+    """The CLI's error lines (Lightning's own log lines share stderr when a run trains in-process)."""
+    return [line for line in err.splitlines() if line.startswith("gfnbench: error:")]
+
+
+def test_disk_full_at_the_start_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    import gfnbench.locks as locks
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks.os, "write", full_disk)         # the lock file's pid: the first byte a run writes
+    with pytest.raises(SystemExit) as exc:
+        main(RUN + ["--task", "arith", "--method", "greedy", "--results_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "disk full" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_mid_run_keeps_only_a_checkpoint_and_a_rerun_resumes_it(tmp_path, capsys, monkeypatch):
+    import gfnbench.checkpoints as checkpoints
+
+    real, calls = checkpoints.atomic_write_bytes, []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    argv = RUN + ["--task", "rng", "--method", "gflownet", "--results_dir", str(tmp_path), "--checkpoint_every", "1"]
+    monkeypatch.setattr(checkpoints, "atomic_write_bytes", full_disk)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    errors = _error_lines(capsys.readouterr().err)
+    assert exc.value.code == 2 and len(errors) == 1 and "disk full" in errors[0], errors
+    run = tmp_path / "runs" / "rng" / "gflownet" / "seed0"
+    assert tree(run) == {"checkpoints", "checkpoints/last.ckpt", "checkpoints/run.json"}   # the 2nd step's
+    monkeypatch.setattr(checkpoints, "atomic_write_bytes", real)
+    main(argv)
+    assert "[gfnbench] resuming the interrupted run from" in capsys.readouterr().out
+    assert (run / "record.json").is_file() and not (run / "checkpoints").exists()
+
+
+def test_a_truncated_checkpoint_is_named_set_aside_and_the_bench_restarts_the_run(tmp_path, capsys):
+    import shutil
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    main(RUN + ["--task", "rng", "--method", "gflownet", "--results_dir", str(whole), "--checkpoint_every", "1",
+                "--keep_checkpoints", "true"])
+    run = broken / "runs" / "rng" / "gflownet" / "seed0"
+    shutil.copytree(whole / "runs" / "rng" / "gflownet" / "seed0" / "checkpoints", run / "checkpoints")
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])      # a kill mid-copy
+    capsys.readouterr()
+    main(BENCH + ["--task", "rng", "--methods", "[gflownet]", "--seeds", "[0]", "--results_dir", str(broken)])
+    said = [line for line in capsys.readouterr().out.splitlines() if "last.ckpt" in line]
+    assert said == [f"[gfnbench] {checkpoint} is damaged (not a readable torch checkpoint: File is not a zip file): "
+                    f"set aside as last.ckpt.damaged; training starts from step 0"]
+    assert (run / "checkpoints" / "last.ckpt.damaged").is_file() and not checkpoint.exists()
+    record, fresh = (json.loads((r / "record.json").read_text()) for r in (run, whole / "runs/rng/gflownet/seed0"))
+    assert record["metrics"] == fresh["metrics"] and record["train_curve"] == fresh["train_curve"]
 
 
 # --------------------------------------------------------------------------- the embedded model's cache

@@ -81,3 +81,23 @@ def test_a_bench_checks_its_inputs_once_and_each_run_trusts_the_plan(tmp_path, m
     bench("rng", "smoke", [0, 1], ["greedy", "temperature"], str(tmp_path), jobs=1, tables=False)
     assert calls == ["inputs", "greedy", "temperature"]       # not once more per run
     assert len(list((tmp_path / "runs" / "rng").glob("*/seed*/record.json"))) == 3
+
+
+def test_bench_json_is_written_only_when_the_bench_finishes(tmp_path, monkeypatch):
+    import gfnbench.leaderboard as leaderboard
+
+    bench("rng", "smoke", [0], ["temperature"], str(tmp_path), jobs=1)
+    log = tmp_path / "runs" / "rng" / "bench.json"
+    before = log.read_bytes()
+
+    def no_table(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(leaderboard, "write_leaderboard", no_table)
+    with pytest.raises(OSError):
+        bench("rng", "smoke", [0], ["temperature"], str(tmp_path), overwrite=True, jobs=1)
+    assert log.read_bytes() == before                  # the last finished bench's, still beside its table
+    log.unlink()
+    with pytest.raises(OSError):
+        bench("rng", "smoke", [0], ["temperature"], str(tmp_path), overwrite=True, jobs=1)
+    assert not log.exists()

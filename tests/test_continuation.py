@@ -175,7 +175,7 @@ def test_smoke_run_through_the_harness(tmp_path):
 def test_cli_data_option(tmp_path, capsys):
     from gfnbench.cli import main
 
-    main(["run", "--task", "continuation", "--method", "greedy", "--data", str(PROMPTS),
+    main(["run", "--task", "continuation", "--method", "greedy", "--data", str(PROMPTS), "--profile", "smoke",
           "--results_dir", str(tmp_path)])
     rec = json.loads((tmp_path / "runs/continuation/greedy/seed0/record.json").read_text())
     assert str(PROMPTS) in rec["data"]

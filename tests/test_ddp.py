@@ -81,3 +81,18 @@ def test_sharded_evaluation_gathers_to_the_one_process_samples(ddp_results, tmp_
     metrics, samples = evaluate_with_weights("subj", "gflownet", adapters, one_question_batches(), fit=False)
     assert len({row["id"] for row in samples if row["split"] == "test"}) == 3     # three batches were shared
     assert sharded == {"metrics": metrics, "samples": samples}
+
+
+def test_a_three_process_budget_counts_every_process_reward_calls(tmp_path):
+    """Each of N processes draws and scores its own samples: the record's budget (and so the table's line) is N
+    times one process's reward evaluations, as many as the N training curves' steps x samples."""
+    cmd = [sys.executable, "-m", "gfnbench.cli", "run", "--task", "rng", "--method", "gflownet", "--profile", "smoke",
+           "--results_dir", str(tmp_path), "--accelerator", "cpu", "--devices", "3", "--strategy", "ddp"]
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "runs" / "rng" / "gflownet" / "seed0" / "record.json").read_text())
+    samples, curves = get_profile("smoke").samples_per_prompt, record["processes"]["train_curves"]
+    steps = record["budget"]["optimizer_steps"]
+    assert len(curves) == 3 and all(len(curve) == steps for curve in curves)
+    assert record["budget"]["reward_evaluations"] == 3 * steps * samples == sum(len(c) for c in curves) * samples
+    assert record["budget"]["summary"] == f"{steps} steps x {samples} samples in each of 3 processes"

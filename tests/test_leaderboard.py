@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -324,3 +325,73 @@ def test_summarize_resamples_questions_when_records_carry_them():
     assert (acc["mean"], acc["lo"], acc["hi"]) == pytest.approx(seed_question_bootstrap(matrix))
     assert acc["hi"] - acc["lo"] > 0.3          # question spread (0 to 0.7) dominates the seed spread (0.2)
     assert tv["ci"] == "seeds" and tv["n_questions"] == 0
+
+
+# --------------------------------------------------------------------------- damaged records
+
+def _set_metrics_empty(path):
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "metrics": {}}))
+
+
+def _set_metric_text(path):
+    text = path.read_text()
+    path.write_text(text.replace('"accuracy": 0.3,', '"accuracy": "oops",', 1))
+
+
+def _break_utf8(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:18] + b"\xff" + data[19:])
+
+
+def _drop_seed(path):
+    record = json.loads(path.read_text())
+    del record["seed"]
+    path.write_text(json.dumps(record))
+
+
+# (damage, words the one error line must hold after the file's name)
+DAMAGE = [(_set_metrics_empty, "has metrics {}, not a non-empty object"),
+          (_set_metric_text, "has metric 'accuracy' on split 'test_3op' = \"oops\", not a finite number"),
+          (_break_utf8, "is not UTF-8 text (byte 0xff at offset 18)"),
+          (_drop_seed, "lacks seed")]
+
+
+@pytest.mark.parametrize("damage, words", DAMAGE, ids=["empty metrics", "non-numeric metric", "invalid UTF-8",
+                                                       "missing seed key"])
+def test_a_damaged_record_stops_the_table_in_one_line_naming_the_file(damage, words, tmp_path, capsys):
+    """The committed table is never rebuilt without a seed or stopped by a traceback: one line names the file,
+    what is wrong and the fix; exit 2; the old table files keep their bytes and nothing new appears."""
+    from gfnbench.cli import main
+
+    write_fake_runs(tmp_path)
+    write_leaderboard(tmp_path, "arith")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    damaged = run_dir(tmp_path, "arith", "greedy", 0) / "record.json"
+    damage(damaged)
+    with pytest.raises(SystemExit) as exc:
+        main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"gfnbench: error: {damaged} {words}"), lines[0]
+    assert "delete that run folder" in lines[0] and "--skip_damaged true" in lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_skip_damaged_tables_the_rest_and_names_what_it_left_out(tmp_path, capsys):
+    from gfnbench.cli import main
+
+    write_fake_runs(tmp_path)
+    _set_metrics_empty(run_dir(tmp_path, "arith", "greedy", 0) / "record.json")
+    main(["leaderboard", "--task", "arith", "--results_dir", str(tmp_path), "--skip_damaged", "true"])
+    md = (tmp_path / "arith.md").read_text()
+    assert ("- left out (damaged records, --skip_damaged true): runs/arith/greedy/seed0/record.json (has metrics "
+            "{}, not a non-empty object {split: {metric: number}})\n") in md
+    mean, lo, hi = bootstrap_ci(METHODS["greedy"][1:])      # seeds 1 and 2 only
+    assert f"| greedy | {format_cell(mean, lo, hi)} (n=2) |" in md.split("## accuracy")[1]
+
+
+def test_a_sound_table_has_no_left_out_line(tmp_path):
+    write_fake_runs(tmp_path)
+    assert "left out" not in write_leaderboard(tmp_path, "arith")[0].read_text()

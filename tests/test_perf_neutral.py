@@ -266,6 +266,8 @@ def test_perf_quick_mode_runs(tmp_path):
     assert out["workloads"]["continuation"]["ratio_vs_naive"] > 0
     assert "Floor of this step on this machine" in text
     assert out["workloads"]["continuation"]["decode_floor"]["read_bandwidth_gbs"] > 0
+    assert "continuation in bf16-true" in text and out["precision"]["bf16_vs_fp32"] > 0
+    assert out["eval"]["bf16_vs_fp32"] > 0 and out["wall_s"] > 0
 
 
 def test_step_floor_by_hand():
@@ -282,6 +284,72 @@ def test_step_floor_by_hand():
     assert f["total_s"] == pytest.approx(4.2)
     assert f["naive_over_floor"] == pytest.approx(3.0 / 4.2)
     assert f["floor_x_minimal_limit"] == pytest.approx(2.1)
+
+
+def test_bf16_decode_floor_reads_half_the_bytes():
+    """The bf16 step floor's weight reads come from the weights' element size: exactly half of fp32's."""
+    import copy
+
+    from gfnbench.precision import cast_frozen_base
+    from gfnbench_perf.floors import decode_matmul_floor
+
+    model = build_tiny("llama").model
+    allowed = torch.ones(model.config.vocab_size, dtype=torch.bool)
+    fp32 = decode_matmul_floor(model, 4, allowed, repeats=1)
+    bf16 = decode_matmul_floor(cast_frozen_base(copy.deepcopy(model), "bf16-true"), 4, allowed, repeats=1)
+    assert bf16["weight_bytes_per_step"] * 2 == fp32["weight_bytes_per_step"]
+
+
+def test_bf16_summary_and_targets_by_hand():
+    """Medians 6 s (fp32 gfnbench), 12 s (fp32 naive), 1.5 s (bf16 gfnbench), 6 s (bf16 naive): bf16 is 4x fp32
+    and 4x its naive; 1.5 s against a 1 s minimal-work limit is 1.5x; eval 100 -> 250 tokens/s is 2.5x."""
+    from gfnbench_perf.precisions import bf16_targets, check_labels, pipeline_key, precision_summary
+
+    def pipes(g, n):
+        return {"gfnbench": {"median_s": g, "x_minimal_limit": g / 1.0}, "naive": {"median_s": n}}
+
+    w = {"pipelines": pipes(6.0, 12.0), "ratio_vs_naive": 2.0, "bf16_vs_fp32": 4.0,
+         "bf16": {"pipelines": pipes(1.5, 6.0), "ratio_vs_naive": 4.0}}
+    result = {"workloads": {"continuation": w}, "matmul_peak_gflops": 300.0, "matmul_peak_gflops_bf16": 1200.0,
+              "eval": {"bf16_vs_fp32": 2.5, "ratio_vs_generate_bf16": 1.2}}
+    s = precision_summary(result)
+    assert (s["bf16_vs_fp32"], s["bf16_vs_naive_bf16"], s["bf16_x_minimal_limit"]) == (4.0, 4.0, 1.5)
+    assert s["naive_bf16_vs_fp32"] == 2.0 and s["eval_bf16_vs_fp32"] == 2.5
+    assert [t["met"] for t in bf16_targets(s)] == [True, True, True, True]
+    w["bf16_vs_fp32"], result["eval"]["bf16_vs_fp32"] = 2.9, 1.9
+    assert [t["met"] for t in bf16_targets(precision_summary(result))] == [False, True, True, False]
+    assert pipeline_key("naive", "bf16") == "naive_bf16" and pipeline_key("naive", "fp32") == "naive"
+    assert check_labels("fp32, bf16") == ("fp32", "bf16")
+    with pytest.raises(ValueError):
+        check_labels("bf16")
+
+
+def test_no_amx_host_is_said_in_one_line():
+    from gfnbench_perf.precisions import host_line
+
+    assert "no AMX" in host_line(["avx512_bf16", "avx512f"], fast=False)
+    assert "has AMX" in host_line(["amx_bf16"], fast=True)
+
+
+def test_spearman_ranks_ties_by_hand():
+    """Ranks of [3, 1, 3, 2] are [3.5, 1, 3.5, 2]; [1, 2, 3, 4] against [1, 3, 2, 4] has sum d^2 = 2, so
+    rho = 1 - 6 * 2 / (4 * 15) = 0.8; a constant side has no rank correlation (nan)."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_neutrality.py"
+    spec = importlib.util.spec_from_file_location("bf16_neutrality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert mod.spearman(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])) == pytest.approx(0.8)
+    assert math.isnan(mod.spearman(np.array([1.0, 2, 3]), np.array([5.0, 5, 5])))
+    c = mod.compare(np.array([-1.0, -2.0, -np.inf, -4.0]), np.array([-1.5, -2.0, -3.0, -3.0]))
+    assert (c["n"], c["finite_at_one_precision_only"], c["max_abs_delta"]) == (3, 1, 1.0)
+    assert c["spearman_rho"] == pytest.approx(1.0) and c["fp32_range"] == [-4.0, -1.0]
 
 
 @pytest.mark.parametrize("adapters", [True, False])

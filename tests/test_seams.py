@@ -193,7 +193,8 @@ def test_bench_runs_deterministic_methods_once(tmp_path):
 
 MAX_MODULE_LINES = 450
 INTERFACES = {"gfnbench.tasks.base", "gfnbench.methods", "gfnbench.trajectories", "gfnbench.sampling.config",
-              "gfnbench.settings"}   # the typed-settings schema a Method declares; like the rest, a leaf
+              "gfnbench.settings",   # the typed-settings schema a Method declares; like the rest, a leaf
+              "gfnbench.names"}      # the rule a task or method name obeys (standard library only)
 
 
 def all_module_files() -> dict[str, Path]:

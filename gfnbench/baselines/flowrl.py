@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
@@ -81,6 +82,10 @@ class FlowRLConfig:
             raise ValueError("FlowRL needs samples_per_prompt >= 2 (the reward is centred on its group)")
         if self.epochs < 1 or self.iterations < 0 or self.logz_layers < 1 or self.prompts_per_step < 1:
             raise ValueError("FlowRL needs epochs >= 1, logz_layers >= 1, prompts_per_step >= 1, iterations >= 0")
+        ranges.positive(self, "lr", "logz_lr", "beta", "importance_clip", "huber_delta")
+        ranges.at_least(self, 0, "warmup_steps", "decay_to", "max_grad_norm")
+        ranges.temperature_ramp(self)
+        ranges.lora_shape(self)
 
 
 class FlowLogZ(torch.nn.Module):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.methods import register_method
 from gfnbench.models import LanguageModel, adapters_off
 from gfnbench.objectives import (
@@ -65,6 +66,9 @@ class GRPOConfig:
             raise ValueError("GRPO needs samples_per_prompt >= 2 (the baseline is the rest of the group)")
         if self.epochs < 1 or self.iterations < 0 or self.prompts_per_step < 1:
             raise ValueError("GRPO needs epochs >= 1, prompts_per_step >= 1, iterations >= 0")
+        ranges.positive(self, "lr", "clip_range")
+        ranges.at_least(self, 0, "kl_coef", "max_grad_norm")
+        ranges.lora_shape(self)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.devices import run_device, seeded_generator
 from gfnbench.gflownet_training import GFlowNetConfig, GFlowNetMethod
 from gfnbench.label_classifier import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
@@ -28,6 +29,10 @@ class GFlowNetMStepConfig(GFlowNetConfig):
 
     rationales_per_example: int = 8      # the paper samples 100 per example; 8 x 10 examples fit the CPU budget
     mstep: LabelSFTConfig = field(default_factory=LabelSFTConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        ranges.at_least(self, 1, "rationales_per_example")
 
 
 @register_method("gflownet_mstep", "GFlowNet rationales (E-step) read by a classifier fine-tuned on them (M-step)",

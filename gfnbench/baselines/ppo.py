@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.methods import Budget, register_method
 from gfnbench.models import LanguageModel, ScalarHead, adapters_off
 from gfnbench.objectives import terminal_log_reward
@@ -73,6 +74,11 @@ class PPOConfig:
     def __post_init__(self):
         if self.iterations < 0 or self.ppo_epochs < 1 or self.minibatches < 1 or self.samples_per_prompt < 1:
             raise ValueError("PPO needs iterations >= 0, ppo_epochs >= 1, minibatches >= 1, samples_per_prompt >= 1")
+        ranges.positive(self, "lr", "target_kl", "clip_range", "clip_range_value")
+        ranges.at_least(self, 0, "init_kl_coef", "vf_coef", "ent_coef", "max_grad_norm")
+        ranges.at_least(self, 1, "kl_horizon", "prompts_per_step")
+        ranges.probability(self, "gamma", "lam")
+        ranges.lora_shape(self)
 
 
 # ---------------------------------------------------------------------------------------------- pieces

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.devices import rank, rank_seed
 from gfnbench.label_classifier import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
 from gfnbench.methods import Budget, Method, register_method
@@ -63,6 +64,12 @@ class SFTConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None   # None: the architecture's defaults (models.py)
+
+    def __post_init__(self):
+        ranges.positive(self, "lr")
+        ranges.at_least(self, 0, "weight_decay", "warmup_steps", "max_grad_norm")
+        ranges.at_least(self, 1, "batch_size", "val_every", "patience", "val_batch_size")
+        ranges.lora_shape(self)
 
 
 @dataclass(frozen=True)

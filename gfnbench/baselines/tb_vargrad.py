@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from gfnbench import setting_ranges as ranges
 from gfnbench.devices import model_device
 from gfnbench.losses import balance_penalty, reward_temperature
 from gfnbench.methods import register_method
@@ -82,6 +83,11 @@ class VarGradConfig:
             raise ValueError("tb_vargrad needs samples_per_prompt >= 2 (log Z is estimated from the group)")
         if self.replay_share < 0 or not 0 <= self.replay_reward_share <= 1 or self.buffer_capacity < 1:
             raise ValueError("tb_vargrad needs replay_share >= 0, replay_reward_share in [0, 1], buffer_capacity >= 1")
+        ranges.positive(self, "lr", "huber_delta")
+        ranges.at_least(self, 0, "warmup_steps", "decay_to", "total_steps")
+        ranges.at_least(self, 1, "replay_recent")
+        ranges.temperature_ramp(self)
+        ranges.lora_shape(self)
 
 
 @dataclass

@@ -125,7 +125,8 @@ class _LlamaDecoder:
             # cache prefix [b, kv, t1, hd], a strided view (no copy)
             qg = q.reshape(b, nkv, rep * T, hd)
             scores = torch.matmul(qg, kc[:, :, :t1].transpose(-1, -2)).view(b, nkv, rep, T, t1)
-            probs = torch.softmax(scores * self.scaling + bias, dim=-1).view(b, nkv, rep * T, t1)
+            probs = torch.softmax(scores * self.scaling + bias, dim=-1, dtype=torch.float32).to(scores.dtype)
+            probs = probs.view(b, nkv, rep * T, t1)          # softmax in fp32 (as HF's eager attention), then x.dtype
             o = torch.matmul(probs, vc[:, :, :t1]).view(b, nh, T, hd).transpose(1, 2).reshape(b, T, nh * hd)
             x = x + (torch.nn.functional.linear(o, *o_w) if o_w is not None else attn.o_proj(o))
             x = x + layer.mlp(layer.post_attention_layernorm(x))

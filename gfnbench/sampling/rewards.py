@@ -87,7 +87,7 @@ def _suffix_copies_log_probs(model, parts, cache, ctx_mask: Tensor, ends: Tensor
     prefix_len = ends[src].gather(1, slot_j)                                                 # [R, G]
     pos = ctx_mask.sum(-1)[src][:, None, None] + prefix_len[:, :, None] + m[None, None, :]
     ids = suffix[src][:, None, :M1].expand(R, G, M1)
-    dtype = next(model.parameters()).dtype
+    dtype = model.get_input_embeddings().weight.dtype           # the attention scores' (bf16 under bf16-true)
     bias = _copies_bias(ctx_mask[src], prefix_len, valid, cache.get_seq_length(), dtype)
     cache.reorder_cache(src)
     run, field = runner(model, parts)

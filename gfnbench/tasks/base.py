@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from gfnbench.names import check_name
 from gfnbench.sampling.config import SamplingConfig
 
 TASKS: dict[str, type[Task]] = {}
@@ -208,6 +209,7 @@ def _decoded_vocab(tokenizer) -> tuple[str, ...]:
 
 
 def register_task(name: str):
+    check_name(name, "task")   # it names the task's folder and table files: one safe path component
     def wrap(cls: type[Task]) -> type[Task]:
         if name in TASKS and TASKS[name] is not cls:
             raise ValueError(f"task {name!r} is registered twice ({TASKS[name].__module__} and {cls.__module__})")

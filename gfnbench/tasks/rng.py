@@ -190,7 +190,7 @@ class RandomInteger(Task):
             seqs = [base + s for s, _ in frontier]
             ids, mask = left_pad(seqs, tokenizer.pad_token_id, model_device(model))
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                           logits_to_keep=1).logits[:, -1]
+                           logits_to_keep=1).logits[:, -1].float()     # fp32 before the temperature
             logp = masked_log_softmax(logits / temperature, allowed)
             nxt = []
             for r, (s, lp) in enumerate(frontier):

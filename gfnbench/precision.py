@@ -1,0 +1,111 @@
+"""A run's numeric precision: the names `--precision` takes, `auto` resolved on this host, and the bf16 base cast.
+
+Names are Lightning's: `32-true` (everything fp32, the reference; the old spelling `32` means the same),
+`bf16-mixed` (fp32 weights, training forward passes under bf16 autocast; evaluation in the model's dtype) and
+`bf16-true`, which in gfnbench means a bf16 base model with fp32 islands:
+
+- bf16: the frozen base weights, cast once right after the model loads and before LoRA is added, so the policy
+  body, the reward passes (adapters off), the reference model of logp_ref and the sampler all run in bf16.
+- fp32: the LoRA weights and their optimizer state (peft creates adapter weights in fp32 and, with its default
+  `autocast_adapter_dtype=True`, keeps them fp32 on a bf16 base), log Z and every scalar head, every
+  log-softmax, logsumexp and sum of log-probs, the losses and the reward sums: the code upcasts logits or
+  hidden states (`.float()`) right before each of those, so the whole model is never silently upcast.
+
+Lightning's Trainer then runs at "32-true" (`lightning_precision`): its own "bf16-true" would cast the LoRA
+weights and log Z to bf16 as well. `auto` picks `bf16-true` where the hardware computes bf16 fast (a CPU with
+AMX, a GPU that supports bf16) and `32-true` elsewhere.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # torch is imported where it is used: the leaderboard reads precisions without it
+    import torch
+
+PRECISIONS = ("auto", "32-true", "bf16-true", "bf16-mixed")
+ALIASES = {"32": "32-true"}           # the spelling of committed records and profiles
+RESOLVED = ("32-true", "bf16-true", "bf16-mixed")
+BF16_CPU_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512f")
+LIGHTNING_PRECISION = {"32-true": "32-true", "bf16-true": "32-true", "bf16-mixed": "bf16-mixed"}
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def check_precision(name: str) -> str:
+    """The canonical name of a `--precision` value (`auto` kept as is); one clear error for anything else."""
+    name = ALIASES.get(str(name), str(name))
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)} (or 32, meaning 32-true), "
+                         f"got {name!r}")
+    return name
+
+
+def resolve_precision(name: str, accelerator: str = "cpu") -> str:
+    """The precision a run uses: `name` checked and canonical, `auto` decided by this host's hardware."""
+    name = check_precision(name)
+    if name != "auto":
+        return name
+    return "bf16-true" if has_fast_bf16(accelerator) else "32-true"
+
+
+def read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo; empty off Linux or where it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return ""
+    try:
+        return CPUINFO.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def host_cpu_flags() -> list[str]:
+    """The CPU flags that decide bf16 speed on this host (AMX and AVX-512 ones), sorted; recorded with every run."""
+    flags: set[str] = set()
+    for line in read_cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return sorted(flags.intersection(BF16_CPU_FLAGS))
+
+
+def computes_on_cpu(accelerator: str) -> bool:
+    import torch
+
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def has_fast_bf16(accelerator: str = "cpu") -> bool:
+    """Whether bf16 matmuls are fast where the run computes: AMX on a CPU, bf16 support on a GPU."""
+    import torch
+
+    if computes_on_cpu(accelerator):
+        return "amx_bf16" in host_cpu_flags()
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def cast_frozen_base(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The base model with its floating-point weights in bf16 for `bf16-true` (call before LoRA is added, so the
+    adapters stay fp32); the model untouched otherwise. Buffers (rotary frequencies, masks) keep their dtype."""
+    import torch
+
+    if check_precision(precision) != "bf16-true":
+        return model
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != torch.bfloat16:
+            param.data = param.data.to(torch.bfloat16)
+    return model
+
+
+def lightning_precision(precision: str) -> str:
+    """What Lightning's Trainer is given: gfnbench does bf16-true itself (base weights only), so Lightning runs
+    32-true for it."""
+    return LIGHTNING_PRECISION[resolve_precision(precision)]
+
+
+def record_precision(record: dict) -> str:
+    """The precision a run record was computed at, canonical: its `precision` field; in a record written before
+    that field existed, its profile's (config.profile.precision), else "32-true" (fp32, all there was then)."""
+    profile = ((record.get("config") or {}).get("profile") or {})
+    name = str(record.get("precision") or profile.get("precision") or "32-true")
+    return ALIASES.get(name, name)
