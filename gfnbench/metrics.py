@@ -22,16 +22,16 @@ import torch
 
 
 def majority_vote(predictions: Sequence[Hashable | None]) -> Hashable | None:
-    """Most frequent non-empty prediction; ties go to the one seen first (as the paper's evaluation).
+    """Most frequent prediction; ties go to the one seen first (as the paper's evaluation).
 
-    Unparseable samples (None) do not vote, so one valid answer among nine failures still counts.
+    An unparseable sample (None) votes for "no answer" like any other: a method whose samples mostly give no
+    answer gets no answer, rather than being credited with the one parseable sample among nine failures.
     """
-    votes = [p for p in predictions if p is not None]
-    if not votes:
+    if not predictions:
         return None
-    counts = Counter(votes)
+    counts = Counter(predictions)
     best = max(counts.values())
-    return next(p for p in votes if counts[p] == best)
+    return next(p for p in predictions if counts[p] == best)
 
 
 def _check_pass_at_k(n: int, correct: int, k: int) -> None:

@@ -47,10 +47,20 @@ def test_calculator_two_terms_and_longer():
 
 def test_answer_extraction_and_majority_vote():
     assert extract_answer(" 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6") == "-6"
-    assert extract_answer(" 12") == "12"
-    assert extract_answer(" hello") is None
-    assert majority_vote(["3", "4", "4", "3", None, None, None]) == "3"      # tie: first seen wins
-    assert majority_vote(["5", "4", "4"]) == "4"
+    assert extract_answer(" 6 - 0 = 6, 6 - 4 = 2, 2 - 8 = -6.") == "-6"    # the answer string's "." may start
+    assert extract_answer(" 2 + 3 = 5 = 5") == "5"                           # a repeated result: still the last
+    # no stated result: echoes, trailing operands, decimals, repeats after the result, no "=" at all
+    for no_answer in (" 6 + 4", " 5. 5", " 12", " 5. 5 + 7", " 2 + 3 = 5, 5 - 1", " 2 + 3 = 5, 5 -",
+                      " 7 = 2.5", " 2 + 3 = 5 5", " 2 + 3 =", " hello", ""):
+        assert extract_answer(no_answer) is None, no_answer
+    # every committed gold rationale of every split states its answer
+    for split in ("train", "val", "test_3op", "test_4op", "test_5op"):
+        for ex in generate_splits()[split]:
+            if ex.rationale:
+                assert extract_answer(f" {ex.rationale}") == ex.answer
+    assert majority_vote(["3", "4", "4", "3", None]) == "3"                  # tie 3/4: first seen
+    assert majority_vote(["3", "4", "4", "3", None, None, None]) is None     # 3 samples without an answer win
+    assert majority_vote(["5", None, "5"]) == "5"
     assert majority_vote([None, None]) is None
     task = get_task("arith")
     ex = task.examples("test_3op")[0]
@@ -58,6 +68,11 @@ def test_answer_extraction_and_majority_vote():
     assert task.score([good, good, " 1 + 1 = 99"], ex) == {"accuracy": 1.0, "pass@1": pytest.approx(2 / 3),
                                                            "valid": 1.0}
     assert task.score([" 1 + 1 = 99", " 1 + 1 = 99", good], ex)["accuracy"] == 0.0
+    # two outputs that state no result outvote one right rationale, and count as invalid
+    echo = f" {ex.question.split()[0]}. {ex.question.split()[0]}"
+    scored = task.score([echo, " 6 + 4", good], ex)
+    assert scored["accuracy"] == 0.0 and scored["valid"] == pytest.approx(1 / 3)
+    assert scored["pass@1"] == pytest.approx(1 / 3)
 
 
 def test_reward_is_the_log_likelihood_of_rationale_and_answer_after_every_prefix(tiny):
@@ -111,7 +126,7 @@ def test_curve_probe_is_greedy_accuracy_on_a_fixed_val_slice(monkeypatch):
     assert got == want and 0.0 <= got <= 1.0
     # a fake policy that always writes the right rationale scores 1: decode is replaced by the gold text
     monkeypatch.setattr("gfnbench.tasks.arith.sample", lambda *a, **k: type("T", (), {"texts": [
-        f" {e.rationale or ''}. The answer is {e.answer}." for e in val]})())
+        f" {e.rationale}." for e in val]})())
     assert task.curve_metrics(lm.model, lm.tokenizer)["val_greedy_accuracy"] == 1.0
 
 

@@ -108,14 +108,14 @@ def test_pass_at_k_module(load):
 
 def test_accuracy_module_majority_vote(load):
     accuracy = load("accuracy")
-    # integer labels; None = an unparseable sample, which does not vote
-    preds = [[3, 3, 5], [None, 2, 7], [None, None, 4], [None, None], [8, 9, 9, 8]]
-    refs = [3, 7, 4, 1, 8]
+    # integer labels; None = an unparseable sample, which votes for "no answer"
+    preds = [[3, 3, 5], [2, None, 7], [None, None, 4], [None, None], [8, 9, 9, 8], [4, None, 4]]
+    refs = [3, 2, 4, 1, 8, 4]
     out = accuracy.compute(predictions=preds, references=refs)
-    # by hand: votes 3 (2 of 3), 2 (tie 2/7, first seen), 4 (the one valid sample), None (no valid sample),
-    # 8 (tie 8/9, first seen) -> right on items 1, 3, 5
-    assert out["votes"] == [3, 2, 4, None, 8]
-    assert out["accuracy"] == pytest.approx(3 / 5)
+    # by hand: votes 3 (2 of 3), 2 (three-way tie, first seen), None (2 no-answers beat the one 4), None,
+    # 8 (tie 8/9, first seen), 4 (2 of 3) -> right on items 1, 2, 5, 6
+    assert out["votes"] == [3, 2, None, None, 8, 4]
+    assert out["accuracy"] == pytest.approx(4 / 6)
     # the harness's functions: majority_vote per item (as arith.score), and majority_vote_accuracy
     assert out["accuracy"] == metrics.mean([float(metrics.majority_vote(p) == r) for p, r in zip(preds, refs)])
     assert out["accuracy"] == metrics.majority_vote_accuracy(preds, refs)
@@ -239,7 +239,7 @@ def test_load_by_path_in_a_fresh_cache_offline(tmp_path):
     assert out["bleu"]["scores"] == [metrics.bleu4(h, r) for h, r in zip(HYPS, REFS)]
     assert out["bleu"]["signature"] == metrics.bleu_signature()
     assert out["gleu"]["scores"] == [metrics.gleu(h, r) for h, r in zip(HYPS, REFS)]
-    assert out["accuracy"] == {"accuracy": 0.5, "votes": [3, 2]}
+    assert out["accuracy"] == {"accuracy": 0.5, "votes": [3, None]}     # None outvotes 2 and 7: first seen
     assert out["pass_at_k"] == {f"pass@{k}": metrics.pass_at_k(4, 2, k) for k in (1, 2, 3)}
     assert out["diversity"] == {"distinct_1": metrics.distinct_n(HYPS, 1), "distinct_2": metrics.distinct_n(HYPS, 2)}
     assert out["bertscore_loads"] == "GfnbenchBertScore"

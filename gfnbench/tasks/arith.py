@@ -108,16 +108,17 @@ def calculator(state_text: str) -> str | None:
     return f" {evaluate_left_to_right([a, b], [op])}"
 
 
+_FINAL_ANSWER = re.compile(rf"=\s*({_NUMBER})\s*\.?\s*$")
+
+
 def extract_answer(text: str) -> str | None:
-    """The number after the last `=` (the last calculator result), else the last token if numeric."""
-    if "=" in text:
-        m = re.match(rf"\s*({_NUMBER})", text.rsplit("=", 1)[-1])
-        if m:
-            return str(int(m.group(1)))
-    parts = text.strip().rstrip(".").split()
-    if parts and re.fullmatch(_NUMBER, parts[-1]):
-        return str(int(parts[-1]))
-    return None
+    """The number the rationale ends on after its last `=` (the last calculator result), else None.
+
+    Strict on purpose: " 6 + 4" (no `=`), " 5. 5" (a bare echo), "2 + 3 = 5, 5 - 1" (trailing operands) and
+    "= 2.5" (a decimal) give no answer, so an output that never states a result cannot be credited with the last
+    operand it echoed. One trailing "." is allowed, as the answer string ". The answer is n." begins with it."""
+    m = _FINAL_ANSWER.search(text)
+    return str(int(m.group(1))) if m else None
 
 
 @register_task("arith")
@@ -142,6 +143,7 @@ class Arithmetic(Task):
     curve_points = 4             # learning-curve probes: greedy accuracy on the first `probe_questions` of val
     probe_questions = 16
     metric_directions = {"val_greedy_accuracy": "higher"}
+    headline_metrics = ("accuracy", "pass@10")
 
     def __init__(self, seed: int = 0, n_unlabelled: int = 1000, n_test: int = 100):
         self.splits = generate_splits(seed, 10, n_unlabelled, 50, n_test)

@@ -16,8 +16,8 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 Share of items whose predicted label equals the reference. An item's prediction is either one label (plain
-accuracy) or the list of labels sampled for it, reduced by majority vote: the most frequent non-empty label, ties
-going to the one seen first; unparseable samples (None) do not vote, and an item with no valid sample is wrong.
+accuracy) or the list of labels sampled for it, reduced by majority vote: the most frequent label, ties going to
+the one seen first. An unparseable sample (None) votes for "no answer", and an item whose vote is None is wrong.
 Labels are strings or integers. This is gfnbench's arith and subj accuracy (majority vote of 10 samples).
 """
 
@@ -31,7 +31,7 @@ Returns:
 Examples:
     >>> accuracy = evaluate.load("path/to/gfnbench/metric_modules/accuracy")
     >>> accuracy.compute(predictions=[[3, 3, 5], [None, 2, 7]], references=[3, 7])
-    {'accuracy': 0.5, 'votes': [3, 2]}
+    {'accuracy': 0.5, 'votes': [3, None]}
 """
 
 _VOTED = [datasets.Features({"predictions": datasets.Sequence(datasets.Value(t)), "references": datasets.Value(t)})
