@@ -3,7 +3,7 @@ the prompting rows), with the same prompt, mask, tool and stop as GFlowNet.
 """
 from __future__ import annotations
 
-from gfnbench.methods import Method
+from gfnbench.methods import ExactSampler, Method
 from gfnbench.policy import sample_task
 from gfnbench.tasks.base import Example
 from gfnbench.trajectories import Trajectories
@@ -25,6 +25,15 @@ class DecodingBaseline(Method):
     @property
     def exact_temperature(self) -> float | None:
         return None if self.greedy or self.top_p < 1 else self.temperature
+
+    def exact_sampler(self) -> ExactSampler | None:
+        """Plain sampling of the base model at the decoding temperature (greedy and nucleus are not)."""
+        temperature = self.exact_temperature
+        return None if temperature is None else ExactSampler(self.lm.model, temperature)
+
+    def labelled_examples(self) -> dict[str, list[Example]]:
+        """The task's demonstrations in the prompt (arith: 3 gold rationales)."""
+        return {"demonstrations": self.task.demonstrations()[: self.task.default_shots]}
 
     def decoding(self):
         return self.task.sampling(train=False, temperature=self.temperature, greedy=self.greedy, top_p=self.top_p)

@@ -31,14 +31,15 @@ from gfnbench.records import (
 from gfnbench.runner import run_plan
 
 
-def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
+def bench(task: str, profile: str | Profile = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
           data: str | None = None, settings: dict | None = None, compute: dict | None = None,
           save_adapters: bool = False, jobs: int | None = None, tables: bool = True) -> list[Path]:
     """Every method registered for the task x seeds (runs that already have a record are kept), then tables.
     With several processes (--devices N) they are started once, and all follow process 0's list of runs.
     With `jobs` > 1 (the cpu profile: one per core, up to 4) that many processes share the list through the
-    run locks, each with its share of the cores' torch threads; the table comes when all are done."""
+    run locks, each with its share of the cores' torch threads; the table comes when all are done. Before each
+    run process 0 says "run k of N" and the time left, from the runs finished so far (`progress_line`)."""
     from gfnbench.leaderboard import write_leaderboard
 
     # every seed, method and setting, before any run
@@ -52,14 +53,18 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
     lead = rank() == 0
     if lead:
         print(f"[gfnbench] runs and tables go to {root}")
-    kwargs = dict(task=task, profile=profile, seeds=list(seeds), methods=methods, results_dir=results_dir,
+    kwargs = dict(task=task, profile=plan.profile, seeds=list(seeds), methods=methods, results_dir=results_dir,
                   model=model, overwrite=overwrite, data=data, settings=settings, compute=compute,
                   save_adapters=save_adapters)
     helpers = BenchHelpers(kwargs, n_jobs - 1, threads, root / "runs" / name, since) if lead else None
     with helpers if helpers is not None else contextlib.nullcontext():
         claims = locks.claim(root, name, runs, overwrite, since) if lead else ()
         specs = {spec.name: spec for spec in plan.methods}
+        total = len(runs_to_do(root, name, runs, overwrite, since)) if lead else 0
         for method, seed in follow_lead(claims):
+            if lead:
+                finished = len(ran_since(root / "runs" / name, since))
+                print(progress_line(f"{name}/{method}/seed{seed}", finished, total, time.time() - since))
             t0 = time.time()
             out = run_plan(plan.for_run(specs[method], seed), overwrite=overwrite,
                            resume=True, save_adapters=save_adapters)    # an interrupted run continues
@@ -78,6 +83,43 @@ def bench(task: str, profile: str = "cpu", seeds: list[int] = (0, 1, 2), methods
         else:
             atomic_write_bytes(log, previous)
         raise
+
+
+def runs_to_do(root: Path, task: str, runs: list[tuple[str, int]], overwrite: bool, since: float) -> list:
+    """The bench's runs that have no record yet (with --overwrite: none written since the bench started), as
+    locks.claim decides, counted once at the start: the N of "run k of N"."""
+    from gfnbench.records import run_dir
+
+    def done(method, seed) -> bool:
+        record = run_dir(root, task, method, seed) / RECORD
+        return record.exists() and (not overwrite or record.stat().st_mtime >= since)
+
+    return [run for run in runs if not done(*run)]
+
+
+def eta_seconds(elapsed: float, finished: int, total: int) -> float | None:
+    """Seconds until the bench's `total` runs are done, at the pace of the `finished` ones so far (`elapsed`
+    seconds since it started, in all jobs together, model loads included); None before the first finishes."""
+    if finished <= 0:
+        return None
+    return elapsed / finished * max(0, total - finished)
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '17 min' or '2.3 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+def progress_line(run: str, finished: int, total: int, elapsed: float) -> str:
+    """'[gfnbench] run 3 of 8: rng/gflownet/seed1; about 25 min left (from 2 finished runs)': k counts the
+    runs every job has finished, plus this one."""
+    k = min(finished + 1, max(total, 1))
+    eta = eta_seconds(elapsed, finished, total)
+    left = ("time left known once a run finishes" if eta is None else
+            f"about {duration(eta)} left (from {finished} finished run{'s' if finished != 1 else ''})")
+    return f"[gfnbench] run {k} of {total}: {run}; {left}"
 
 
 def check_existing_records(runs_dir: Path, replaced: set[tuple[str, int]]) -> None:

@@ -48,7 +48,8 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE
         settings: str | None = None, method_settings: dict | None = None, resume: bool = True,
         keep_checkpoints: bool = False, checkpoint_every: int = 10, accelerator: str | None = None,
         devices: int | None = None, strategy: str | None = None, precision: str | None = None,
-        save_adapters: bool = False, verbose: bool = False) -> None:
+        save_adapters: bool = False, train_steps: int | None = None, eval_questions: int | None = None,
+        logger: str | None = None, verbose: bool = False) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
     Args:
@@ -56,9 +57,12 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE
         method: method name (see `gfnbench methods`).
         seed: integer seed; same seed on CPU gives the same numbers.
         profile: cpu (the default, as for `bench` and `leaderboard`: embedded SmolLM2), smoke (tiny random
-            model, seconds: for tests) or paper (GPU).
-        results_dir: where runs and tables go (default: the profile's, results/ for cpu).
-        model: override the profile's model: embedded, tiny, an HF name or a local directory.
+            model, seconds: for tests), paper (GPU), or a profile .yaml file: `base: cpu` and the fields it
+            changes, e.g. `train_steps: 5` (docs/usage.md).
+        results_dir: where runs and tables go (default: the profile's folder, results/ for cpu, with a
+            component for each non-default model, precision, budget or data: docs/usage.md).
+        model: override the profile's model: embedded, tiny, an HF name or a local directory (its runs get a
+            folder of their own, and the record's config.profile.model says it).
         overwrite: replace an existing run record instead of refusing.
         data: the task's examples from this file instead of its built-in set (continuation: prompts .txt or
             .jsonl; infill: a ROCStories CSV; subj: the folder with SUBJ's two files). Without --results_dir,
@@ -78,15 +82,19 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE
             base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
             (bf16-true on a CPU with AMX or a bf16 GPU, else 32-true).
         save_adapters: also write the trained weights (LoRA adapters, heads) to the run folder's adapters.pt.
+        train_steps: optimizer steps of the trained rows, instead of the profile's (a folder of their own).
+        eval_questions: questions per evaluation split, instead of the profile's (a folder of their own).
+        logger: csv (the default; always written), tensorboard or wandb (offline) beside it, in the run's train/.
         verbose: also show the third-party warnings and tips a run otherwise hides (gfnbench/quiet.py).
     """
-    check_names_early(task, [method], profile)
+    prof = check_names_early(task, [method], profile, train_steps=train_steps, eval_questions=eval_questions,
+                             logger=logger)
     quiet(verbose)
     from gfnbench.devices import rank
     from gfnbench.runner import run as run_one
 
     compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
-    out = run_one(task, method, seed, profile, results_dir, model, overwrite, data,
+    out = run_one(task, method, seed, prof, results_dir, model, overwrite, data,
                   collect_settings(settings, method_settings), resume=resume, keep_checkpoints=keep_checkpoints,
                   checkpoint_every=checkpoint_every, compute=compute, save_adapters=save_adapters)
     if rank() == 0:
@@ -98,16 +106,17 @@ def bench(task: str = "arith", profile: str = DEFAULT_PROFILE, seeds: list[int] 
           overwrite: bool = False, data: str | None = None, settings: str | None = None,
           method_settings: dict | None = None, accelerator: str | None = None, devices: int | None = None,
           strategy: str | None = None, precision: str | None = None, save_adapters: bool = False,
-          jobs: int | None = None, verbose: bool = False) -> None:
+          jobs: int | None = None, train_steps: int | None = None, eval_questions: int | None = None,
+          logger: str | None = None, verbose: bool = False) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).
 
     Args:
         task: task name or a path to a task .py file.
-        profile: smoke, cpu (default for `make bench`) or paper.
+        profile: cpu (the default, as for `make bench`), smoke, paper or a profile .yaml file (see `run`).
         seeds: list of integer seeds.
         methods: subset of methods (default: every method registered for the task).
-        results_dir: where runs and tables go (default: the profile's).
-        model: override the profile's model.
+        results_dir: where runs and tables go (default: the profile's folder, keyed as for `run`).
+        model: override the profile's model (its runs get a folder of their own).
         overwrite: re-run methods that already have a record.
         data: the task's examples from this file or folder instead of its built-in set (see `run`).
         settings: a YAML file of method settings, {method: {field: value}} (see `run`).
@@ -121,35 +130,49 @@ def bench(task: str = "arith", profile: str = DEFAULT_PROFILE, seeds: list[int] 
         save_adapters: also write each trained run's weights to its folder's adapters.pt.
         jobs: runs side by side, each with its share of the cores' torch threads (default: the profile's; cpu:
             one per core, up to 4; smoke and paper: 1).
+        train_steps: optimizer steps of the trained rows, instead of the profile's (see `run`).
+        eval_questions: questions per evaluation split, instead of the profile's (see `run`).
+        logger: csv (the default), tensorboard or wandb (offline), for every trained run (see `run`).
         verbose: also show the third-party warnings and tips a run otherwise hides (gfnbench/quiet.py).
     """
-    check_names_early(task, methods or [], profile)
+    prof = check_names_early(task, methods or [], profile, train_steps=train_steps, eval_questions=eval_questions,
+                             logger=logger)
     quiet(verbose)
     from gfnbench.bench import bench as run_bench
 
     compute = dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
-    for path in run_bench(task, profile, list(seeds), methods, results_dir, model, overwrite, data,
+    for path in run_bench(task, prof, list(seeds), methods, results_dir, model, overwrite, data,
                           collect_settings(settings, method_settings), compute=compute,
                           save_adapters=save_adapters, jobs=jobs):
         print(f"[gfnbench] wrote {path}")
 
 
 def leaderboard(task: str = "arith", profile: str = DEFAULT_PROFILE, results_dir: str | None = None,
-                allow_mixed_precision: bool = False, skip_damaged: bool = False) -> None:
+                allow_mixed_precision: bool = False, skip_damaged: bool = False, model: str | None = None,
+                data: str | None = None, precision: str | None = None, train_steps: int | None = None,
+                eval_questions: int | None = None, cells: str = "ci") -> None:
     """Turn run records into results/<task>.md, .csv, .tex and .png (mean and 95% bootstrap CI over seeds).
 
     Args:
         task: task name.
-        profile: which profile's results folder to read (ignored when results_dir is given).
+        profile: which profile's results folder to read (ignored when results_dir is given); with --model,
+            --data, --precision, --train_steps and --eval_questions it names the folder as `run` and `bench` do.
         results_dir: folder holding runs/<task>/...
         allow_mixed_precision: table runs of different precisions together (refused otherwise); the header
             then lists each row's precision.
         skip_damaged: leave out run records that cannot make their row (refused otherwise, naming the file);
             the table's header then lists each one left out and why.
+        model: the model the runs used, when not the profile's.
+        data: the data file or folder the runs used (--data), when not the task's built-in set.
+        precision: the precision the runs used, when not 32-true.
+        train_steps: the runs' train_steps, when not the profile's.
+        eval_questions: the runs' eval_questions, when not the profile's.
+        cells: how a table cell is written: ci (mean [lo, hi], the default) or pm (mean ± half the CI's width).
     """
-    from gfnbench.profiles import get_profile
+    from gfnbench.results_key import check_runs_found, table_root
 
-    root = results_dir or get_profile(profile).results_dir
+    root = results_dir or table_root(profile, model, data, precision, train_steps=train_steps,
+                                      eval_questions=eval_questions)
     if task.endswith(".py"):
         from gfnbench.preflight import task_class
 
@@ -158,11 +181,14 @@ def leaderboard(task: str = "arith", profile: str = DEFAULT_PROFILE, results_dir
     if task not in known_tasks() and not (Path(root) / "runs" / task).is_dir():
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(known_tasks())} "
                          f"(or a task with runs under {Path(root) / 'runs'})")
+    if not results_dir:
+        check_runs_found(task, root)
     from gfnbench.catalog import methods_for
     from gfnbench.leaderboard import write_leaderboard
 
     for path in write_leaderboard(root, task, method_order=methods_for(task),
-                                  allow_mixed_precision=allow_mixed_precision, skip_damaged=skip_damaged):
+                                  allow_mixed_precision=allow_mixed_precision, skip_damaged=skip_damaged,
+                                  cells=cells):
         print(f"[gfnbench] wrote {path}")
 
 
@@ -210,16 +236,18 @@ def _registry_epilog() -> str:
     return f"tasks: {', '.join(sorted(BUILTIN_TASKS))}; methods: {', '.join(BUILTIN_METHODS)}"
 
 
-def check_names_early(task: str, methods: list, profile: str) -> None:
+def check_names_early(task: str, methods: list, profile: str, **overrides):
     """The errors a run or bench can find by name alone, in milliseconds and in the order the full pre-flight
-    check says them (method, profile, task): the rest are checked after the heavy imports (preflight.py)."""
-    from gfnbench.profiles import get_profile
+    check says them (method, profile, task): the rest are checked after the heavy imports (preflight.py).
+    Returns the profile with its flags applied (profiles.resolve_profile: a profile file is read here)."""
+    from gfnbench.profiles import resolve_profile
 
     for method in methods:
         if isinstance(method, str):
             check_method_name(method)
-    get_profile(profile)
+    prof = resolve_profile(profile, **overrides)
     check_task_name(task)
+    return prof
 
 
 def quiet(verbose: bool) -> None:

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gfnbench.devices import derived_seed, gather, model_device, rank, seeded_generator, world_size
-from gfnbench.methods import Method
+from gfnbench.methods import Method, declared_exact_sampler
 from gfnbench.metrics import mean
 from gfnbench.models import adapters_off
 from gfnbench.profiles import Profile
@@ -36,15 +36,30 @@ def reference_log_likelihood(method: Method, task: Task, traj: Trajectories, exa
 
 
 def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:
-    """Tasks with an enumerable support report the method's exact distance to the target (mean over prompts)."""
-    if method.exact_temperature is None:
+    """Tasks with an enumerable support report the method's exact distance to the target (mean over prompts), of
+    the network the method declared it samples ancestrally (`Method.exact_sampler`); nothing when undeclared
+    (`exact_metrics_na` says why)."""
+    declared, _ = declared_exact_sampler(method)
+    if declared is None:
         return {}
-    method.policy.eval()
-    per = [task.exact_metrics(method.policy, method.lm.tokenizer, method.prompt_for(ex), method.exact_temperature)
+    declared.network.eval()
+    per = [task.exact_metrics(declared.network, method.lm.tokenizer, method.prompt_for(ex), declared.temperature)
            for ex in examples]
     if per[0] is None:
         return {}
     return {k: mean([p[k] for p in per]) for k in per[0]}
+
+
+def exact_metrics_na(method: Method, task: Task) -> dict[str, str]:
+    """{exact metric: why it is n/a} for a method that does not declare its exact sampler, on a task that has exact
+    metrics ({} otherwise). The metric names come from one enumeration of the base model (its numbers unused)."""
+    declared, reason = declared_exact_sampler(method)
+    if declared is not None:
+        return {}
+    example = task.examples(task.eval_splits[0])[0]
+    with torch.no_grad():
+        names = task.exact_metrics(method.lm.model, method.lm.tokenizer, task.prompt(example), 1.0)
+    return {name: reason for name in names or {}}
 
 
 def model_scores(method: Method, task: Task, texts: list[str], ex: Example) -> dict:
@@ -88,7 +103,7 @@ def question_scores(method: Method, task: Task, traj: Trajectories, examples: li
         if task.report_logp_ref_max:
             q["logp_ref_max"] = max(float(ref[r]) for r in rows)
         scores.append(q)
-        samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], "answer": ex.answer,
+        samples += [{"split": split, "id": ex.id, "prompt": traj.prompts[r], **task.sample_fields(ex),
                      "sample": k, "text": traj.texts[r], "logp_ref": float(ref[r]),
                      "stopped": bool(traj.stopped[r])} for k, r in enumerate(rows)]
     return scores, samples

@@ -25,6 +25,6 @@ class GFlowNetSubTB(GFlowNetMethod):
 
 
 @register_method("gflownet_tb", "GFlowNet fine-tuning with trajectory balance and a prompt-conditioned log Z",
-                 tasks=("rng", "rng_peaked"))
+                 tasks=("rng", "rng_peaked", "rng_eos", "rng_peaked_eos"))
 class GFlowNetTB(GFlowNetMethod):
     loss = "tb"

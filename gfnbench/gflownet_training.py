@@ -41,6 +41,7 @@ from gfnbench.policy import (
     trajectories_from_states,
 )
 from gfnbench.sampling import encode, policy_log_probs, positions_from_mask
+from gfnbench.spending import reward_tally
 from gfnbench.tasks.base import Example, Task
 from gfnbench.trained import TrainedModule
 from gfnbench.trajectories import Trajectories, right_pad
@@ -119,17 +120,22 @@ class GFlowNetModule(TrainedModule):
         self.diagnostics: dict = {}
         self.prompt_feature_cache: dict[tuple, Tensor] = {}    # log Z features of each prompt (frozen base model)
         self.buffer_seeded = False
+        self.seeded_examples: list[Example] = []     # training examples whose gold-derived texts were seeded
 
     # ------------------------------------------------------------------ rewards and behaviour policy
     def log_reward(self, traj: Trajectories, examples: list[Example]) -> Tensor:
+        """The task's reward of every row (one counted reward call each: fresh draws and buffer seeds; replayed
+        batches reuse stored rewards and call nothing)."""
         with torch.no_grad(), adapters_off(self.policy) as base:
             log_r = self.task.log_reward(base, self.tokenizer, traj, examples)
+        reward_tally(self.policy).add(traj, examples)
         check_log_reward(log_r, f"task {self.task.name}, step {self.global_step}")
         return log_r
 
     def seed_buffer(self) -> int:
         """Gold trajectories (e.g. the labelled rationales) and the task's other seeds (subj's "wishful"
-        rationales) go into the buffer with their rewards."""
+        rationales, written from the gold label) go into the buffer with their rewards; each example seeded is a
+        labelled example the row read (`seeded_examples`)."""
         added = 0
         for ex in self.examples:
             texts = [t for t in [self.task.target(ex)] if t is not None]
@@ -143,6 +149,7 @@ class GFlowNetModule(TrainedModule):
                                             model_device(self.policy))
             traj = traj.with_log_reward(self.log_reward(traj, [ex]))
             added += self._remember(prompt, traj)
+            self.seeded_examples.append(ex)
         return added
 
     def _remember(self, key: str, traj: Trajectories) -> int:
@@ -255,12 +262,14 @@ class GFlowNetModule(TrainedModule):
     def own_training_state(self) -> dict:
         """The buffer and the behaviour choices' RNG (TrainedModule saves the generator and the curve)."""
         return {"replay_buffer": self.buffer.state_dict(), "rng": self.rng.getstate(),
-                "buffer_seeded": self.buffer_seeded}
+                "buffer_seeded": self.buffer_seeded, "seeded_ids": [ex.id for ex in self.seeded_examples]}
 
     def load_own_training_state(self, state: dict) -> None:
         self.buffer.load_state_dict(state["replay_buffer"])
         self.rng.setstate(state["rng"])
         self.buffer_seeded = state["buffer_seeded"]
+        ids = set(state["seeded_ids"])
+        self.seeded_examples = [ex for ex in self.examples if ex.id in ids]
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
@@ -292,6 +301,11 @@ class GFlowNetMethod(PromptStepMethod):
         return {**gflownet_family_defaults(self.task, self.ctx.profile, self.steps), "loss": self.loss,
                 "behaviour_mix": t.behaviour_mix, "buffer_capacity": t.buffer_capacity,
                 "buffer_sampling": t.buffer_sampling, "dedup_tol": t.dedup_tol, "total_steps": self.steps}
+
+    def labelled_examples(self) -> dict[str, list[Example]]:
+        """Besides the labels its reward reads (label tasks), the examples whose gold targets or gold-derived
+        seeds started in the replay buffer."""
+        return {**super().labelled_examples(), "seeded": list(self.module.seeded_examples)}
 
     def config(self) -> dict:
         return {"gflownet": asdict(self.cfg), "train_steps": self.steps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from gfnbench.cells import check_cell_style
 from gfnbench.names import check_inside, check_name
 from gfnbench.plots import plot, plot_learning_curves
 from gfnbench.precision import record_precision
@@ -22,14 +23,15 @@ def _mixed(records: list[dict], key: str) -> dict[str, list[str]]:
 
 
 def check_consistent(records: list[dict], results_dir: str | Path, allow_mixed_precision: bool = False) -> None:
-    """One policy model, one profile and (unless allowed) one precision per table: mixing them would average
-    incomparable numbers."""
+    """One policy model, one profile, one data set and (unless allowed) one precision per table: mixing them
+    would average incomparable numbers."""
     for key in ("model", "profile"):
         groups = _mixed(records, key)
         if len(groups) > 1:
             listing = "; ".join(f"{value!r}: {', '.join(runs)}" for value, runs in groups.items())
             raise ValueError(f"runs under {results_dir} mix {len(groups)} different {key}s ({listing}). "
                              f"Keep one {key} per results folder: use a different --results_dir for each.")
+    check_one_data_set(records, results_dir)
     groups = _mixed([{**r, "precision": record_precision(r)} for r in records], "precision")
     if len(groups) > 1 and not allow_mixed_precision:
         listing = "; ".join(f"{value}: {', '.join(runs)}" for value, runs in groups.items())
@@ -37,13 +39,42 @@ def check_consistent(records: list[dict], results_dir: str | Path, allow_mixed_p
                          f"or pass --allow_mixed_precision true (the header then lists each row's precision).")
 
 
+def data_set(record: dict) -> str:
+    """Which examples a run was scored on: the task's built-in set (no checksum) or a `--data` file or folder,
+    named with the first 12 hex digits of its sha256."""
+    sha = record.get("data_sha256")
+    return f"{record.get('data')} (sha256 {str(sha)[:12]})" if sha else f"{record.get('data')} (built-in)"
+
+
+def check_one_data_set(records: list[dict], results_dir: str | Path) -> None:
+    """One data set per table: built-in-data runs and `--data` runs (or two `--data` files) were scored on
+    different questions, so their rows are not comparable."""
+    groups = _mixed([{**r, "data_set": data_set(r)} for r in records], "data_set")
+    if len(groups) > 1:
+        listing = "; ".join(f"{value}: {', '.join(runs)}" for value, runs in groups.items())
+        raise ValueError(f"runs under {results_dir} mix {len(groups)} data sets ({listing}). Keep one data set per "
+                         f"results folder: give the --data runs their own --results_dir.")
+
+
+def task_headline(task: str) -> tuple[str, ...]:
+    """The task's declared `headline_metrics` when it is registered (the built-in ones, or a task file imported
+    in this process), else () so the table shows every metric with a direction."""
+    import gfnbench.tasks  # noqa: F401  (registers the built-in tasks)
+    from gfnbench.tasks.base import TASKS
+
+    return tuple(TASKS[task].headline_metrics) if task in TASKS else ()
+
+
 def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | None = None,
                       method_order: Sequence[str] | None = None, allow_mixed_precision: bool = False,
-                      skip_damaged: bool = False) -> list[Path]:
+                      skip_damaged: bool = False, cells: str = "ci",
+                      headline: Sequence[str] | None = None) -> list[Path]:
     """Read the task's runs and write <task>.md, .csv, .tex and .png atomically; returns their paths. Every
     record is checked against its row before anything is written: a damaged one stops the table (one line), or
-    with `skip_damaged` is left out and named in the header."""
+    with `skip_damaged` is left out and named in the header. `cells`: "ci" (mean [lo, hi]) or "pm" (mean ±
+    half-width); `headline`: the wide table's metrics (default: the task's `headline_metrics`)."""
     check_name(task, "task")
+    check_cell_style(cells)
     records, damaged = read_runs_and_damage(results_dir, task)
     if damaged and not skip_damaged:
         raise DamagedRecord(damaged[0].path, damaged[0].problem,
@@ -53,16 +84,17 @@ def write_leaderboard(results_dir: str | Path, task: str, out_dir: str | Path | 
                          f"`gfnbench bench --task {task}` (or `gfnbench run --task {task} --method ... --seed ...`)")
     check_consistent(records, results_dir, allow_mixed_precision)
     df = summarize(records)
+    headline = task_headline(task) if headline is None else tuple(headline)
     out = check_writable(out_dir if out_dir is not None else results_dir)
     names = [check_inside(out / f"{task}{ext}", out).name for ext in (".md", ".csv", ".tex", ".png")]
     skipped = [f"{d.path.relative_to(results_dir)} ({d.problem})" for d in damaged]
     with staged_table(out, names + [f"{task}_curves.png"]) as stage:
         md, csv, tex, png = (stage / name for name in names)
         atomic_write_text(md, render_markdown(df, records, task, method_order, read_bench_log(results_dir, task),
-                                              skipped))
+                                              skipped, cells, headline))
         atomic_write_text(csv, render_csv(df))
-        atomic_write_text(tex, render_latex(df, method_order))
-        plot(df, records, png, method_order)
+        atomic_write_text(tex, render_latex(df, method_order, records, cells, headline))
+        plot(df, records, png, method_order, headline)
         curves = plot_learning_curves(records, stage / f"{task}_curves.png", method_order)
     return [out / name for name in names] + ([out / curves.name] if curves else [])
 

@@ -25,6 +25,8 @@ BUILTIN_TASKS = {
     "infill_tuned": "story infilling with the reward LM first fine-tuned on the training stories (paper §4.2)",
     "rng": "a random integer in [0, 100]: exact TV/KL of the policy to the uniform target",
     "rng_peaked": "a random integer in [0, 100] with target ∝ exp(-|x - 30| / 10): exact TV/KL",
+    "rng_eos": "rng with <|im_end|> as the stop action (the rule before issue 26): exact TV/KL",
+    "rng_peaked_eos": "rng_peaked with <|im_end|> as the stop action (the rule before issue 26): exact TV/KL",
     "subj": "SUBJ objective/subjective with a 1-5 token latent rationale, 10 labelled examples",
     "subj20": "SUBJ objective/subjective with a 1-5 token latent rationale, 20 labelled examples",
     "subj50": "SUBJ objective/subjective with a 1-5 token latent rationale, 50 labelled examples",

@@ -2,12 +2,13 @@
 
 A method is built for one task on one language model and one seed. Training methods (GFlowNet, SFT, PPO) run
 a Lightning `Trainer` inside `fit`; decoding and prompting baselines have nothing to fit. The harness only calls
-`fit` and `sample`, so any method scores the same way.
+`fit` and `sample`, so any method scores the same way; what a method spends (`spending()`) and whether its
+samples have an exact distribution (`exact_sampler()`) are declared here, never guessed by the harness.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -57,12 +58,36 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class Budget:
-    """What a trained method was given, printed in every table header so unequal budgets are visible."""
+    """What a method was given and what it spent, printed in every table header so unequal budgets are visible.
 
-    reward_evaluations: int     # trajectories drawn for training, each worth one reward call (GFlowNet's replayed
-                                # batches reuse stored rewards, so it calls the reward at most this often)
+    `reward_evaluations`, `optimizer_steps` and `summary` are the plan a trained row's `budget()` states; the other
+    fields are counted while the method runs (`Method.spending()` fills them in)."""
+
+    reward_evaluations: int     # planned: trajectories drawn for training, each worth one reward call (GFlowNet's
+                                # replayed batches reuse stored rewards, so it calls the reward at most this often)
     optimizer_steps: int
     summary: str                # e.g. "240 steps x 8 samples"
+    reward_calls: int = 0       # counted: trajectories the task's reward scored while training (buffer seeds too)
+    test_reward_calls: int = 0  # counted: trajectories the reward scored at evaluation (best-of-n)
+    labelled_items: int = 0     # distinct labelled examples read (the union over labelled_detail)
+    labelled_detail: dict = field(default_factory=dict)   # e.g. {"train_gold": 10, "val_gold": 50}
+
+
+def labelled_counts(uses: dict[str, Iterable]) -> tuple[int, dict[str, int]]:
+    """(distinct labelled examples over every use, {use: distinct examples}); uses that read none are left out.
+    An example read twice (a seeded gold target that is also a demonstration) counts once in the total."""
+    sets = {use: set(examples) for use, examples in uses.items()}
+    sets = {use: found for use, found in sets.items() if found}
+    return len(set().union(*sets.values())), {use: len(found) for use, found in sets.items()}
+
+
+@dataclass(frozen=True)
+class ExactSampler:
+    """A method's declaration that every sample it returns is a plain ancestral sample of `network` at
+    `temperature` from `Method.prompt_for(ex)`, with the task's mask, stop, lengths and tool."""
+
+    network: torch.nn.Module
+    temperature: float
 
 
 @dataclass
@@ -80,13 +105,33 @@ class RunContext:
 
 
 class Method:
-    """A leaderboard row. Subclasses set `settings_class` (a dataclass) when they take settings, build them with
-    `self.build_settings(defaults)`, and return their training budget from `budget()`."""
+    """A leaderboard row: the whole contract a method file implements (docs/contributing.md#adding-a-method).
+
+    - `sample(examples, n, generator)` returns one `Trajectories` (gfnbench/trajectories.py) holding n rows per
+      example (or `rows_per_question(n)`), row b answering `examples[traj.group[b]]`. Build one with the shared
+      sampler (`policy.sample_task`), which applies the task's mask, stop, lengths and tool; keep some rows of a
+      batch with `traj.select(index)` (groups are kept); attach rewards with `traj.with_log_reward(r)`.
+    - The base model is `self.lm.model` (tokenizer `self.lm.tokenizer`); a LoRA policy reaches it with
+      `models.adapters_off(policy)`. `policy` is the network evaluation scores and moves to the run's device.
+    - Exact metrics (rng's `tv_exact`, ...) enumerate a distribution, so they are reported only when the method
+      declares, with `exact_sampler()`, which network at which temperature its samples are ancestral samples
+      of. Undeclared (the default), or when a subclass overrides `sample` below the class that declared it,
+      they are "n/a" with `exact_na_reason` in the record's `metrics_na`, never another model's numbers.
+    - Budget: a trained row states its plan in `budget()`; reward calls are counted where the reward is called
+      (`policy.sample_scored`, `spending.score_at_test` for test-time scoring such as best-of-n), labelled
+      examples by `labelled_examples()`, and `spending()` is what the record keeps.
+
+    Subclasses set `settings_class` (a dataclass) when they take settings and build them with
+    `self.build_settings(defaults)`."""
 
     trains: ClassVar[bool] = False           # it fits a model (the registry reads this: stated once, here)
     deterministic: ClassVar[bool] = False    # no sampling, no training (greedy, beam): `bench` runs one seed
     settings_class: ClassVar[type | None] = None
     resumable: ClassVar[bool] = False        # its checkpoints resume a killed run exactly (see checkpoints.py)
+    exact_na_reason: ClassVar[str] = ("the method does not declare that its samples are ancestral samples of one "
+                                      "network (Method.exact_sampler)")
+
+    test_reward_calls: int = 0               # spending.score_at_test counts on the instance
 
     def __init__(self, task: Task, lm: LanguageModel, ctx: RunContext):
         self.task, self.lm, self.ctx = task, lm, ctx
@@ -96,8 +141,31 @@ class Method:
         return build(self.settings_class, defaults, self.ctx.settings, self.ctx.method or type(self).__name__)
 
     def budget(self) -> Budget | None:
-        """Reward evaluations and optimizer steps of training (None: the method does not train)."""
+        """The training plan: reward evaluations and optimizer steps (None: the method does not train)."""
         return None
+
+    def reward_calls(self) -> int:
+        """Reward calls made while training, over every process (trained rows count them; 0 otherwise)."""
+        return 0
+
+    def labelled_examples(self) -> dict[str, list[Example]]:
+        """The labelled examples the method read, by use: "train_gold" (gold targets or labels trained on),
+        "val_gold" (gold read to select or early-stop), "seeded" (gold-derived trajectories put in a buffer),
+        "demonstrations" (few-shot examples in its prompts), "reward_labels" (on a label task, the training
+        examples whose gold label the reward read). None by default."""
+        return {}
+
+    def spending(self) -> Budget | None:
+        """The record's budget: `budget()` with the counted reward calls and labelled examples. A method that does
+        not train but reads labels or calls the reward at test time gets a budget with no steps; one that spends
+        nothing gets None."""
+        total, detail = labelled_counts(self.labelled_examples())
+        plan = self.budget()
+        if plan is None and not total and not self.test_reward_calls:
+            return None
+        plan = plan or Budget(0, 0, untrained_summary(detail, self.test_reward_calls))
+        return replace(plan, reward_calls=self.reward_calls(), test_reward_calls=self.test_reward_calls,
+                       labelled_items=total, labelled_detail=detail)
 
     def score_with_model(self, model, tokenizer, texts: list[str], ex: Example) -> dict[str, float] | None:
         """Metrics that need a model, in place of the task's `score_with_model` (None: use the task's)."""
@@ -108,6 +176,7 @@ class Method:
         return {}
 
     def sample(self, examples: list[Example], n: int, generator: torch.Generator) -> Trajectories:
+        """n rows per example (see the class doc), drawn from `generator` so a seed gives the same samples."""
         raise NotImplementedError
 
     def rows_per_question(self, n: int) -> int:
@@ -121,10 +190,16 @@ class Method:
     def prompt_for(self, ex: Example) -> str:
         return self.task.prompt(ex)
 
+    def exact_sampler(self) -> ExactSampler | None:
+        """The network and temperature whose plain ancestral sampling from `prompt_for(ex)` gives every sample
+        `sample` returns (enables exact metrics). None, the default: not declared (see `exact_na_reason`)."""
+        return None
+
     @property
     def exact_temperature(self) -> float | None:
-        """Temperature of plain ancestral sampling, if that is how the method samples (enables exact metrics)."""
-        return self.task.eval_temperature
+        """The declared exact sampler's temperature (None: not declared)."""
+        declared = self.exact_sampler()
+        return None if declared is None else declared.temperature
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -140,6 +215,29 @@ class Method:
         """The LightningModule `fit` trained (None: the method does not train); FSDP's shards are gathered from
         it for evaluation (devices.full_parameters)."""
         return None
+
+
+def untrained_summary(detail: dict[str, int], test_reward_calls: int) -> str:
+    """The budget line of a row that trains nothing but reads labels or scores at test time."""
+    parts = ["no training"] + [f"{count} {use.replace('_', ' ')}" for use, count in detail.items()]
+    if test_reward_calls:
+        parts.append(f"{test_reward_calls} test-time reward calls")
+    return ", ".join(parts)
+
+
+def declared_exact_sampler(method: Method) -> tuple[ExactSampler | None, str]:
+    """(the method's exact sampler, "") or (None, why exact metrics are n/a). A declaration holds only for the
+    `sample` it was written beside: a subclass that overrides `sample` below the declaring class (a best-of-n
+    built on a trained row) is undeclared until it declares again."""
+    mro = type(method).__mro__
+    declarer = next(c for c in mro if "exact_sampler" in vars(c))
+    sampler = next((c for c in mro if "sample" in vars(c)), Method)
+    if sampler is not declarer and issubclass(sampler, declarer) and declarer is not Method:
+        return None, (f"{type(method).__name__} overrides sample() below {declarer.__name__}, which declared the "
+                      f"exact sampler; declare exact_sampler() beside the new sample() if it still draws "
+                      f"ancestral samples of one network")
+    declared = method.exact_sampler()
+    return declared, "" if declared is not None else method.exact_na_reason
 
 
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, opt_in: bool = False,

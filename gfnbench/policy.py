@@ -13,10 +13,11 @@ import torch
 from torch import Tensor
 
 from gfnbench.devices import rank, rank_seed
-from gfnbench.methods import Budget, Method
+from gfnbench.methods import Budget, ExactSampler, Method
 from gfnbench.models import LanguageModel, add_lora
 from gfnbench.sampling import SamplingConfig, sample
-from gfnbench.tasks.base import Example, Task
+from gfnbench.spending import reward_tally
+from gfnbench.tasks.base import Example, LabelledClassification, Task
 from gfnbench.trainer import make_trainer
 from gfnbench.trajectories import Trajectories, from_rows
 
@@ -56,7 +57,8 @@ def sample_task(task: Task, model, tokenizer, prompts: list[str], n: int, cfg: S
 def sample_scored(task: Task, policy, tokenizer, examples: list[Example], n: int, *, context: int | None,
                   generator: torch.Generator | None, what: str) -> Trajectories:
     """n on-policy training samples of each example's prompt, with their per-prefix log rewards under the base
-    model (adapters off), checked for NaN/+inf (`what` names the step in the error)."""
+    model (adapters off), checked for NaN/+inf (`what` names the step in the error). Every row is one reward
+    call, counted against `policy` (spending.reward_tally; TrainedModule keeps the count in its checkpoints)."""
     from gfnbench.losses import check_log_reward
     from gfnbench.models import adapters_off
 
@@ -65,6 +67,7 @@ def sample_scored(task: Task, policy, tokenizer, examples: list[Example], n: int
                        context=context, generator=generator)
     with adapters_off(policy) as base:
         traj = traj.with_log_reward(task.log_reward(base, tokenizer, traj, examples))
+    reward_tally(policy).add(traj, examples)
     check_log_reward(traj.log_reward, f"task {task.name}, {what}", traj.lengths)
     return traj
 
@@ -206,6 +209,20 @@ class PolicyMethod(Method):
 
     def sample(self, examples, n, generator) -> Trajectories:
         return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+
+    def exact_sampler(self) -> ExactSampler:
+        """`sample` above draws ancestrally from the fine-tuned policy at the task's evaluation temperature."""
+        return ExactSampler(self.policy, self.task.eval_temperature)
+
+    def reward_calls(self) -> int:
+        return sum(state["calls"] for state in self.module.spent_by_process())
+
+    def labelled_examples(self) -> dict[str, list[Example]]:
+        """On a label task the reward reads the gold label of every training example it scores."""
+        if not isinstance(self.task, LabelledClassification):
+            return {}
+        ids = {i for state in self.module.spent_by_process() for i in state["example_ids"]}
+        return {"reward_labels": [ex for ex in self.module.examples if ex.id in ids]}
 
     def train_on_prompts(self, batches: int, batch_size: int, reward_evals_per_batch: int, **settings) -> dict:
         """Fit over `batches` prompt batches; the record's train_curve and (when the task has a probe) its

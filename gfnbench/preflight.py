@@ -3,9 +3,10 @@
 Checked, in this order: profile, task (a task file's syntax and import errors as one `file:line` line), data path
 (exists, a file or a folder as the task expects, UTF-8 and well-formed: the task's reader), methods (known and
 applicable), seeds (non-negative, distinct integers), model (its tokenizer and config only, never the weights),
-every example's prompt length against the model's context, and the results folder (writable, without creating
-it), then the compute settings and each method's settings. Each failure is one ValueError (an `InputError` up to
-the results folder) whose message is one line. `check_run` and `check_bench` return what they checked as a plan
+every example's prompt length against the model's context, the compute settings and the logger (the results
+folder is keyed by the profile as run, see results_key), the results folder (writable, without creating it), then
+each method's settings. Each failure is one ValueError (an `InputError` for the task, data, methods, seeds, model
+and results folder) whose message is one line. `check_run` and `check_bench` return what they checked as a plan
 (`gfnbench.plans`), which the runner and the bench carry out without checking again.
 """
 from __future__ import annotations
@@ -238,20 +239,22 @@ def check_results_dir(root: str | Path) -> None:
 
 # --------------------------------------------------------------------------- entry points
 
-def _check(task: str, methods, seeds, profile: str, results_dir: str | None, model: str | None,
-           data: str | None):
-    """(task, method specs or None, results root): every input but the compute and the methods' settings."""
-    from gfnbench.profiles import get_profile
+def _check(task: str, methods, seeds, profile, results_dir: str | None, model: str | None, data: str | None,
+           compute: dict | None = None):
+    """(task, method specs or None, the run's profile, results root): every input but the methods' settings.
+    The results root is keyed by the profile as run (results_key), so the compute settings come before it."""
+    from gfnbench.profiles import resolve_profile
     from gfnbench.records import results_root
 
-    prof = get_profile(profile)
+    prof = resolve_profile(profile)
     task_obj = build_task(task, data)
     specs = None if methods is None else method_specs(task_obj.name, methods)
     check_seeds(seeds)
     check_context(task_obj, data, model or prof.model, None if specs is None else [s.name for s in specs])
+    prof = run_profile(prof, compute, model)
     root = results_root(prof, results_dir, data)
     check_results_dir(root)
-    return task_obj, specs, root
+    return task_obj, specs, prof, root
 
 
 def check_context(task_obj, data: str | None, model_name: str, names: list[str] | None) -> None:
@@ -273,7 +276,7 @@ def check_context(task_obj, data: str | None, model_name: str, names: list[str] 
 _LENGTHS_OK: set = set()
 
 
-def check_run(task: str, method: str, seed, profile: str = "smoke", results_dir: str | None = None,
+def check_run(task: str, method: str, seed, profile="smoke", results_dir: str | None = None,
               model: str | None = None, data: str | None = None, settings: dict | None = None,
               compute: dict | None = None) -> RunPlan:
     """All of a `run`'s inputs, before anything is created or loaded: the plan `runner.run_plan` carries out.
@@ -283,15 +286,14 @@ def check_run(task: str, method: str, seed, profile: str = "smoke", results_dir:
     from gfnbench.catalog import get_method
 
     get_method(method)   # an unknown method is the first thing said
-    task_obj, (spec,), root = _check(task, [method], [seed], profile, results_dir, model, data)
-    prof = run_profile(profile, compute)
+    task_obj, (spec,), prof, root = _check(task, [method], [seed], profile, results_dir, model, data, compute)
     others = sorted(set(settings or {}) - {spec.name})
     if others:
         raise ValueError(f"settings given for {', '.join(others)}, but this run is {spec.name}")
-    return RunPlan(task_obj, spec, seed, prof, settings_for(spec, settings), root, model or prof.model, data)
+    return RunPlan(task_obj, spec, seed, prof, settings_for(spec, settings), root, prof.model, data)
 
 
-def check_bench(task: str, profile: str = "cpu", seeds=(0, 1, 2), methods=None, results_dir: str | None = None,
+def check_bench(task: str, profile="cpu", seeds=(0, 1, 2), methods=None, results_dir: str | None = None,
                 model: str | None = None, data: str | None = None, settings: dict | None = None,
                 compute: dict | None = None) -> BenchPlan:
     """All of a `bench`'s inputs (every seed and method), before the first run: the plan `bench` carries out."""
@@ -300,9 +302,8 @@ def check_bench(task: str, profile: str = "cpu", seeds=(0, 1, 2), methods=None, 
     if methods is not None and (isinstance(methods, (str, bytes)) or not hasattr(methods, "__iter__")):
         raise InputError(f"methods must be a list of names, got {methods!r}")
     seeds = list(seeds)
-    task_obj, specs, root = _check(task, None if methods is None else list(methods), seeds, profile, results_dir,
-                                   model, data)
-    prof = run_profile(profile, compute)
+    task_obj, specs, prof, root = _check(task, None if methods is None else list(methods), seeds, profile,
+                                         results_dir, model, data, compute)
     if specs is None:
         from gfnbench.catalog import get_method
 
@@ -314,28 +315,32 @@ def check_bench(task: str, profile: str = "cpu", seeds=(0, 1, 2), methods=None, 
                          f"(its methods: {', '.join(names)})")
     overrides = {spec.name: settings_for(spec, settings) for spec in specs}
     return BenchPlan(task_obj, partial(construct_task, type(task_obj), task, data), tuple(specs), tuple(seeds),
-                     prof, overrides, root, model or prof.model, data)
+                     prof, overrides, root, prof.model, data)
 
 
 # --------------------------------------------------------------------------- what a run computes on, and with
 
-def run_profile(profile: str, compute: dict | None = None):
-    """The profile with this run's accelerator, devices, strategy and precision (those given), checked, its
-    precision resolved (precision.resolve_precision: `auto` decided on this host, `32` spelled 32-true)."""
+def run_profile(profile, compute: dict | None = None, model: str | None = None):
+    """The profile as run: its accelerator, devices, strategy, precision (those given) and model (--model), checked,
+    its precision resolved (precision.resolve_precision: `auto` decided on this host, `32` spelled 32-true), its
+    logger's package present, and its results folder keyed by all of it (results_key.keyed)."""
     from dataclasses import replace
 
     from gfnbench.devices import check_compute
     from gfnbench.precision import resolve_precision
-    from gfnbench.profiles import get_profile
+    from gfnbench.profiles import resolve_profile
+    from gfnbench.results_key import keyed
+    from gfnbench.trainer import check_logger
 
-    prof = get_profile(profile)
+    prof = resolve_profile(profile)
     given = {k: v for k, v in (compute or {}).items() if v is not None}
     unknown = set(given) - {"accelerator", "devices", "strategy", "precision"}
     if unknown:
         raise ValueError(f"unknown compute settings {sorted(unknown)}")
-    prof = replace(prof, **given) if given else prof
+    prof = replace(prof, **given, model=model or prof.model)
     check_compute(prof.accelerator, prof.devices, prof.strategy, str(prof.precision))
-    return replace(prof, precision=resolve_precision(str(prof.precision), prof.accelerator))   # `auto`, `32` named
+    check_logger(prof.logger)
+    return keyed(replace(prof, precision=resolve_precision(str(prof.precision), prof.accelerator)))
 
 
 def settings_for(spec, settings: dict | None) -> dict:

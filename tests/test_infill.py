@@ -150,7 +150,28 @@ def test_smoke_run_through_the_harness(tmp_path):
     rec = json.loads((out / "record.json").read_text())
     assert set(rec["metrics"]["test"]) == {"bleu4", "gleu", "bertscore_f1", "diversity", "logp_ref"}
     assert str(STORIES) in rec["data"] and "version" in rec["metric_info"]["bleu4"]
-    assert all("." not in s["text"] for s in read_samples(out))
+    samples = read_samples(out)
+    assert all("." not in s["text"] for s in samples)
+
+
+def test_samples_carry_the_gold_middle_the_metrics_compare_with(tmp_path):
+    """A reader re-checks BLEU from samples.jsonl alone: the field named by `scored_against` reproduces the
+    record's per-question BLEU, and the ending is kept under its own name."""
+    from gfnbench.runner import run
+    from gfnbench.tasks.infill import for_scoring
+
+    out = run("infill", "zero_shot", 0, profile="smoke", results_dir=str(tmp_path), data=str(STORIES))
+    rec, samples, t = json.loads((out / "record.json").read_text()), read_samples(out), task()
+    assert rec["scored_against"]["bleu4"] == "reference"
+    gold = {ex.id: ex for split in ("train", "val", "test") for ex in t.examples(split)}
+    assert all(s["reference"] == gold[s["id"]].rationale and s["ending"] == gold[s["id"]].answer for s in samples)
+    assert "answer" not in samples[0]
+    per_q = rec["per_question"]["test"]
+    from gfnbench.metrics import bleu4
+    for qid, expected in zip(per_q["ids"], per_q["bleu4"]):
+        rows = [s for s in samples if s["id"] == qid]
+        recomputed = sum(bleu4(for_scoring(s["text"]), for_scoring(s["reference"])) for s in rows) / len(rows)
+        assert recomputed == pytest.approx(expected, abs=1e-9)
 
 
 def test_tuned_reward_lm_is_a_fine_tuned_copy_and_the_reward_uses_it():

@@ -159,7 +159,7 @@ def test_write_leaderboard_end_to_end(tmp_path):
     assert "profile: cpu" in md and "seeds: 0, 1, 2" in md and "abc123" in md
     assert "95% percentile-bootstrap CI, written as mean [lo, hi], over 3 seeds (seeds resampled" in md
     acc = md.split("## accuracy")[1].split("## logp_ref")[0]
-    assert acc.index("| gfn_tb |") < acc.index("| greedy |")  # runs are read in folder (name) order
+    assert acc.index("| greedy |") < acc.index("| gfn_tb |")  # a known row (labels.METHOD_ORDER) before custom
     for method, values in METHODS.items():
         mean, lo, hi = bootstrap_ci(values)
         assert f"| {method} | {format_cell(mean, lo, hi)} |" in acc
@@ -257,7 +257,7 @@ def test_tradeoff_panel_plots_each_method_at_its_means_with_ci_bars(tmp_path):
 
 
 def test_training_budget_is_read_from_each_record_without_knowing_methods():
-    from gfnbench.tables import training_budget
+    from gfnbench.tables import budget_lines
 
     records = [
         {"method": "my_method", "budget": {"reward_evaluations": 320, "optimizer_steps": 40,
@@ -265,15 +265,17 @@ def test_training_budget_is_read_from_each_record_without_knowing_methods():
         {"method": "old_trained", "config": {"method": {"train_steps": 40}}},
         {"method": "greedy", "budget": None, "config": {"method": {"shots": 0}}},
     ]
-    assert training_budget(records) == ("my_method: 40 steps x 8 samples (320 reward evaluations); "
-                                        "old_trained: not recorded (the record predates budgets)")
+    assert budget_lines(records, ["greedy", "my_method", "old_trained"]) == [
+        "my_method: 40 steps x 8 samples (320 reward evaluations); reward calls not counted; test-time reward "
+        "calls not counted; labelled items not counted",
+        "old_trained: not recorded (the record predates budgets)"]
 
 
 def test_headings_name_each_metrics_direction(tmp_path):
     records = write_fake_runs(tmp_path, metric_directions={"logp_ref": "lower"})
     md = render_markdown(summarize(records), records, "arith")
     assert "## accuracy (↑ higher is better)" in md      # harness default
-    assert "## logp_ref (↓ lower is better)" in md       # the task's own word wins
+    assert "## logp_ref: log-lik. (↓ lower is better)" in md       # the task's own word wins
 
 
 def test_learning_curves_png_from_records(tmp_path):

@@ -14,6 +14,29 @@ def test_local_directory_round_trip(tiny, tmp_path):
     assert lm.model_id == str(tmp_path.resolve())
 
 
+def test_a_local_model_records_a_checksum_that_changes_with_its_weights(tmp_path):
+    """The record's model_source: the folder and a sha256 over every file's name, size and own sha256."""
+    import hashlib
+    import json
+
+    from gfnbench.models import build_tiny
+
+    tiny = build_tiny("llama")
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    source = load_model(str(tmp_path)).source
+    expected = hashlib.sha256()
+    for p in sorted(q for q in tmp_path.rglob("*") if q.is_file()):
+        expected.update(json.dumps([p.name, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()]).encode())
+    assert source == {"path": str(tmp_path.resolve()), "checksum": expected.hexdigest(),
+                      "checksum_of": "sha256 of every file"}
+    with torch.no_grad():
+        next(tiny.model.parameters()).add_(1.0)
+    tiny.model.save_pretrained(tmp_path)
+    assert load_model(str(tmp_path)).source["checksum"] != source["checksum"]
+
+
 def test_unknown_model_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotAvailable, match="--model embedded"):

@@ -163,6 +163,8 @@ def test_settings_override_iterations_and_are_recorded_typed(tmp_path):
     record = json.loads((out / "record.json").read_text())
     assert record["config"]["method"]["iterations"] == 2 and len(record["train_curve"]) == 2
     assert record["settings"] == {"iterations": 2, "ppo_epochs": 1}
-    assert record["budget"] == {"reward_evaluations": 2 * SMOKE.samples_per_prompt, "optimizer_steps": 2,
-                                "summary": f"2 iterations x {SMOKE.samples_per_prompt} samples, 1 PPO epochs each"}
+    assert {k: record["budget"][k] for k in ("reward_evaluations", "optimizer_steps", "summary", "reward_calls")} == \
+        {"reward_evaluations": 2 * SMOKE.samples_per_prompt, "optimizer_steps": 2,
+         "reward_calls": 2 * SMOKE.samples_per_prompt,     # PPO has no replay: every planned draw is scored
+         "summary": f"2 iterations x {SMOKE.samples_per_prompt} samples, 1 PPO epochs each"}
     assert record["config"]["method"]["ppo"]["ppo_epochs"] == 1

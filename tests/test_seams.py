@@ -15,6 +15,7 @@ from gfnbench.trajectories import make_trajectories
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_TASK = str(ROOT / "examples" / "sort_digits.py")
 EXAMPLE_METHOD = str(ROOT / "examples" / "reinforce.py")
+EXAMPLE_TEST_TIME = str(ROOT / "examples" / "best_of_n.py")
 
 
 # ------------------------------------------------------------------------------------- example task and method
@@ -50,6 +51,35 @@ def test_readme_example_method_appears_with_its_budget_in_the_table(tmp_path):
     assert "| reinforce" in table and "| greedy" in table
     record = json.loads((tmp_path / "runs" / "rng" / "reinforce" / "seed0" / "record.json").read_text())
     assert record["settings"] == {"samples_per_prompt": 3}
+
+
+def test_best_of_n_example_counts_its_test_reward_calls_and_has_no_exact_metrics(tmp_path):
+    from gfnbench.profiles import PROFILES
+    from gfnbench.records import read_samples
+    from gfnbench.tasks import get_task
+
+    main(["run", "--task", "rng", "--method", EXAMPLE_TEST_TIME, "--profile", "smoke", "--results_dir", str(tmp_path),
+          "--best_of_n.candidates", "3"])
+    run = tmp_path / "runs" / "rng" / "best_of_n" / "seed0"
+    record = json.loads((run / "record.json").read_text())
+    questions, samples = len(get_task("rng").examples("test")), PROFILES["smoke"].eval_samples   # 1 prompt, 4 draws
+    assert len(read_samples(run)) == questions * samples
+    assert record["budget"]["test_reward_calls"] == questions * samples * 3 == 12
+    assert (record["budget"]["reward_calls"], record["budget"]["labelled_items"]) == (0, 0)
+    assert "tv_exact" not in record["metrics"]["test"] and "valid" in record["metrics"]["test"]
+    assert {"tv_exact", "valid_exact", "js_exact"} <= set(record["metrics_na"])
+    assert "best of 3 candidates" in record["metrics_na"]["tv_exact"]
+
+
+def test_best_of_n_keeps_the_best_of_each_block_by_hand():
+    import sys
+
+    from gfnbench.catalog import get_method
+
+    module = sys.modules[get_method(EXAMPLE_TEST_TIME).factory.__module__]
+    final = torch.tensor([0.0, 2.0, 1.0, -1.0, 5.0, 5.0, 3.0])
+    assert module.best_in_blocks([0, 1, 2, 3, 4, 5], final, 3) == [1, 4]
+    assert module.best_in_blocks([6, 3], final, 1) == [6, 3]
 
 
 def test_leave_one_out_advantages_by_hand():

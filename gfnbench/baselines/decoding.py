@@ -15,6 +15,7 @@ from gfnbench.trajectories import Trajectories
 class Greedy(DecodingBaseline):
     greedy = True
     deterministic = True
+    exact_na_reason = "greedy decoding returns the one argmax answer: it samples no distribution"
 
 
 @register_method("temperature", "ancestral sampling of the base model at T = 1")
@@ -35,12 +36,16 @@ class Tempered(DecodingBaseline):
 @register_method("nucleus", "nucleus (top-p = 0.95) sampling of the base model")
 class Nucleus(DecodingBaseline):
     top_p = 0.95
+    exact_na_reason = "nucleus sampling truncates each step's distribution to its top-p mass (not enumerated here)"
 
 
 class BeamBaseline(DecodingBaseline):
     penalty = 0.0
-    exact_temperature = None
     deterministic = True
+    exact_na_reason = "beam search returns the most likely strings, not samples of a distribution"
+
+    def exact_sampler(self) -> None:
+        return None
 
     def plan(self, n: int) -> tuple[int, int]:
         """(num_beams, num_groups) for n returned sequences."""

@@ -78,6 +78,11 @@ class GFlowNetMStep(GFlowNetMethod):
         """The task's scores with the M-step model as the predictor (the base LM's are the gflownet row's)."""
         return self.task.score_with_model(self.classifier, tokenizer, texts, ex)
 
+    def labelled_examples(self) -> dict:
+        """The E-step's, and the M-step's labels: its items pair rationales with the gold label of every
+        training example (all of them are in the classifier's training set)."""
+        return {**super().labelled_examples(), "train_gold": list(self.task.examples("train"))}
+
     def budget(self) -> Budget:
         e_step = super().budget()
         return replace(e_step, optimizer_steps=e_step.optimizer_steps + self.ctx.profile.train_steps,

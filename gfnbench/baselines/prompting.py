@@ -9,7 +9,7 @@ examples, as the paper's 10/20/50-shot rows)."""
 from __future__ import annotations
 
 from gfnbench.base_decoding import DecodingBaseline
-from gfnbench.methods import register_method
+from gfnbench.methods import ExactSampler, register_method
 from gfnbench.shots import FEW_SHOT_K, few_shot_k, shots_prompt
 from gfnbench.tasks.base import LabelledClassification
 
@@ -36,9 +36,19 @@ class ShotsPrompting(DecodingBaseline):
     def score_with_model(self, model, tokenizer, texts, ex) -> dict | None:
         return {"accuracy": float(texts[0].strip() == ex.answer)} if self.classifier else None
 
+    exact_na_reason = "a direct classifier: its one sample is the label the base model prefers, not a draw"
+
     @property
     def exact_temperature(self):
-        return self.task.eval_temperature
+        return None if self.classifier else self.task.eval_temperature
+
+    def exact_sampler(self) -> ExactSampler | None:
+        """The base model sampled at the evaluation temperature after the k-shot prompt (not on a label task)."""
+        return None if self.classifier else ExactSampler(self.lm.model, self.task.eval_temperature)
+
+    def labelled_examples(self) -> dict:
+        """The k demonstrations before every prompt (subj: k labelled sentences with their labels)."""
+        return {"demonstrations": self.task.demonstrations()[: self.k]}
 
     def decoding(self):
         return self.task.sampling(train=False)

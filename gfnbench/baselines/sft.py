@@ -28,7 +28,7 @@ from torchmetrics import MeanMetric
 from gfnbench import setting_ranges as ranges
 from gfnbench.devices import rank, rank_seed
 from gfnbench.label_classifier import LabelClassifierModule, LabelSFTConfig, fit_label_classifier, label_defaults
-from gfnbench.methods import Budget, Method, register_method
+from gfnbench.methods import Budget, ExactSampler, Method, register_method
 from gfnbench.models import LanguageModel
 from gfnbench.policy import (
     SUPERVISED_LR_MULTIPLIER,
@@ -41,6 +41,7 @@ from gfnbench.policy import (
     trainable_state,
 )
 from gfnbench.sampling import encode, masked_log_softmax, positions_from_mask
+from gfnbench.spending import distinct_draws
 from gfnbench.tasks.base import Example, LabelledClassification, Task
 from gfnbench.trainer import make_trainer
 from gfnbench.trajectories import Trajectories, left_pad, right_pad
@@ -246,6 +247,8 @@ class GoldSFTMethod(SFTMethod):
         train = gold_sequences(task, tok, task.examples("train"), self.cfg.loss_on_tool_tokens)
         val = gold_sequences(task, tok, task.examples(task.val_split), self.cfg.loss_on_tool_tokens)
         self.module = SFTModule(task, lm, self.cfg, train, val, seed=ctx.seed)
+        self.train_gold = with_target(task, task.examples("train"))
+        self.val_gold = with_target(task, task.examples(task.val_split))
 
     def fit(self) -> dict:
         fit_sft(self.module, self.ctx, self.steps)
@@ -253,6 +256,17 @@ class GoldSFTMethod(SFTMethod):
 
     def sample(self, examples, n, generator) -> Trajectories:
         return sample_policy(self.task, self.policy, self.lm, examples, n, generator)
+
+    def exact_sampler(self) -> ExactSampler:
+        """`sample` draws ancestrally from the fine-tuned policy at the task's evaluation temperature."""
+        return ExactSampler(self.policy, self.task.eval_temperature)
+
+    def labelled_examples(self) -> dict[str, list[Example]]:
+        """The gold targets the shuffled loader handed out (every epoch is a permutation of them, so which ones
+        were drawn does not matter to the count; train and val are disjoint), and every val gold target: each
+        validation pass, step 0's included, reads all of them to early-stop and keep the best weights."""
+        seen = distinct_draws(len(self.train_gold), len(self.module.curve), self.cfg.batch_size)
+        return {"train_gold": self.train_gold[:seen], "val_gold": self.val_gold if self.module.val_items else []}
 
     def budget(self) -> Budget:
         steps = len(self.module.curve) or self.steps
@@ -264,6 +278,11 @@ class GoldSFTMethod(SFTMethod):
                 "train_sequences": len(self.module.train_items), "val_sequences": len(self.module.val_items),
                 "steps_run": len(self.module.curve), "best_val_step": self.module.best_step,
                 "best_val_nll": None if self.module.best_state is None else self.module.best_nll}
+
+
+def with_target(task: Task, examples: list[Example]) -> list[Example]:
+    """The examples that have a gold target (those `gold_sequences` encodes)."""
+    return [ex for ex in examples if task.target(ex) is not None]
 
 
 def label_settings(cfg: SFTConfig) -> LabelSFTConfig:
@@ -284,24 +303,31 @@ class LabelSFTMethod(SFTMethod):
         items = [(task.classifier_prompt(ex, 0), labels.index(ex.answer)) for ex in task.examples("train")]
         self.module = LabelClassifierModule(lm, self.cfg, items, [f" {lab}" for lab in labels], self.steps,
                                             seed=ctx.seed, weight_decay=settings.weight_decay)
+        self.train_labelled = list(task.examples("train"))
 
     def fit(self) -> dict:
         fit_label_classifier(self.module, self.ctx)
         return {"train_curve": self.module.curve}
 
+    exact_na_reason = "a direct classifier: its one sample is the label the fine-tuned model prefers, not a draw"
+
     def sample(self, examples, n, generator) -> Trajectories:
         self.policy.eval()
         return self.task.prompted_classifier(replace(self.lm, model=self.policy), examples, 0)
+
+    def exact_sampler(self) -> None:
+        return None
+
+    def labelled_examples(self) -> dict[str, list[Example]]:
+        """The labelled sentences the classifier's loader handed out (a permutation per epoch, as for gold SFT)."""
+        seen = distinct_draws(len(self.train_labelled), len(self.module.curve), self.cfg.batch_size)
+        return {"train_gold": self.train_labelled[:seen]}
 
     def score_with_model(self, model, tokenizer, texts, ex) -> dict:
         return {"accuracy": float(texts[0].strip() == ex.answer)}
 
     def budget(self) -> Budget:
         return Budget(0, self.steps, f"{self.steps} steps x {self.cfg.batch_size} labelled examples, no reward")
-
-    @property
-    def exact_temperature(self):
-        return None
 
     def config(self) -> dict:
         return {"label_sft": asdict(self.cfg), "train_steps": self.steps, "train_items": len(self.module.items),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gfnbench.sampling.model_parts import effective_linear
+from gfnbench.sampling.model_parts import effective_linear, fused_low_rank
 from gfnbench.sampling.tokens import few_allowed, positions_from_mask
 
 
@@ -44,6 +44,16 @@ class _HFDecoder:
         self.cache.reorder_cache(rows)
 
 
+class _Linear:
+    """A (weight, bias) pair applied as a Linear."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -53,7 +63,8 @@ class _LlamaDecoder:
     """The sampler's decode for Llama-family models, without the generic HF machinery: a preallocated KV cache
     written in place (no per-step concatenation), grouped-query attention as one batched matmul per layer over
     the cache prefix (no repeated or copied K/V), no per-step 4D mask construction, the LoRA of the attention
-    projections merged into one fused q|k|v weight and one o weight per call (no adapter matmuls per token),
+    projections merged into one fused q|k|v weight and one o weight per call (no adapter matmuls per token; with
+    fp32 adapters on a bf16 base, `FusedLowRank`'s two matmuls instead),
     and the output layer evaluated only on the allowed tokens' rows (when they are few). Norms, rotary embedding
     and MLP are the model's own modules. Equal to `_HFDecoder` to float rounding (tests/test_perf_neutral.py)."""
 
@@ -86,10 +97,11 @@ class _LlamaDecoder:
             if all(p is not None for p in parts):
                 bias = None if all(p[1] is None for p in parts) else torch.cat(
                     [p[1] if p[1] is not None else p[0].new_zeros(p[0].shape[0]) for p in parts])
-                self.qkv.append((torch.cat([p[0] for p in parts]), bias))
-            else:
-                self.qkv.append(None)
-            self.o.append(effective_linear(attn.o_proj))
+                self.qkv.append(_Linear(torch.cat([p[0] for p in parts]), bias))
+            else:       # adapters wider than the base (bf16-true): fused, or peft's own layers as the last resort
+                self.qkv.append(fused_low_rank((attn.q_proj, attn.k_proj, attn.v_proj), head_w.dtype))
+            o = effective_linear(attn.o_proj)
+            self.o.append(_Linear(*o) if o is not None else fused_low_rank((attn.o_proj,), head_w.dtype))
         self.k = self.v = self.k_buf = self.v_buf = self.key_ok = None
         self.t = 0
 
@@ -113,7 +125,7 @@ class _LlamaDecoder:
             attn = layer.self_attn
             h = layer.input_layernorm(x)
             if qkv is not None:
-                q, k, v = torch.nn.functional.linear(h, *qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+                q, k, v = qkv(h).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
             else:
                 q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
             q = q.reshape(b, T, nh, hd).transpose(1, 2)
@@ -128,7 +140,7 @@ class _LlamaDecoder:
             probs = torch.softmax(scores * self.scaling + bias, dim=-1, dtype=torch.float32).to(scores.dtype)
             probs = probs.view(b, nkv, rep * T, t1)          # softmax in fp32 (as HF's eager attention), then x.dtype
             o = torch.matmul(probs, vc[:, :, :t1]).view(b, nh, T, hd).transpose(1, 2).reshape(b, T, nh * hd)
-            x = x + (torch.nn.functional.linear(o, *o_w) if o_w is not None else attn.o_proj(o))
+            x = x + (o_w(o) if o_w is not None else attn.o_proj(o))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.t = t1
         h = self.body.norm(x[:, -1])

@@ -144,6 +144,7 @@ class Arithmetic(Task):
     probe_questions = 16
     metric_directions = {"val_greedy_accuracy": "higher"}
     headline_metrics = ("accuracy", "pass@10")
+    scored_against = {"accuracy": "answer", "pass@k": "answer"}
 
     def __init__(self, seed: int = 0, n_unlabelled: int = 1000, n_test: int = 100):
         self.splits = generate_splits(seed, 10, n_unlabelled, 50, n_test)

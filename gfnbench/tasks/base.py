@@ -16,6 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -59,6 +60,7 @@ class Task(ABC):
     version: ClassVar[str] = "1"          # bump when prompts, rewards or metrics change; recorded in every run
     description: ClassVar[str] = ""
     data_source: ClassVar[str] = ""
+    builtin_data: ClassVar[Path | None] = None   # the shipped file or folder read when no --data is given
     eval_splits: ClassVar[tuple[str, ...]] = ("test",)
     val_split: ClassVar[str] = "val"
     min_len: ClassVar[int] = 1            # actions before the stop action is allowed
@@ -77,9 +79,14 @@ class Task(ABC):
     # Methods the cpu profile's `bench` leaves out unless named with --methods (too slow for its time limit).
     costly_methods: ClassVar[tuple[str, ...]] = ()
     # "higher" or "lower" (is better) per metric, shown in every table heading; metrics not listed fall back to
-    # the harness's defaults (tables.DEFAULT_DIRECTIONS).
+    # the harness's defaults (cells.DEFAULT_DIRECTIONS).
     metric_directions: ClassVar[dict[str, str]] = {}
     metric_info: ClassVar[dict[str, str]] = {}     # one-line explanations of metrics, kept in run records
+    # Metric -> the samples.jsonl field (from `sample_fields`) it compares each sample with, kept in run records;
+    # metrics not listed read the samples alone (diversity, valid) or the task's target (rng).
+    scored_against: ClassVar[dict[str, str]] = {}
+    # The wide table's columns, in order (human names in gfnbench/labels.py); empty: every metric with a direction.
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
     curve_points: ClassVar[int] = 0     # learning-curve probes per training run (0: the task has no cheap probe)
     data_kind: ClassVar[str | None] = None   # what `--data` must be: "file", "folder" (None: the task reads none)
 
@@ -104,6 +111,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         """Metrics of the n samples drawn for one example; the harness averages them over examples."""
+
+    def sample_fields(self, ex: Example) -> dict[str, str]:
+        """What samples.jsonl keeps beside each sample: every field a metric is scored against, named as
+        `scored_against` names it, so that a reader can re-check a cell from the samples alone."""
+        return {"answer": ex.answer} if ex.answer else {}
 
     def score_with_model(self, model, tokenizer, texts: list[str], ex: Example) -> dict[str, float]:
         """Metrics that need a model (subj: the label the base LM reads after each rationale); `model` is the base

@@ -136,6 +136,7 @@ class Continuation(Task):
     eval_temperature = 1.0
     eval_samples = 8
     report_logp_ref_max = True
+    headline_metrics = ("logp_ref_max", "logp_ref", "diversity")
     excluded_methods = ("zero_shot",)     # no shots to drop: it would repeat `temperature` row for row
     opt_in_methods = ("tempered",)        # the paper's "LM tempered" baseline (T = the final reward temperature)
     costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (docs/methods.md)
@@ -148,6 +149,7 @@ class Continuation(Task):
 
     def __init__(self, data: str | None = None, seed: int = 0):
         prompts = read_prompts(data or BUILTIN)
+        self.builtin_data = None if data else BUILTIN
         self.data_source = (f"{data} ({len(prompts)} distinct prompts)" if data else
                             f"built-in sample ({len(prompts)} prompts written for gfnbench), "
                             f"not the paper's OpenWebText set")

@@ -91,6 +91,8 @@ class Infill(Task):
     eval_samples = 8
     opt_in_methods = ("few_shot", "sft")
     costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")   # over the cpu bench budget (docs/methods.md)
+    headline_metrics = ("bleu4", "bertscore_f1", "logp_ref", "diversity")
+    scored_against = {"bleu4": "reference", "gleu": "reference", "bertscore_f1": "reference"}
     training = TrainingDefaults(reward_temperature=(1.1, 0.85, 100), behaviour_mix=(0.25, 0.5, 0.25),
                                 buffer_capacity=50, buffer_sampling="reward")
 
@@ -101,6 +103,7 @@ class Infill(Task):
         self.min_len, self.max_len = LENGTHS[stop]
         self.eval_max_len = self.max_len
         stories = read_stories(data or BUILTIN)
+        self.builtin_data = None if data else BUILTIN
         self.data_source = (f"{data} ({len(stories)} distinct stories)" if data else
                             f"built-in sample ({len(stories)} stories written for gfnbench in the ROCStories "
                             f"format), not ROCStories")
@@ -114,6 +117,10 @@ class Infill(Task):
                 "gleu": "nltk sentence_gleu, 1-4-grams (0-1)",
                 "bertscore_f1": "bert_score F1 with the local all-MiniLM-L6-v2, not baseline-rescaled",
                 "reference": "s4 and each sample stripped of surrounding spaces and the final period"}
+
+    def sample_fields(self, ex: Example) -> dict[str, str]:
+        """The gold middle (s4) is what BLEU, GLEU and BERTScore compare with; the ending (s5) is the prompt's."""
+        return {"reference": ex.rationale, "ending": ex.answer}
 
     def examples(self, split: str) -> list[Example]:
         if split not in self.splits:

@@ -9,6 +9,13 @@ The prompt is fixed, so there is nothing to generalise to: the train and val spl
 `gold_samples` (and half as many) seeded draws from the target itself, each a gold answer for SFT, which is
 then "maximum likelihood on samples of the target", the best a sampler-free learner can do with that data.
 Reward-driven methods (GFlowNet, PPO) see only the prompt and the reward; the test split is the prompt alone.
+
+Stop action (issue 26): the "." token, the terminator the base model itself writes after a number here
+(benchmarks/rng_stop_tokens.py on SmolLM2-135M-Instruct, mean over 0..100: "." 0.237, newline 0.068, space
+0.0075, `<|im_end|>` 0.00002; "," 0.305 is likelier but continues a list rather than ending the answer). With
+`<|im_end|>` as the stop (the `_eos` tasks, this suite's rule before issue 26) the base model almost never
+stops, so 99.998 % of its mass sits on 3-digit strings cut off by `max_len`: its row then measures the length
+cap, not the model's preference.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from torch import Tensor
 from gfnbench.devices import model_device
 from gfnbench.sampling import masked_log_softmax, positions_from_mask
 from gfnbench.tasks.base import Example, Task, TrainingDefaults, register_task, token_mask
+from gfnbench.tasks.continuation import period_id
 from gfnbench.trajectories import left_pad
 
 PROMPT = "The following is a random integer drawn uniformly between 0 and 100: "
@@ -77,6 +85,8 @@ class RandomInteger(Task):
     eval_max_len = 3
     eval_temperature = 1.0
     eval_samples = 256
+    stop = "."                # the stop action's token: "." (the model's own terminator) or "eos"
+    version = "2"             # 2: "." stop (issue 26); the _eos tasks keep version 1's rule
     gold_samples = 0          # train answers drawn from the target for SFT (val: half as many); 0 = none
     # Rows that say nothing about matching a distribution: zero_shot samples exactly as `temperature` does here
     # (same prompt, T = 1), and beam search returns the n most likely strings, not samples.
@@ -90,6 +100,7 @@ class RandomInteger(Task):
     metric_info = {"kl_policy_target_valid_exact": "KL(policy renormalised on valid answers || target): the shape",
                    "js_exact": "Jensen-Shannon divergence (nats, at most ln 2) with the invalid bin"}
     excluded_methods = ("zero_shot", "beam", "diverse_beam")
+    headline_metrics = ("tv_exact", "kl_target_policy_exact", "js_exact", "valid_exact")
     opt_in_methods = ("sft",)     # trained on `gold_samples` draws from the target
     # lr 1e-3 over 240 steps (cpu profile) on SmolLM2 with LoRA r16, measured exact TV (rng, seeds 0/1):
     # constant lr 0.092 (seed 0; 0.055 at step 180, then noise), decaying linearly to 0.1x by the last step
@@ -106,6 +117,12 @@ class RandomInteger(Task):
 
     def parse(self, text: str) -> int | None:
         return parse_integer(text, self.low, self.high, self.leading_zeros)
+
+    def stop_id(self, tokenizer) -> int:
+        return period_id(tokenizer) if self.stop == "." else int(tokenizer.eos_token_id)
+
+    def config(self) -> dict:
+        return {"stop": self.stop, "max_len": self.max_len, "low": self.low, "high": self.high}
 
     def log_target(self, value) -> float:
         """Unnormalised log reward of a valid outcome."""
@@ -241,3 +258,17 @@ class PeakedInteger(RandomInteger):
 
     def log_target(self, value: int) -> float:
         return -abs(value - 30) / 10
+
+
+@register_task("rng_eos")
+class UniformIntegerEosStop(UniformInteger):
+    description = "rng with <|im_end|> as the stop action (the rule before issue 26): exact TV/KL"
+    stop = "eos"
+    version = "1"
+
+
+@register_task("rng_peaked_eos")
+class PeakedIntegerEosStop(PeakedInteger):
+    description = "rng_peaked with <|im_end|> as the stop action (the rule before issue 26): exact TV/KL"
+    stop = "eos"
+    version = "1"

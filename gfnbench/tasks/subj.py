@@ -112,6 +112,8 @@ class Subjectivity(LabelledClassification):
     eval_samples = 10
     min_eval_questions = 40   # accuracy on the cpu profile's 8 questions moves in 0.125 steps; 40 = built-in test
     labels = LABELS
+    headline_metrics = ("accuracy",)
+    scored_against = {"accuracy": "label", "rationale_accuracy": "label"}
     opt_in_methods = ("few_shot", "sft", "gflownet_mstep")
     # Decoding variants of a 1-5 token rationale are not the paper's baselines; `temperature` (base-model
     # rationales at T = 1, majority vote) stays as the untrained version of the GFlowNet row.
@@ -129,6 +131,7 @@ class Subjectivity(LabelledClassification):
         folder = Path(data) if data else DEFAULT_DATA
         sentences = load_sentences(folder)
         self.splits = make_splits(sentences, seed, self.n_labelled, folder)
+        self.builtin_data = None if data else DEFAULT_DATA
         self.data_source = str(folder) if data else \
             f"built-in sample ({len(sentences)} sentences written for gfnbench), not SUBJ"
         self.few_shot_k = self.n_labelled       # the paper's few-shot rows use all n labelled examples
@@ -200,6 +203,9 @@ class Subjectivity(LabelledClassification):
         preds = self.predict(model, tokenizer, ex, texts)
         return {"accuracy": float(vote(preds) == ex.answer),
                 "rationale_accuracy": sum(p == ex.answer for p in preds) / len(preds)}
+
+    def sample_fields(self, ex: Example) -> dict[str, str]:
+        return {"label": ex.answer}
 
     def score(self, texts: list[str], ex: Example) -> dict[str, float]:
         return {"rationale_words": sum(len(t.split()) for t in texts) / len(texts),
