@@ -34,7 +34,7 @@ from gfnbench.runner import run_plan
 def bench(task: str, profile: str | Profile = "cpu", seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
           results_dir: str | None = None, model: str | None = None, overwrite: bool = False,
           data: str | None = None, settings: dict | None = None, compute: dict | None = None,
-          save_adapters: bool = False, jobs: int | None = None, tables: bool = True) -> list[Path]:
+          save_adapters: bool = True, jobs: int | None = None, tables: bool = True) -> list[Path]:
     """Every method registered for the task x seeds (runs that already have a record are kept), then tables.
     With several processes (--devices N) they are started once, and all follow process 0's list of runs.
     With `jobs` > 1 (the cpu profile: one per core, up to 4) that many processes share the list through the

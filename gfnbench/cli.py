@@ -48,7 +48,7 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE
         settings: str | None = None, method_settings: dict | None = None, resume: bool = True,
         keep_checkpoints: bool = False, checkpoint_every: int = 10, accelerator: str | None = None,
         devices: int | None = None, strategy: str | None = None, precision: str | None = None,
-        save_adapters: bool = False, train_steps: int | None = None, eval_questions: int | None = None,
+        save_adapters: bool = True, train_steps: int | None = None, eval_questions: int | None = None,
         logger: str | None = None, verbose: bool = False) -> None:
     """Train (if needed) and evaluate one method on one task with one seed; writes a run record.
 
@@ -105,7 +105,7 @@ def bench(task: str = "arith", profile: str = DEFAULT_PROFILE, seeds: list[int] 
           methods: list[str] | None = None, results_dir: str | None = None, model: str | None = None,
           overwrite: bool = False, data: str | None = None, settings: str | None = None,
           method_settings: dict | None = None, accelerator: str | None = None, devices: int | None = None,
-          strategy: str | None = None, precision: str | None = None, save_adapters: bool = False,
+          strategy: str | None = None, precision: str | None = None, save_adapters: bool = True,
           jobs: int | None = None, train_steps: int | None = None, eval_questions: int | None = None,
           logger: str | None = None, verbose: bool = False) -> None:
     """Every method for a task x seeds, then the leaderboard table (existing runs are kept unless --overwrite).

@@ -50,6 +50,25 @@ def exact_metrics(method: Method, task: Task, examples: list[Example]) -> dict:
     return {k: mean([p[k] for p in per]) for k in per[0]}
 
 
+def exact_outcomes(method: Method, task: Task, profile: Profile) -> dict:
+    """{split: {question id: {outcome: probability}}} of the declared exact sampler, on tasks whose exact metrics
+    come from such a distribution (rng): what a reader needs to re-check those metrics ({} otherwise)."""
+    declared, _ = declared_exact_sampler(method)
+    if declared is None:
+        return {}
+    declared.network.eval()
+    out = {}
+    with torch.no_grad():
+        for split in task.eval_splits:
+            for ex in task.examples(split)[: eval_questions(profile, task)]:
+                dist = task.exact_outcomes(declared.network, method.lm.tokenizer, method.prompt_for(ex),
+                                           declared.temperature)
+                if dist is None:
+                    return {}
+                out.setdefault(split, {})[ex.id] = dist
+    return out
+
+
 def exact_metrics_na(method: Method, task: Task) -> dict[str, str]:
     """{exact metric: why it is n/a} for a method that does not declare its exact sampler, on a task that has exact
     metrics ({} otherwise). The metric names come from one enumeration of the base model (its numbers unused)."""

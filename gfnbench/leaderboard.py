@@ -2,6 +2,7 @@
 (tables, plots) as one set, so a reader never sees a half-written table or a mix of old and new files."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def _mixed(records: list[dict], key: str) -> dict[str, list[str]]:
 
 
 def check_consistent(records: list[dict], results_dir: str | Path, allow_mixed_precision: bool = False) -> None:
-    """One policy model, one profile, one data set and (unless allowed) one precision per table: mixing them
-    would average incomparable numbers."""
+    """One policy model, one profile, one data set, one set of task settings and (unless allowed) one precision
+    per table: mixing them would average incomparable numbers."""
     for key in ("model", "profile"):
         groups = _mixed(records, key)
         if len(groups) > 1:
@@ -32,6 +33,13 @@ def check_consistent(records: list[dict], results_dir: str | Path, allow_mixed_p
             raise ValueError(f"runs under {results_dir} mix {len(groups)} different {key}s ({listing}). "
                              f"Keep one {key} per results folder: use a different --results_dir for each.")
     check_one_data_set(records, results_dir)
+    settings = [{**r, "settings": json.dumps(r.get("config", {}).get("task_settings", {}), sort_keys=True)}
+                for r in records]
+    groups = _mixed(settings, "settings")
+    if len(groups) > 1:
+        listing = "; ".join(f"{value}: {', '.join(runs)}" for value, runs in groups.items())
+        raise ValueError(f"runs under {results_dir} mix task settings ({listing}): re-run them with one setting, "
+                         f"or give each setting its own --results_dir.")
     groups = _mixed([{**r, "precision": record_precision(r)} for r in records], "precision")
     if len(groups) > 1 and not allow_mixed_precision:
         listing = "; ".join(f"{value}: {', '.join(runs)}" for value, runs in groups.items())
@@ -40,9 +48,9 @@ def check_consistent(records: list[dict], results_dir: str | Path, allow_mixed_p
 
 
 def data_set(record: dict) -> str:
-    """Which examples a run was scored on: the task's built-in set (no checksum) or a `--data` file or folder,
-    named with the first 12 hex digits of its sha256."""
-    sha = record.get("data_sha256")
+    """Which examples a run was scored on: the task's built-in set or a `--data` file or folder, named with the
+    first 12 hex digits of its sha256 (records before issue 26 give built-in data no checksum)."""
+    sha = None if record.get("data_builtin") else record.get("data_sha256")
     return f"{record.get('data')} (sha256 {str(sha)[:12]})" if sha else f"{record.get('data')} (built-in)"
 
 

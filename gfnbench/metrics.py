@@ -63,6 +63,27 @@ def mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values))
 
 
+@functools.lru_cache(maxsize=32)
+def _expected_empirical_tv(probs: tuple[float, ...], n: int) -> float:
+    total = 0.0
+    for p in probs:
+        if not 0 < p < 1:     # a sure or impossible outcome's count is exact
+            continue
+        log_p, log_q = math.log(p), math.log1p(-p)
+        for k in range(n + 1):
+            log_pmf = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+            total += math.exp(log_pmf) * abs(k / n - p)
+    return 0.5 * total
+
+
+def expected_empirical_tv(probs: Sequence[float], n: int) -> float:
+    """E[TV(histogram of n draws from p, p)]: the sampled TV of a perfect sampler, the floor below which a
+    sampled TV says nothing. Exact: each outcome's count is Binomial(n, p_x), so E|N_x / n - p_x| is a finite sum."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return _expected_empirical_tv(tuple(float(p) for p in probs), n)
+
+
 # --- Text metrics shared by the text tasks -------------------------------------------------------
 # Heavy libraries (transformers, bert_score, nltk) are imported inside the functions so that tasks
 # needing only majority_vote/mean do not pay seconds of import time.

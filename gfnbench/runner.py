@@ -28,7 +28,7 @@ from gfnbench.checkpoints import (
     write_identity,
 )
 from gfnbench.devices import full_parameters, gather, launch, rank, run_device, world_size
-from gfnbench.evaluation import eval_questions, evaluate, exact_metrics_na
+from gfnbench.evaluation import eval_questions, evaluate, exact_metrics_na, exact_outcomes
 from gfnbench.methods import Method, RunContext
 from gfnbench.models import LanguageModel, load_model
 from gfnbench.plans import RunPlan
@@ -59,7 +59,7 @@ def seed_everything(seed: int) -> None:
 def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: str | None = None,
         model: str | None = None, overwrite: bool = False, data: str | None = None,
         settings: dict | None = None, resume: bool = True, keep_checkpoints: bool = False,
-        checkpoint_every: int = 10, compute: dict | None = None, save_adapters: bool = False) -> Path:
+        checkpoint_every: int = 10, compute: dict | None = None, save_adapters: bool = True) -> Path:
     """Train (if the method trains), evaluate and write one run record. Returns the record's folder.
 
     `settings` maps method names to overrides of their settings ({"gflownet": {"lr": 3e-4}}); `compute` overrides
@@ -75,7 +75,7 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
 
 
 def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = True, keep_checkpoints: bool = False,
-             checkpoint_every: int = 10, save_adapters: bool = False) -> Path:
+             checkpoint_every: int = 10, save_adapters: bool = True) -> Path:
     """`run` on inputs preflight has already checked (see `run` for the options). Whatever stops it before the
     record is written, its run folder goes (and the folders created for it), but for a checkpoint to resume."""
     out = run_dir(plan.root, plan.task.name, plan.method, plan.seed)
@@ -114,13 +114,18 @@ def run_claimed(plan: RunPlan, out: Path, overwrite: bool, resume: bool, keep_ch
     with full_parameters(impl.trained_module()):
         metrics, samples, per_question = evaluate(impl, plan.task, plan.profile, plan.seed,
                                                   label=f"{plan.method} seed {plan.seed}")
-        adapters = adapter_bytes(impl) if save_adapters else None
+        adapters = adapter_bytes(impl) if save_adapters and plan.spec.trains else None
+        outcomes = exact_outcomes(impl, plan.task, plan.profile)
     extras, prints = gather(extra), (gather(weights_fingerprint(impl)) if world_size() > 1 else [])
     if rank() == 0:
         record = run_record(plan, lm, impl, metrics, per_question)
         record.update({"wall_time_s": time.time() - started, **extra, **processes_field(extras, prints)})
+        if outcomes:
+            record["exact_outcomes"] = outcomes
         if adapters is not None:
             atomic_write_bytes(out / "adapters.pt", adapters)
+            record["adapters"] = {"file": "adapters.pt", "bytes": len(adapters),
+                                  "sha256": hashlib.sha256(adapters).hexdigest()}
         write_run(out, record, samples, overwrite=overwrite)
         if not keep_checkpoints:
             remove_checkpoints(ctx.checkpoint_dir)
@@ -222,7 +227,7 @@ def run_record(plan: RunPlan, lm: LanguageModel, impl: Method, metrics: dict, pe
         "model": lm.model_id, "scoring_model": f"{lm.model_id}, adapters off, given the task prompt",
         "data": task_obj.data_source, "data_sha256": data_fingerprint(data or task_obj.builtin_data)
         if data or task_obj.builtin_data else None,
-        "examples_sha256": examples_fingerprint(task_obj), "model_source": lm.source,
+        "data_builtin": not data, "examples_sha256": examples_fingerprint(task_obj), "model_source": lm.source,
         "metrics": metrics, "per_question": per_question, "metric_info": task_obj.metric_info,
         "scored_against": task_obj.scored_against,
         "metric_directions": task_obj.metric_directions, "task_version": task_obj.version,

@@ -60,12 +60,16 @@ def test_gflownet_matches_an_enumerable_target(loss, steps):
     assert after < (0.05 if loss == "subtb" else 0.08), (before, after)
 
 
-def test_exact_distribution_sums_to_one_and_matches_sampling(tiny):
+@pytest.mark.parametrize("name, stop", [("rng", "."), ("rng_eos", None)])
+def test_exact_distribution_sums_to_one_and_matches_sampling(tiny, name, stop):
+    """Under either stop action: rng stops on the "." token (never part of the text), rng_eos on eos."""
     from collections import Counter
 
     from gfnbench.sampling import sample
 
-    task = get_task("rng")
+    task = get_task(name)
+    stop_id = tiny.tokenizer.convert_tokens_to_ids(stop) if stop else tiny.tokenizer.eos_token_id
+    assert task.stop_id(tiny.tokenizer) == stop_id and task.config()["stop"] == (stop or "eos")
     prompt = task.prompt(task.examples("test")[0])
     dist = task.exact_distribution(tiny.model, tiny.tokenizer, prompt)
     assert abs(sum(dist.values()) - 1) < 1e-5
@@ -73,6 +77,7 @@ def test_exact_distribution_sums_to_one_and_matches_sampling(tiny):
                   stop_id=task.stop_id(tiny.tokenizer), allowed=task.allowed_tokens(tiny.tokenizer),
                   generator=torch.Generator().manual_seed(0))
     counts = Counter(traj.texts)
+    assert not any("." in text for text in traj.texts) and traj.stopped.any()
     for text, p in sorted(dist.items(), key=lambda kv: -kv[1])[:5]:
         assert abs(counts[text] / 3000 - p) < 4 * (p * (1 - p) / 3000) ** 0.5 + 1e-3
 

@@ -209,6 +209,26 @@ def test_mixed_models_or_profiles_error(tmp_path, key, other):
     assert not (tmp_path / "arith.md").exists()
 
 
+def test_mixed_task_settings_error(tmp_path):
+    """rng's "." stop and rng_eos's <|im_end|> (or any other task setting) never share a table."""
+    write_fake_runs(tmp_path, config={"eval_samples": 4, "task_settings": {"stop": "."}})
+    odd = fake_record("beam", 0, 0.3, config={"eval_samples": 4, "task_settings": {"stop": "eos"}})
+    write_run(run_dir(tmp_path, "arith", "beam", 0), odd, [])
+    with pytest.raises(ValueError, match="mix task settings") as err:
+        write_leaderboard(tmp_path, "arith")
+    assert '"stop": "eos"' in str(err.value) and "beam/seed0" in str(err.value)
+    assert not (tmp_path / "arith.md").exists()
+
+
+def test_built_in_data_with_and_without_a_checksum_is_one_data_set(tmp_path):
+    """Records from before issue 26 give built-in data no checksum; newer ones give its file's and say built-in."""
+    write_fake_runs(tmp_path)
+    newer = fake_record("beam", 0, 0.3, data_sha256="ab" * 32, data_builtin=True)
+    write_run(run_dir(tmp_path, "arith", "beam", 0), newer, [])
+    write_leaderboard(tmp_path, "arith")
+    assert (tmp_path / "arith.md").exists()
+
+
 def test_render_csv_roundtrip():
     records = [fake_record("greedy", s, v) for s, v in zip(SEEDS, METHODS["greedy"])]
     df = summarize(records)

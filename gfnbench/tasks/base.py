@@ -127,6 +127,11 @@ class Task(ABC):
         (rng). None: the task has none."""
         return None
 
+    def exact_outcomes(self, model, tokenizer, prompt: str, temperature: float) -> dict[str, float] | None:
+        """The policy's exact probability of every outcome the exact metrics compare (rng: each integer and
+        "<invalid>"), kept in the run record so the metrics can be re-checked without the model. None: none."""
+        return None
+
     def prompt_weights(self, examples: list[Example]) -> list[float] | None:
         """Relative chances of the training examples being drawn as prompts (None: uniform). Trained methods all
         draw their prompts this way, so a reweighting never favours one method."""

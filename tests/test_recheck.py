@@ -1,0 +1,89 @@
+"""Records hold what a check needs (issue 26): adapters by default, rng's exact outcome distribution, a script
+that re-derives the exact metrics from the stored adapters, and the floor of the sampled TV."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfnbench.runner import run
+from gfnbench.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def trained_rng_run(tmp_path_factory):
+    return run("rng", "gflownet", 0, profile="smoke", results_dir=str(tmp_path_factory.mktemp("runs")))
+
+
+def test_a_trained_run_keeps_its_adapters_and_says_their_size(trained_rng_run):
+    import hashlib
+
+    record = json.loads((trained_rng_run / "record.json").read_text())
+    blob = (trained_rng_run / "adapters.pt").read_bytes()
+    assert record["adapters"] == {"file": "adapters.pt", "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def test_an_untrained_row_writes_no_adapters(tmp_path):
+    out = run("rng", "temperature", 0, profile="smoke", results_dir=str(tmp_path))
+    assert not (out / "adapters.pt").exists() and "adapters" not in json.loads((out / "record.json").read_text())
+
+
+def test_rng_records_the_exact_outcome_distribution_its_metrics_come_from(trained_rng_run):
+    record = json.loads((trained_rng_run / "record.json").read_text())
+    outcomes = record["exact_outcomes"]["test"]["rng"]
+    assert set(outcomes) == {str(v) for v in range(101)} | {"<invalid>"}
+    assert sum(outcomes.values()) == pytest.approx(1.0, abs=1e-9)
+    uniform = 1 / 101   # TV to the uniform target, by hand from the stored probabilities
+    by_hand = 0.5 * (sum(abs(outcomes[str(v)] - uniform) for v in range(101)) + outcomes["<invalid>"])
+    assert record["metrics"]["test"]["tv_exact"] == pytest.approx(by_hand, abs=1e-12)
+    assert record["metrics"]["test"]["valid_exact"] == pytest.approx(1 - outcomes["<invalid>"], abs=1e-9)
+
+
+def test_the_recheck_script_reproduces_the_record_and_catches_other_weights(trained_rng_run, tmp_path, capsys):
+    recheck = script("recheck_exact")
+    assert recheck.main([str(trained_rng_run)]) == 0
+    assert "match to 1e-06" in capsys.readouterr().out
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("record.json", "config.json"):
+        (other / name).write_bytes((trained_rng_run / name).read_bytes())
+    states = torch.load(trained_rng_run / "adapters.pt")
+    torch.save([{k: v + 0.05 * torch.randn_like(v) for k, v in s.items()} for s in states], other / "adapters.pt")
+    assert recheck.main([str(other)]) == 1
+    assert "tv_exact: record" in capsys.readouterr().out
+
+
+def test_sampled_tv_floor_by_enumeration_on_a_small_case():
+    """E[TV] of a 2-draw empirical from a fair coin: draws HH, TT give TV 0.5, HT, TH give 0: floor 0.25."""
+    from gfnbench.metrics import expected_empirical_tv
+
+    assert expected_empirical_tv([0.5, 0.5], 2) == pytest.approx(0.25)
+    # three outcomes with p = (0.5, 0.25, 0.25), one draw: TV is 1 - p(drawn) -> 0.5*0.5 + 0.5*0.75 = 0.625
+    assert expected_empirical_tv([0.5, 0.25, 0.25], 1) == pytest.approx(0.625)
+
+
+def test_rng_floor_matches_the_issue_and_is_in_the_record(trained_rng_run):
+    """The floor a perfect sampler's 256-draw TV sits on: ≈ 0.254 (rng), ≈ 0.19 (rng_peaked) per issue 26."""
+    from gfnbench.metrics import expected_empirical_tv
+
+    uniform = list(get_task("rng").target_distribution().values())
+    peaked = list(get_task("rng_peaked").target_distribution().values())
+    assert expected_empirical_tv(uniform, 256) == pytest.approx(0.254, abs=0.003)
+    assert expected_empirical_tv(peaked, 256) == pytest.approx(0.19, abs=0.01)
+    record = json.loads((trained_rng_run / "record.json").read_text())
+    n = record["config"]["eval_samples"]
+    assert record["metrics"]["test"]["tv_sampled_floor"] == pytest.approx(expected_empirical_tv(uniform, n))
+    assert not math.isnan(record["metrics"]["test"]["tv_sampled_floor"])
