@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: setup bench test leaderboard lint clean perf
+.PHONY: setup bench test leaderboard lint clean perf readme-tables
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ leaderboard: setup
 
 test: setup
 	"$$VENV/bin/python" -m pytest -q tests
+
+# README.md's results tables: excerpts of results/<task>.md, rewritten from the files (tests/test_docs.py checks)
+readme-tables: setup
+	"$$VENV/bin/python" -m gfnbench.readme_tables README.md results
 
 # GFlowNet step vs a naive pipeline, interleaved in one run: results/perf.md + results/perf.json
 perf: setup

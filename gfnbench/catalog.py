@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gfnbench.methods import METHODS, MethodSpec
 from gfnbench.usercode import import_user_file
+from gfnbench.warm_start import register_warm_started
 
 # Importing a method module registers its rows; this order is the order of the rows in listings and tables.
 BUILTIN_METHOD_MODULES = ("gfnbench.baselines.decoding", "gfnbench.baselines.flowrl", "gfnbench.baselines.grpo",
@@ -20,6 +21,7 @@ BUILTIN_METHOD_MODULES = ("gfnbench.baselines.decoding", "gfnbench.baselines.flo
 def load_builtin_methods() -> None:
     for module in BUILTIN_METHOD_MODULES:
         importlib.import_module(module)
+    register_warm_started()     # sft_gflownet, sft_ppo, ...: rows above started from SFT (after them in tables)
 
 
 def load_method_file(path: str) -> str:

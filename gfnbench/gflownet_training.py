@@ -68,6 +68,7 @@ class GFlowNetConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None   # None: the architecture's defaults (models.py)
+    init: str = "base"                   # "sft": start from the same seed's SFT adapter (warm_start.py)
     seed_buffer_with_gold: bool = True   # gold targets and the task's `buffer_seeds` start in the buffer
 
     def __post_init__(self):
@@ -81,6 +82,7 @@ class GFlowNetConfig:
         ranges.temperature_ramp(self)
         ranges.ordered_positive_pair(self, "tempered_range")
         ranges.lora_shape(self)
+        ranges.init_choice(self)
         if self.buffer_sampling not in ("uniform", "reward"):
             raise ValueError(f"buffer_sampling must be 'uniform' or 'reward', got {self.buffer_sampling!r}")
 

@@ -14,6 +14,8 @@ from gfnbench.names import check_name
 
 def method_scope(spec) -> str:
     """Which tasks a registered method (a MethodSpec) applies to, as `gfnbench methods` says it."""
+    if spec.applies is not None:
+        return str(spec.applies)
     return "tasks that opt in" if spec.opt_in else ", ".join(spec.tasks) if spec.tasks else "all tasks"
 
 
@@ -46,7 +48,8 @@ BUILTIN_METHODS = {
     "grpo": "GRPO (LoRA, group-standardised terminal log reward, clipped ratio, k3 KL to the base model; Dr. GRPO as "
             "a setting) [all tasks]",
     "gflownet": "GFlowNet fine-tuning (LoRA, modified SubTB, lambda = 1, replay + tempered exploration) [all tasks]",
-    "gflownet_tb": "GFlowNet fine-tuning with trajectory balance and a prompt-conditioned log Z [rng, rng_peaked]",
+    "gflownet_tb": "GFlowNet fine-tuning with trajectory balance and a prompt-conditioned log Z [rng, rng_peaked, "
+                   "rng_eos, rng_peaked_eos]",
     "gflownet_mstep": "GFlowNet rationales (E-step) read by a classifier fine-tuned on them (M-step) [tasks that opt "
                       "in]",
     "ppo": "PPO (LoRA, value head, adaptive KL penalty to the base model, terminal task log reward) [all tasks]",
@@ -58,6 +61,15 @@ BUILTIN_METHODS = {
            " labels as a direct classifier [tasks that opt in]",
     "tb_vargrad": "VarGrad TB with recent/high-reward replay (TBA, Bartoldson et al. 2025): log Z estimated per "
                   "prompt from its samples [all tasks]",
+    "sft_gflownet": "gflownet started from the same seed's SFT adapter (init: sft) [tasks where gflownet and "
+                    "gold-target sft apply]",
+    "sft_ppo": "ppo started from the same seed's SFT adapter (init: sft) [tasks where ppo and gold-target sft apply]",
+    "sft_grpo": "grpo started from the same seed's SFT adapter (init: sft) [tasks where grpo and gold-target sft "
+                "apply]",
+    "sft_flowrl": "flowrl started from the same seed's SFT adapter (init: sft) [tasks where flowrl and gold-target "
+                  "sft apply]",
+    "sft_tb_vargrad": "tb_vargrad started from the same seed's SFT adapter (init: sft) [tasks where tb_vargrad and "
+                      "gold-target sft apply]",
 }
 
 

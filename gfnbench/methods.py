@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gfnbench.models import LanguageModel
     from gfnbench.tasks.base import Example, Task
     from gfnbench.trajectories import Trajectories
+    from gfnbench.warm_start import WarmStart
 
 METHODS: dict[str, MethodSpec] = {}
 
@@ -36,24 +37,37 @@ class MethodSpec:
     opt_in: bool = False                    # applies only to tasks that list it in `opt_in_methods`
     settings: type | None = None            # the dataclass of its settings (None: it takes none)
     deterministic: bool = False             # no sampling and no training: every seed gives the same record
+    preset: tuple[tuple[str, object], ...] = ()   # settings a derived row fixes (register_variant)
+    applies: Callable[[str], bool] | None = None  # a derived row's own rule, in place of tasks and opt_in
+    named_only: bool = False                # left out of `bench`'s default rows: it runs when --methods names it
 
     def applies_to(self, task: str) -> bool:
         """Tasks choose too: `excluded_methods` drops a method, `opt_in_methods` adds an opt-in one."""
         task_cls = TASKS.get(task)
         if task_cls is not None and self.name in task_cls.excluded_methods:
             return False
+        if self.applies is not None:
+            return self.applies(task)
         if self.opt_in:
             return task_cls is not None and self.name in task_cls.opt_in_methods
         return self.tasks is None or task in self.tasks
 
     def check_settings(self, overrides: dict | None) -> dict:
         """The overrides with their declared types ('3e-4' -> 0.0003); unknown keys and wrong types are refused
-        here, before any work (the defaults come later, from profile and task)."""
+        here, before any work (the defaults come later, from profile and task). A derived row's preset is part of
+        them (so its record says it), and an override may not contradict it."""
+        overrides = {**dict(self.preset), **self.check_preset(overrides or {})}
         if not overrides:
             return {}
         if self.settings is None:
             raise ValueError(f"method {self.name} takes no settings (got {', '.join(overrides)})")
         return typed_overrides(build(self.settings, {}, overrides, self.name), overrides)
+
+    def check_preset(self, overrides: dict) -> dict:
+        for key, value in self.preset:
+            if key in overrides and overrides[key] != value:
+                raise ValueError(f"method {self.name} fixes {key}={value!r} (got {overrides[key]!r})")
+        return overrides
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class RunContext:
     checkpoint_dir: Path | None = None             # where training checkpoints go (None: no checkpoints)
     checkpoint_every: int = 10                     # optimizer steps between checkpoints
     resume: bool = False                           # continue from checkpoint_dir/last.ckpt when there is one
+    warm_start: WarmStart | None = None            # the SFT run a row with `init: sft` starts from (runner)
 
 
 class Method:
@@ -238,6 +253,16 @@ def declared_exact_sampler(method: Method) -> tuple[ExactSampler | None, str]:
                       f"ancestral samples of one network")
     declared = method.exact_sampler()
     return declared, "" if declared is not None else method.exact_na_reason
+
+
+def register_variant(name: str, base: str, description: str, preset: dict, applies: Callable[[str], bool]) -> None:
+    """A row that is the registered row `base` with some settings fixed (`preset`), under a name of its own for
+    tables, applying where `applies` says, run only when named (see warm_start.py)."""
+    check_name(name, "method")
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is registered twice")
+    METHODS[name] = replace(METHODS[base], name=name, description=description, preset=tuple(preset.items()),
+                            applies=applies, named_only=True)
 
 
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, opt_in: bool = False,

@@ -20,6 +20,7 @@ from gfnbench.spending import reward_tally
 from gfnbench.tasks.base import Example, LabelledClassification, Task
 from gfnbench.trainer import make_trainer
 from gfnbench.trajectories import Trajectories, from_rows
+from gfnbench.warm_start import warm_spending
 
 # Supervised rows (SFT on targets, SFT on labels) train at 10x the profile's GFlowNet learning rate (1e-3 on cpu,
 # a usual LoRA SFT rate). On the embedded model with the 10 arith rationales, val NLL went 1.15 -> 0.83 in 20
@@ -224,11 +225,20 @@ class PolicyMethod(Method):
         ids = {i for state in self.module.spent_by_process() for i in state["example_ids"]}
         return {"reward_labels": [ex for ex in self.module.examples if ex.id in ids]}
 
+    def spending(self) -> Budget | None:
+        """A row started from SFT (`init: sft`) also spent SFT's steps and labelled examples (warm_start.py)."""
+        spent = super().spending()
+        if self.ctx.warm_start is None:
+            return spent
+        return warm_spending(spent, self.labelled_examples(), self.ctx.warm_start, self.task)
+
     def train_on_prompts(self, batches: int, batch_size: int, reward_evals_per_batch: int, **settings) -> dict:
         """Fit over `batches` prompt batches; the record's train_curve and (when the task has a probe) its
         learning curve against reward evaluations."""
         from gfnbench.curves import learning_curve
 
+        if self.ctx.warm_start is not None:      # step 0 is SFT's adapter (a resumed run's checkpoint then wins)
+            self.ctx.warm_start.load_into(self.policy)
         curve = learning_curve(self.task, self.policy, self.lm.tokenizer, batches, reward_evals_per_batch)
         settings.setdefault("checkpoints", True)
         fit_on_prompts(self.module, self.ctx, batches, batch_size, callbacks=[curve] if curve else [], **settings)

@@ -20,6 +20,7 @@ from pathlib import Path
 from gfnbench.model_context import BytesTokenizer, gguf_tokenizer, model_tokenizer
 from gfnbench.plans import BenchPlan, RunPlan
 from gfnbench.usercode import user_code_error
+from gfnbench.warm_start import check_init
 
 
 class InputError(ValueError):
@@ -290,7 +291,9 @@ def check_run(task: str, method: str, seed, profile="smoke", results_dir: str | 
     others = sorted(set(settings or {}) - {spec.name})
     if others:
         raise ValueError(f"settings given for {', '.join(others)}, but this run is {spec.name}")
-    return RunPlan(task_obj, spec, seed, prof, settings_for(spec, settings), root, prof.model, data)
+    overrides = settings_for(spec, settings)
+    check_init(task_obj.name, spec.name, overrides)
+    return RunPlan(task_obj, spec, seed, prof, overrides, root, prof.model, data)
 
 
 def check_bench(task: str, profile="cpu", seeds=(0, 1, 2), methods=None, results_dir: str | None = None,
@@ -314,6 +317,8 @@ def check_bench(task: str, profile="cpu", seeds=(0, 1, 2), methods=None, results
         raise ValueError(f"settings given for {', '.join(unused)}, which this bench does not run "
                          f"(its methods: {', '.join(names)})")
     overrides = {spec.name: settings_for(spec, settings) for spec in specs}
+    for spec in specs:
+        check_init(task_obj.name, spec.name, overrides[spec.name])
     return BenchPlan(task_obj, partial(construct_task, type(task_obj), task, data), tuple(specs), tuple(seeds),
                      prof, overrides, root, prof.model, data)
 
@@ -349,10 +354,11 @@ def settings_for(spec, settings: dict | None) -> dict:
 
 
 def default_methods(task, prof) -> list[str]:
-    """Every method for the task, less its `costly_methods` on profiles that skip them (said on stdout)."""
-    from gfnbench.catalog import methods_for
+    """Every method for the task, less the rows that run only when named (the rows started from SFT) and its
+    `costly_methods` on profiles that skip them (said on stdout)."""
+    from gfnbench.catalog import get_method, methods_for
 
-    names = methods_for(task.name)
+    names = [m for m in methods_for(task.name) if not get_method(m).named_only]
     skipped = [m for m in names if prof.skip_costly and m in task.costly_methods]
     if skipped:
         print(f"[gfnbench] the {prof.name} profile skips {', '.join(skipped)} on {task.name} (too slow for its "

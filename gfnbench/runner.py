@@ -29,11 +29,11 @@ from gfnbench.checkpoints import (
 )
 from gfnbench.devices import full_parameters, gather, launch, rank, run_device, world_size
 from gfnbench.evaluation import eval_questions, evaluate, exact_metrics_na, exact_outcomes
-from gfnbench.methods import Method, RunContext
+from gfnbench.methods import METHODS, Method, RunContext
 from gfnbench.models import LanguageModel, load_model
 from gfnbench.plans import RunPlan
 from gfnbench.precision import cast_frozen_base
-from gfnbench.preflight import check_run
+from gfnbench.preflight import check_run, construct_task
 from gfnbench.profiles import Profile
 from gfnbench.records import (
     RECORD,
@@ -48,6 +48,15 @@ from gfnbench.records import (
     write_run,
 )
 from gfnbench.tasks import Task
+from gfnbench.warm_start import (
+    SFT,
+    WarmStart,
+    no_adapter_error,
+    read_warm_start,
+    sft_folder,
+    sft_run_state,
+    wants_sft,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,16 +86,18 @@ def run(task: str, method: str, seed: int, profile: str = "smoke", results_dir: 
 def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = True, keep_checkpoints: bool = False,
              checkpoint_every: int = 10, save_adapters: bool = True) -> Path:
     """`run` on inputs preflight has already checked (see `run` for the options). Whatever stops it before the
-    record is written, its run folder goes (and the folders created for it), but for a checkpoint to resume."""
+    record is written, its run folder goes (and the folders created for it), but for a checkpoint to resume.
+    A row set to start from SFT (`init: sft`) gets the same seed's SFT run first (`warm_start_source`)."""
     out = run_dir(plan.root, plan.task.name, plan.method, plan.seed)
     created = missing_folders(out)
     lock = None
     try:
         check_writable(plan.root)
         lock = claim_run(out, overwrite)       # process 0 only, before any other process starts
+        warm = warm_start_source(plan) if wants_sft(plan) else None
         if lock is not None:
-            prepare_run_folder(plan, out, resume)
-        return run_claimed(plan, out, overwrite, resume, keep_checkpoints, checkpoint_every, save_adapters)
+            prepare_run_folder(plan, out, resume, warm)
+        return run_claimed(plan, out, overwrite, resume, keep_checkpoints, checkpoint_every, save_adapters, warm)
     except BaseException:
         if lock is not None:
             clear_failed_run(out)
@@ -98,7 +109,7 @@ def run_plan(plan: RunPlan, overwrite: bool = False, resume: bool = True, keep_c
 
 
 def run_claimed(plan: RunPlan, out: Path, overwrite: bool, resume: bool, keep_checkpoints: bool,
-                checkpoint_every: int, save_adapters: bool) -> Path:
+                checkpoint_every: int, save_adapters: bool, warm: WarmStart | None = None) -> Path:
     """Train, evaluate and write the record of a run whose folder process 0 holds."""
     launch(plan.profile)                   # the other processes (--devices N > 1), through Lightning
     seed_everything(plan.seed)
@@ -108,7 +119,7 @@ def run_claimed(plan: RunPlan, out: Path, overwrite: bool, resume: bool, keep_ch
     started = time.time()
     ctx = RunContext(seed=plan.seed, profile=plan.profile, log_dir=out / "train", settings=plan.settings,
                      method=plan.method, checkpoint_dir=out / "checkpoints", checkpoint_every=checkpoint_every,
-                     resume=resume)
+                     resume=resume, warm_start=warm)
     impl = plan.spec.factory(plan.task, lm, ctx)
     extra = train(impl, plan)
     with full_parameters(impl.trained_module()):
@@ -122,6 +133,8 @@ def run_claimed(plan: RunPlan, out: Path, overwrite: bool, resume: bool, keep_ch
         record.update({"wall_time_s": time.time() - started, **extra, **processes_field(extras, prints)})
         if outcomes:
             record["exact_outcomes"] = outcomes
+        if warm is not None:
+            record["warm_start"] = warm.provenance()
         if adapters is not None:
             atomic_write_bytes(out / "adapters.pt", adapters)
             record["adapters"] = {"file": "adapters.pt", "bytes": len(adapters),
@@ -132,14 +145,36 @@ def run_claimed(plan: RunPlan, out: Path, overwrite: bool, resume: bool, keep_ch
     return out
 
 
-def prepare_run_folder(plan: RunPlan, out: Path, resume: bool) -> None:
+def warm_start_source(plan: RunPlan) -> WarmStart:
+    """The same seed's SFT run in the same results folder: reused when its record and adapter are there, else
+    trained first as a run of its own (sft's default settings), which the next row started from SFT reuses. Its
+    lock is waited for, so a bench job training it meanwhile is not run twice; every process of a multi-process
+    run meets after it, so none reads the adapter before process 0 has written it."""
+    folder = sft_folder(plan)
+    state = sft_run_state(folder)
+    if state == "missing":
+        with locks.acquire(folder, wait=True) if rank() == 0 else contextlib.nullcontext():
+            state = sft_run_state(folder)
+            if state == "missing":
+                print(f"[gfnbench] {plan.method} starts from {SFT} seed {plan.seed}, which has no run yet in "
+                      f"{plan.root}: training it first")
+                run_plan(replace(plan, task=construct_task(type(plan.task), plan.task.name, plan.data),
+                                 spec=METHODS[SFT], settings={}))
+                gather(None)
+                return read_warm_start(folder, plan, trained=True)
+    if state == "no adapter":
+        raise no_adapter_error(folder, plan)
+    return read_warm_start(folder, plan, trained=False)
+
+
+def prepare_run_folder(plan: RunPlan, out: Path, resume: bool, warm: WarmStart | None = None) -> None:
     """Process 0, before the model loads and before other processes start: what a killed run left is resumed
     (a checkpoint of the same settings), or set aside and said so in one line; its train/ log goes either way
     (a checkpoint keeps the rows logged before it). A row that does not checkpoint says that it restarts."""
     if not plan.spec.trains:
         return
     interrupted = not (out / RECORD).exists() and (out / "train").is_dir()
-    identity = run_identity_of(plan)
+    identity = run_identity_of(plan, warm)
     note = prepare_resume(out / "checkpoints", identity, resume)
     resumable = getattr(plan.spec.factory, "resumable", False)
     if note is None and interrupted and not resumable:
@@ -153,13 +188,15 @@ def prepare_run_folder(plan: RunPlan, out: Path, resume: bool) -> None:
         print(f"[gfnbench] {note}")
 
 
-def run_identity_of(plan: RunPlan) -> dict:
+def run_identity_of(plan: RunPlan, warm: WarmStart | None = None) -> dict:
     """What a checkpoint must have been written by to be resumed: the same task, method, seed, settings, profile
-    (but its process count: a mismatch there is refused at load, naming the count to resume with), model, data."""
+    (but its process count: a mismatch there is refused at load, naming the count to resume with), model, data,
+    and for a row started from SFT, that SFT run's adapter (a retrained SFT makes the checkpoint another run's)."""
     profile = {k: v for k, v in plan.profile.as_dict().items() if k not in ("devices", "logger")}   # logger: no number
+    started = {"warm_start": warm.record["adapters"]["sha256"]} if warm is not None else {}
     return run_identity({"task": plan.task.name, "task_settings": plan.task.config(), "method": plan.method,
                          "seed": plan.seed, "settings": plan.settings, "profile": profile, "model": plan.model,
-                         "data_sha256": data_fingerprint(plan.data) if plan.data else None})
+                         "data_sha256": data_fingerprint(plan.data) if plan.data else None, **started})
 
 
 def missing_folders(path: Path) -> list[Path]:

@@ -52,3 +52,12 @@ def ordered_positive_pair(cfg, name: str) -> None:
 def lora_shape(cfg) -> None:
     """LoRA rank and alpha: counts >= 1."""
     at_least(cfg, 1, "lora_rank", "lora_alpha")
+
+
+INITS = ("base", "sft")     # where a reward-trained row's LoRA starts (gfnbench/warm_start.py)
+
+
+def init_choice(cfg) -> None:
+    """`init`: "base" (a fresh LoRA on the base model) or "sft" (the same seed's SFT adapter)."""
+    if cfg.init not in INITS:
+        raise ValueError(f"init must be 'base' (a fresh LoRA) or 'sft' (the same seed's SFT adapter), got {cfg.init!r}")

@@ -101,19 +101,23 @@ def build(df: pd.DataFrame, records: list[dict], rows: Sequence[str], metrics: S
 
 
 def footnotes(columns: list[Column], entries: dict[tuple[str, int], Entry], rows: Sequence[str]) -> list[str]:
-    """One line per (metric, reason) of the n/a cells, naming the rows; then what "–" means, when it is used."""
-    grouped: dict[tuple[str, str], list[str]] = {}
+    """One line per reason of the n/a cells, naming its columns and rows (a row n/a in every exact column for one
+    reason is one line, not one per column); then what "–" means, when it is used."""
+    per_row: dict[tuple[str, str], list[str]] = {}
     missing = False
-    for k, col in enumerate(columns):
-        for method in rows:
+    for method in rows:
+        for k, col in enumerate(columns):
             entry = entries[(method, k)]
             if entry.row is None and entry.na is not None:
-                names = grouped.setdefault((col.metric, entry.na), [])
-                if method not in names:
-                    names.append(method)
+                labels = per_row.setdefault((method, entry.na), [])
+                if metric_label(col.metric) not in labels:
+                    labels.append(metric_label(col.metric))
             missing |= entry.row is None and entry.na is None
-    lines = [f"{NOT_APPLICABLE}: {metric_label(metric)} for {', '.join(methods)}: {reason}"
-             for (metric, reason), methods in grouped.items()]
+    grouped: dict[tuple[tuple[str, ...], str], list[str]] = {}
+    for (method, reason), labels in per_row.items():
+        grouped.setdefault((tuple(labels), reason), []).append(method)
+    lines = [f"{NOT_APPLICABLE}: {', '.join(labels)} for {', '.join(methods)}: {reason}"
+             for (labels, reason), methods in grouped.items()]
     if missing:
         lines.append(f"{MISSING}: the row's records hold no value for this column (and give no reason)")
     return lines

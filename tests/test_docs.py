@@ -140,3 +140,26 @@ def test_the_checker_reports_broken_links(tmp_path, monkeypatch):
     assert broken_links(doc) == ["doc.md: link to other.md#part-2: no heading #part-2 in other.md",
                                  "doc.md: link to missing.md: no such file",
                                  "doc.md: link to #nowhere: no heading #nowhere in doc.md"]
+
+
+def test_readme_results_tables_are_the_generated_ones():
+    """Every wide-table block in README.md equals the headline table `gfnbench leaderboard` wrote for its task."""
+    from gfnbench.readme_tables import BLOCK, synced
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert BLOCK.findall(readme), "README.md quotes no generated table"
+    assert synced(readme, REPO / "results") == readme, "README.md's tables are stale: run `make readme-tables`"
+
+
+def test_readme_tables_sync_replaces_a_hand_edited_block(tmp_path):
+    from gfnbench.readme_tables import headline_table, synced
+
+    board = ("# Leaderboard: t\n\n## Headline metrics\n\nCells: ...\n\n| method | x ↑ |\n|---|---|\n| a | **1.0** |\n"
+             "\n- note\n\n## x\n\n| method | y |\n|---|---|\n")
+    (tmp_path / "t.md").write_text(board)
+    assert headline_table(board) == "| method | x ↑ |\n|---|---|\n| a | **1.0** |\n"
+    readme = "intro\n<!-- wide-table: t -->\n| typed | by hand |\n<!-- /wide-table -->\nend\n"
+    assert synced(readme, tmp_path) == ("intro\n<!-- wide-table: t -->\n| method | x ↑ |\n|---|---|\n| a | **1.0** |\n"
+                                        "<!-- /wide-table -->\nend\n")
+    with pytest.raises(FileNotFoundError, match="gfnbench leaderboard --task u"):
+        synced("<!-- wide-table: u -->\n<!-- /wide-table -->", tmp_path)

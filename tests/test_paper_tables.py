@@ -325,3 +325,17 @@ def test_learning_curves_have_one_legend_and_a_title_clear_of_the_panels(monkeyp
         assert fig.axes[0].get_ylabel() == "exact TV ↓"
     finally:
         plt.close(fig)
+
+
+def test_one_footnote_per_reason_naming_its_columns_and_rows():
+    """greedy and nucleus n/a in two exact columns for their own reasons: two lines, not four."""
+    from gfnbench.labels import metric_label
+    from gfnbench.wide_table import Column, Entry, footnotes
+
+    columns = [Column("tv_exact", "test", "lower"), Column("js_exact", "test", "lower")]
+    entries = {("greedy", 0): Entry(na="no distribution"), ("greedy", 1): Entry(na="no distribution"),
+               ("nucleus", 0): Entry(na="truncated"), ("nucleus", 1): Entry(na="truncated"),
+               ("gflownet", 0): Entry(row=object()), ("gflownet", 1): Entry(row=object())}
+    tv, js = metric_label("tv_exact"), metric_label("js_exact")
+    assert footnotes(columns, entries, ["greedy", "nucleus", "gflownet"]) == [
+        f"n/a: {tv}, {js} for greedy: no distribution", f"n/a: {tv}, {js} for nucleus: truncated"]

@@ -75,6 +75,7 @@ class FlowRLConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None
+    init: str = "base"                   # "sft": start from the same seed's SFT adapter (warm_start.py)
     iterations: int = 0                  # rollout batches; 0: GFlowNet's reward evaluations
 
     def __post_init__(self):
@@ -86,6 +87,7 @@ class FlowRLConfig:
         ranges.at_least(self, 0, "warmup_steps", "decay_to", "max_grad_norm")
         ranges.temperature_ramp(self)
         ranges.lora_shape(self)
+        ranges.init_choice(self)
 
 
 class FlowLogZ(torch.nn.Module):

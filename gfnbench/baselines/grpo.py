@@ -59,6 +59,7 @@ class GRPOConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None
+    init: str = "base"                   # "sft": start from the same seed's SFT adapter (warm_start.py)
     iterations: int = 0                  # rollout batches; 0: as many reward evaluations as GFlowNet's budget
 
     def __post_init__(self):
@@ -69,6 +70,7 @@ class GRPOConfig:
         ranges.positive(self, "lr", "clip_range")
         ranges.at_least(self, 0, "kl_coef", "max_grad_norm")
         ranges.lora_shape(self)
+        ranges.init_choice(self)
 
 
 @dataclass

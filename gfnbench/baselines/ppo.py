@@ -69,6 +69,7 @@ class PPOConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None   # None: the architecture's defaults (models.py)
+    init: str = "base"                   # "sft": start from the same seed's SFT adapter (warm_start.py)
     iterations: int = 0               # rollout batches; 0: as many reward evaluations as GFlowNet's budget
 
     def __post_init__(self):
@@ -79,6 +80,7 @@ class PPOConfig:
         ranges.at_least(self, 1, "kl_horizon", "prompts_per_step")
         ranges.probability(self, "gamma", "lam")
         ranges.lora_shape(self)
+        ranges.init_choice(self)
 
 
 # ---------------------------------------------------------------------------------------------- pieces

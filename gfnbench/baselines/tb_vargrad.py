@@ -77,6 +77,7 @@ class VarGradConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] | str | None = None
+    init: str = "base"                   # "sft": start from the same seed's SFT adapter (warm_start.py)
 
     def __post_init__(self):
         if self.samples_per_prompt < 2:
@@ -88,6 +89,7 @@ class VarGradConfig:
         ranges.at_least(self, 1, "replay_recent")
         ranges.temperature_ramp(self)
         ranges.lora_shape(self)
+        ranges.init_choice(self)
 
 
 @dataclass
