@@ -359,3 +359,44 @@ def test_the_table_states_its_precision_and_refuses_a_mix_unless_allowed(tmp_pat
     assert not (tmp_path / "mix" / "arith.md").exists()
     md = write_leaderboard(tmp_path / "mix", "arith", allow_mixed_precision=True)[0].read_text()
     assert "\n- precision: mixed, per row: greedy 32-true; sft bf16-true\n" in md
+
+
+def test_bf16_attention_runs_sdpa_on_fp32_q_k_v(monkeypatch):
+    """After the cast, the tiny Llama's attention is the fp32 SDPA island: the config names it, SDPA receives fp32
+    q, k, v (plain bf16 SDPA receives bf16), the layer output is back in bf16, and the logits stay close to fp32.
+    GPT-2 on eager attention is left alone."""
+    import copy
+
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from gfnbench.precision import FP32_ATTENTION, use_fp32_attention
+
+    seen = []
+    real = sdpa.sdpa_attention_forward
+
+    def spy(module, query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        out, weights = real(module, query, key, value, *args, **kwargs)
+        return out, weights
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
+    lm = build_tiny("llama")
+    fp32 = copy.deepcopy(lm.model).eval()
+    bf16 = copy.deepcopy(lm.model).eval()
+    precision.cast_frozen_base(bf16, "bf16-true")
+    assert bf16.config._attn_implementation == FP32_ATTENTION
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        want = fp32(ids).logits
+        seen.clear()
+        got = bf16(ids).logits
+    assert seen and all(d == (torch.float32,) * 3 for d in seen), seen
+    assert got.dtype == torch.bfloat16 and (got.float() - want).abs().mean() < 0.05   # bf16 logits of size ~5
+    plain = copy.deepcopy(lm.model).eval().to(torch.bfloat16)     # transformers' own SDPA, bf16 throughout
+    with torch.no_grad():
+        seen.clear()
+        plain(ids)
+    assert seen and all(d == (torch.bfloat16,) * 3 for d in seen), seen
+    gpt2 = build_tiny("gpt2").model
+    gpt2.config._attn_implementation = "eager"
+    assert not use_fp32_attention(gpt2) and gpt2.config._attn_implementation == "eager"
