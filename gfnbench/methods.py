@@ -40,6 +40,7 @@ class MethodSpec:
     preset: tuple[tuple[str, object], ...] = ()   # settings a derived row fixes (register_variant)
     applies: Callable[[str], bool] | None = None  # a derived row's own rule, in place of tasks and opt_in
     named_only: bool = False                # left out of `bench`'s default rows: it runs when --methods names it
+    variant_of: str | None = None           # a derived row's base row (register_variant)
 
     def applies_to(self, task: str) -> bool:
         """Tasks choose too: `excluded_methods` drops a method, `opt_in_methods` adds an opt-in one."""
@@ -262,7 +263,7 @@ def register_variant(name: str, base: str, description: str, preset: dict, appli
     if name in METHODS:
         raise ValueError(f"method {name!r} is registered twice")
     METHODS[name] = replace(METHODS[base], name=name, description=description, preset=tuple(preset.items()),
-                            applies=applies, named_only=True)
+                            applies=applies, named_only=True, variant_of=base)
 
 
 def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, opt_in: bool = False,

@@ -58,3 +58,24 @@ def test_lora_starts_as_the_base_and_adapters_off_is_the_base():
         assert not torch.allclose(peft_model(ids).logits, base)
         with adapters_off(peft_model) as ref:
             torch.testing.assert_close(ref(ids).logits, base)
+
+
+def test_a_second_converter_keeps_the_first_ones_complete_folder_and_a_failed_one_still_raises(tmp_path):
+    """Two bench jobs converting the embedded GGUF at once: the rename of the loser meets a non-empty folder."""
+    from gfnbench.models import publish_folder
+
+    target = tmp_path / "model"
+    first, second = tmp_path / ".tmp-a", tmp_path / ".tmp-b"
+    for folder, tag in ((first, "a"), (second, "b")):
+        folder.mkdir()
+        (folder / "config.json").write_text(tag)
+    publish_folder(first, target)
+    publish_folder(second, target)
+    assert (target / "config.json").read_text() == "a"
+    broken, third = tmp_path / "broken", tmp_path / ".tmp-c"
+    (broken / "partial").mkdir(parents=True)
+    (broken / "partial" / "x").write_text("")
+    third.mkdir()
+    (third / "config.json").write_text("c")
+    with pytest.raises(OSError):
+        publish_folder(third, broken)

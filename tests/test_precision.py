@@ -368,6 +368,7 @@ def test_bf16_attention_runs_sdpa_on_fp32_q_k_v(monkeypatch):
     import copy
 
     import transformers.integrations.sdpa_attention as sdpa
+    from transformers import AttentionInterface
 
     from gfnbench.precision import FP32_ATTENTION, use_fp32_attention
 
@@ -380,6 +381,8 @@ def test_bf16_attention_runs_sdpa_on_fp32_q_k_v(monkeypatch):
         return out, weights
 
     monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
+    # transformers' registry holds its own reference to the function, which plain "sdpa" models call
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", spy)
     lm = build_tiny("llama")
     fp32 = copy.deepcopy(lm.model).eval()
     bf16 = copy.deepcopy(lm.model).eval()
