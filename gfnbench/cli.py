@@ -192,6 +192,34 @@ def leaderboard(task: str = "arith", profile: str = DEFAULT_PROFILE, results_dir
         print(f"[gfnbench] wrote {path}")
 
 
+def compare(task: str = "arith", a: str | None = None, b: str | None = None, profile: str = DEFAULT_PROFILE, results_dir: str | None = None,
+            metrics: list[str] | None = None) -> None:
+    """Row A against row B, paired over seeds and questions: writes results/<task>_paired_<a>_vs_<b>.md and
+    .csv (mean of A - B per question and its 95% two-way bootstrap CI, per split and metric).
+
+    Args:
+        task: task name.
+        a: the method whose advantage is measured (e.g. sft_gflownet).
+        b: the method it is measured against (e.g. sft).
+        profile: which profile's results folder to read (ignored when results_dir is given).
+        results_dir: folder holding runs/<task>/...
+        metrics: only these per-question metrics (default: every one both rows hold).
+    """
+    from gfnbench.paired import write_comparison
+    from gfnbench.results_key import check_runs_found, table_root
+
+    if not a or not b:
+        raise ValueError("compare needs two methods: --a METHOD --b METHOD (e.g. --a sft_gflownet --b sft)")
+    check_name(task, "task")
+    check_method_name(a)
+    check_method_name(b)
+    root = results_dir or table_root(profile, None, None, None)
+    if not results_dir:
+        check_runs_found(task, root)
+    for path in write_comparison(root, task, a, b, metrics):
+        print(f"[gfnbench] wrote {path}")
+
+
 def perf(quick: bool = False, model: str = "embedded", steps: int = 6, out: str = "results/perf.md") -> None:
     """Measure a GFlowNet step against a naive pipeline, interleaved in one run, and write results/perf.md + .json
     (FLOPs, FLOP limits, step breakdown, eval sampling vs HF generate, peak RSS, SubTB cost, bf16 check).
@@ -317,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         if argv[:1] in (["run"], ["bench"]) and {"-h", "--help"} & set(argv):   # only its help needs the methods
             for command in (run, bench):
                 command.__doc__ = command.__doc__.replace("METHOD_SETTINGS_HELP", method_settings_help())
-        auto_cli([run, bench, leaderboard, perf, tasks, methods], args=argv, parser_class=_parser_class(),
+        auto_cli([run, bench, leaderboard, compare, perf, tasks, methods], args=argv, parser_class=_parser_class(),
                  description=f"gfnbench: GFlowNet fine-tuning benchmark.\n{_registry_epilog()}")
     except Exception as err:
         if debug or not isinstance(err, user_error_types()):
