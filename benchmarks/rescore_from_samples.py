@@ -38,8 +38,7 @@ def rescore_record(record: dict, samples: list[dict], task) -> dict[str, dict[st
         scores = [task.score(texts[(split, qid)], examples[qid]) for qid in entry["ids"]]
         for key in scores[0]:
             old = record["metrics"][split].get(key)
-            if key in entry:
-                entry[key] = [q[key] for q in scores]
+            entry[key] = [q[key] for q in scores]          # a metric the task added gets its per-question list
             new = mean([q[key] for q in scores])
             record["metrics"][split][key] = new
             if old is None or abs(old - new) > 1e-12:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--results_dir", default="results/runs")
-    parser.add_argument("--reason", default="issue 26: strict answer extraction; invalid samples vote 'no answer'")
+    parser.add_argument("--reason", required=True, help="why, e.g. 'issue 26: strict answer extraction'")
     parser.add_argument("--dry_run", action="store_true")
     args = parser.parse_args(argv)
     task = get_task(args.task)
@@ -62,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         record = read_record(path)
         changed = rescore_record(record, read_samples(path.parent), task)
-        record["rescored"] = {
+        entry = {
             "by": "benchmarks/rescore_from_samples.py", "at": utc_now(), "git_commit": commit, "reason": args.reason,
             "changed": {s: {k: {"old": o, "new": n} for k, (o, n) in m.items()} for s, m in changed.items()},
             "not_rescored": "learning_curve and train_curve probes (their texts were not kept)",
         }
-        summary = "; ".join(f"{s} " + ", ".join(f"{k} {o:.3f}->{n:.3f}" for k, (o, n) in m.items())
+        earlier = record.get("rescored")
+        if earlier:                                        # keep every earlier rescoring, oldest first
+            entry["earlier"] = [*earlier.pop("earlier", []), earlier]
+        record["rescored"] = entry
+        summary = "; ".join(f"{s} " + ", ".join(f"{k} {'new' if o is None else f'{o:.3f}'}->{n:.3f}"
+                                                  for k, (o, n) in m.items())
                             for s, m in changed.items())
         print(f"{path.parent}: {summary or 'unchanged'}")
         if not args.dry_run:

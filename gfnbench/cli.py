@@ -192,8 +192,8 @@ def leaderboard(task: str = "arith", profile: str = DEFAULT_PROFILE, results_dir
         print(f"[gfnbench] wrote {path}")
 
 
-def compare(task: str = "arith", a: str | None = None, b: str | None = None, profile: str = DEFAULT_PROFILE, results_dir: str | None = None,
-            metrics: list[str] | None = None) -> None:
+def compare(task: str = "arith", a: str | None = None, b: str | None = None, profile: str = DEFAULT_PROFILE,
+            results_dir: str | None = None, metrics: list[str] | None = None) -> None:
     """Row A against row B, paired over seeds and questions: writes results/<task>_paired_<a>_vs_<b>.md and
     .csv (mean of A - B per question and its 95% two-way bootstrap CI, per split and metric).
 

@@ -29,6 +29,7 @@ METRIC_LABELS = {
     "valid": "valid (sampled)",
     "accuracy": "accuracy",
     "rationale_accuracy": "rationale accuracy",
+    "distinct_correct": "distinct correct rationales",
     "logp_ref": "log-lik.",
     "logp_ref_max": "max log-lik.",
     "diversity": "diversity",

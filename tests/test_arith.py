@@ -66,13 +66,27 @@ def test_answer_extraction_and_majority_vote():
     ex = task.examples("test_3op")[0]
     good = f" {ex.rationale}"
     assert task.score([good, good, " 1 + 1 = 99"], ex) == {"accuracy": 1.0, "pass@1": pytest.approx(2 / 3),
-                                                           "valid": 1.0}
+                                                           "valid": 1.0, "distinct_correct": 1.0}
     assert task.score([" 1 + 1 = 99", " 1 + 1 = 99", good], ex)["accuracy"] == 0.0
     # two outputs that state no result outvote one right rationale, and count as invalid
     echo = f" {ex.question.split()[0]}. {ex.question.split()[0]}"
     scored = task.score([echo, " 6 + 4", good], ex)
     assert scored["accuracy"] == 0.0 and scored["valid"] == pytest.approx(1 / 3)
     assert scored["pass@1"] == pytest.approx(1 / 3)
+
+
+def test_distinct_correct_counts_different_texts_that_reach_the_answer():
+    """By hand: 2 + 3 * 4 (left to right) = 20. Two spellings of one rationale (spaces only) count once, another
+    route to 20 counts, a wrong answer and a text without '=' count nothing."""
+    from gfnbench.tasks.arith import distinct_correct
+
+    texts = [" 2 + 3 = 5, 5 * 4 = 20", "  2 + 3 = 5,  5 * 4 = 20 ", " 5 * 4 = 20", " 2 + 3 = 5, 5 * 4 = 21",
+             " 2 + 3 * 4 20"]
+    answers = [extract_answer(t) for t in texts]
+    assert answers == ["20", "20", "20", "21", None]
+    assert distinct_correct(texts, answers, "20") == 2
+    assert distinct_correct(texts, answers, "21") == 1
+    assert distinct_correct([], [], "20") == 0
 
 
 def test_reward_is_the_log_likelihood_of_rationale_and_answer_after_every_prefix(tiny):

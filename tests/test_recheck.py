@@ -87,3 +87,34 @@ def test_rng_floor_matches_the_issue_and_is_in_the_record(trained_rng_run):
     n = record["config"]["eval_samples"]
     assert record["metrics"]["test"]["tv_sampled_floor"] == pytest.approx(expected_empirical_tv(uniform, n))
     assert not math.isnan(record["metrics"]["test"]["tv_sampled_floor"])
+
+
+def test_rescoring_a_committed_arith_run_adds_distinct_correct_and_keeps_the_earlier_rescoring(tmp_path):
+    """benchmarks/rescore_from_samples.py on a copy of a committed run: the new per-question metric is counted
+    from the run's own samples (by hand below: distinct whitespace-collapsed texts whose number after the last
+    '=' is the answer), the other metrics stay, and the earlier `rescored` entry is kept under `earlier`."""
+    import shutil
+
+    from gfnbench.records import read_samples
+    from gfnbench.tasks.arith import extract_answer
+
+    src = REPO / "results" / "runs" / "arith" / "sft" / "seed0"
+    run_dir = tmp_path / "arith" / "sft" / "seed0"
+    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("train", "*.pt"))
+    before = json.loads((run_dir / "record.json").read_text())
+    assert script("rescore_from_samples").main(["--task", "arith", "--results_dir", str(tmp_path),
+                                                "--reason", "test"]) == 0
+    after = json.loads((run_dir / "record.json").read_text())
+    samples = read_samples(run_dir)
+    answers = {(ex.id): ex.answer for split in ("test_3op",) for ex in get_task("arith").examples(split)}
+    ids = after["per_question"]["test_3op"]["ids"]
+    want = []
+    for qid in ids:
+        texts = [s["text"] for s in samples if s["split"] == "test_3op" and s["id"] == qid]
+        want.append(float(len({" ".join(t.split()) for t in texts if extract_answer(t) == answers[qid]})))
+    assert after["per_question"]["test_3op"]["distinct_correct"] == want
+    assert after["metrics"]["test_3op"]["distinct_correct"] == pytest.approx(sum(want) / len(want))
+    for split in ("test_3op", "test_4op", "test_5op"):
+        for metric in ("accuracy", "pass@10", "valid", "logp_ref"):
+            assert after["metrics"][split][metric] == before["metrics"][split][metric]
+    assert after["rescored"]["reason"] == "test" and after["rescored"]["earlier"] == [before["rescored"]]

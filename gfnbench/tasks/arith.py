@@ -111,6 +111,12 @@ def calculator(state_text: str) -> str | None:
 _FINAL_ANSWER = re.compile(rf"=\s*({_NUMBER})\s*\.?\s*$")
 
 
+def distinct_correct(texts: list[str], answers: list[str | None], gold: str) -> int:
+    """How many different rationales reach the gold answer: the paper's case for GFlowNet fine-tuning over RL is
+    that it keeps several where reward maximisation collapses onto one. Texts compare with whitespace collapsed."""
+    return len({" ".join(text.split()) for text, answer in zip(texts, answers) if answer == gold})
+
+
 def extract_answer(text: str) -> str | None:
     """The number the rationale ends on after its last `=` (the last calculator result), else None.
 
@@ -142,9 +148,11 @@ class Arithmetic(Task):
                                 buffer_capacity=50, buffer_sampling="reward")
     curve_points = 4             # learning-curve probes: greedy accuracy on the first `probe_questions` of val
     probe_questions = 16
-    metric_directions = {"val_greedy_accuracy": "higher"}
-    headline_metrics = ("accuracy", "pass@10")
-    scored_against = {"accuracy": "answer", "pass@k": "answer"}
+    metric_directions = {"val_greedy_accuracy": "higher", "distinct_correct": "higher"}
+    metric_info = {"distinct_correct": "distinct texts (whitespace-normalised) among a question's samples that "
+                                       "end on the right answer: does a method keep several correct rationales?"}
+    headline_metrics = ("accuracy", "pass@10", "distinct_correct")
+    scored_against = {"accuracy": "answer", "pass@k": "answer", "distinct_correct": "answer"}
 
     def __init__(self, seed: int = 0, n_unlabelled: int = 1000, n_test: int = 100):
         self.splits = generate_splits(seed, 10, n_unlabelled, 50, n_test)
@@ -213,4 +221,5 @@ class Arithmetic(Task):
         n = len(preds)
         return {"accuracy": majority_vote_accuracy([preds], [ex.answer]),
                 **{f"pass@{k}": pass_at_k(n, correct, k) for k in self.pass_ks if k <= n},
-                "valid": sum(p is not None for p in preds) / n}
+                "valid": sum(p is not None for p in preds) / n,
+                "distinct_correct": float(distinct_correct(texts, preds, ex.answer))}
