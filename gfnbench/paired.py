@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gfnbench.leaderboard import check_consistent
 from gfnbench.records import atomic_write_text, check_writable, read_runs_and_damage
 from gfnbench.stats import seed_question_bootstrap
 
@@ -110,6 +111,8 @@ def write_comparison(results_dir: str | Path, task: str, a: str, b: str,
     if damaged:
         raise damaged[0]
     table = paired_cells(records, a, b, metrics)
+    # the leaderboard's rule: one model, profile, data set, task setting and precision, or the rows do not compare
+    check_consistent([r for r in records if r["method"] in (a, b)], results_dir)
     stem = Path(results_dir) / f"{task}_paired_{a}_vs_{b}"
     check_writable(stem.parent)
     return [atomic_write_text(stem.with_suffix(".md"), render(table, task, records)),
