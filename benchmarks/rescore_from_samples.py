@@ -33,6 +33,8 @@ def rescore_record(record: dict, samples: list[dict], task) -> dict[str, dict[st
     """Replace the text-scored metrics of `record` in place; returns {split: {metric: (old mean, new mean)}}."""
     texts = texts_by_question(samples)
     changed: dict[str, dict[str, tuple[float, float]]] = {}
+    for key in ("metric_directions", "metric_info"):      # what the task now declares for the metrics it scores
+        record[key] = {**(record.get(key) or {}), **getattr(task, key)}
     for split, entry in record["per_question"].items():
         examples = {ex.id: ex for ex in task.examples(split)}
         scores = [task.score(texts[(split, qid)], examples[qid]) for qid in entry["ids"]]

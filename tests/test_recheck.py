@@ -117,4 +117,6 @@ def test_rescoring_a_committed_arith_run_adds_distinct_correct_and_keeps_the_ear
     for split in ("test_3op", "test_4op", "test_5op"):
         for metric in ("accuracy", "pass@10", "valid", "logp_ref"):
             assert after["metrics"][split][metric] == before["metrics"][split][metric]
-    assert after["rescored"]["reason"] == "test" and after["rescored"]["earlier"] == [before["rescored"]]
+    assert after["rescored"]["reason"] == "test" and after["rescored"]["earlier"] == [
+        *before["rescored"].get("earlier", []), {k: v for k, v in before["rescored"].items() if k != "earlier"}]
+    assert after["metric_directions"]["distinct_correct"] == "higher" and "distinct_correct" in after["metric_info"]
