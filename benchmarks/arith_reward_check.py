@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from dataclasses import replace
 
 import torch
 
@@ -62,7 +63,7 @@ def check_question(task, lm, ex, n: int, generator, recorded: list[str] | None =
         with torch.no_grad():
             drawn = sample_task(task, lm.model, tok, [prompt], n, task.sampling(train=True),
                                 context=lm.context_length, generator=generator)
-    drawn.group = torch.zeros(len(drawn), dtype=torch.long)
+    drawn = replace(drawn, group=torch.zeros(len(drawn), dtype=torch.long))    # every row answers `ex`
     rewards = final_log_reward(task, lm.model, tok, drawn, ex)
     correct = [extract_answer(t) == ex.answer for t in drawn.texts]
     finite = [(r, c, t) for r, c, t in zip(rewards, correct, drawn.texts) if math.isfinite(r)]

@@ -3,6 +3,7 @@ full precision) and LaTeX (booktabs). The Markdown and LaTeX open with the task'
 (wide_table.py), then give every metric its own table: rows = methods (labels.row_order), columns = splits."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -200,6 +201,18 @@ def _detail(budgets: list[dict]) -> str:
     return f" ({' / '.join(s for s in seen if s)})" if any(seen) else ""
 
 
+def row_summary(summaries: list[str | None]) -> str:
+    """One plan for a row's seeds. A warm-started run names its own seed's SFT run, so the seeds' summaries
+    differ only in that folder: it is written `seed<s>` (the row's seed) rather than the last seed's number."""
+    given = [x for x in summaries if x]
+    if not given:
+        return "no summary"
+    if len(set(given)) == 1:
+        return given[0]
+    same_seed = {re.sub(r"\bseed\d+\b", "seed<s>", x) for x in given}
+    return same_seed.pop() if len(same_seed) == 1 else f"{given[-1]} (other seeds' plans differ)"
+
+
 def budget_lines(records: list[dict], rows: Sequence[str]) -> list[str]:
     """One line per row that spent a budget (trained rows; untrained ones that use labels or test-time reward),
     from its records' `budget`: the plan (summary, reward evaluations) and what the runs counted (reward calls,
@@ -214,7 +227,7 @@ def budget_lines(records: list[dict], rows: Sequence[str]) -> list[str]:
                    for r in runs):
                 lines.append(f"{method}: not recorded (the record predates budgets)")
             continue
-        plan = budgets[-1].get("summary") or "no summary"
+        plan = row_summary([b.get("summary") for b in budgets])
         planned = [b["reward_evaluations"] for b in budgets if b.get("reward_evaluations") is not None]
         if planned:
             plan += f" ({counted(planned)} reward evaluations)"

@@ -217,7 +217,7 @@ def test_runs_on_built_in_and_on_data_files_are_not_tabled_together(tmp_path):
 
 def test_headline_defaults_to_the_tasks_declaration_or_every_metric_with_a_direction():
     assert task_headline("rng") == ("tv_exact", "kl_target_policy_exact", "js_exact", "valid_exact")
-    assert task_headline("arith") == ("accuracy", "pass@10")
+    assert task_headline("arith") == ("accuracy", "pass@10", "distinct_correct")
     assert task_headline("no_such_task") == ()
     records = paper_records()
     md = render_markdown(summarize(records), records, "toy")            # nothing declared
@@ -339,3 +339,14 @@ def test_one_footnote_per_reason_naming_its_columns_and_rows():
     tv, js = metric_label("tv_exact"), metric_label("js_exact")
     assert footnotes(columns, entries, ["greedy", "nucleus", "gflownet"]) == [
         f"n/a: {tv}, {js} for greedy: no distribution", f"n/a: {tv}, {js} for nucleus: truncated"]
+
+
+def test_a_rows_plan_names_each_seeds_own_sft_run_once():
+    """Warm-started seeds name their own seed's SFT run; the row's budget line writes that once as seed<s>, and
+    plans that differ otherwise are not hidden."""
+    from gfnbench.tables import row_summary
+
+    plans = [f"warm start from runs/arith/sft/seed{s} (40 SFT steps), then 40 steps x 8 samples" for s in (0, 1, 2)]
+    assert row_summary(plans) == "warm start from runs/arith/sft/seed<s> (40 SFT steps), then 40 steps x 8 samples"
+    assert row_summary(["a", "a", None]) == "a" and row_summary([None]) == "no summary"
+    assert row_summary(["40 steps", "80 steps"]) == "80 steps (other seeds' plans differ)"

@@ -120,3 +120,15 @@ def test_rescoring_a_committed_arith_run_adds_distinct_correct_and_keeps_the_ear
     assert after["rescored"]["reason"] == "test" and after["rescored"]["earlier"] == [
         *before["rescored"].get("earlier", []), {k: v for k, v in before["rescored"].items() if k != "earlier"}]
     assert after["metric_directions"]["distinct_correct"] == "higher" and "distinct_correct" in after["metric_info"]
+
+
+def test_arith_reward_check_scores_a_recorded_gold_rationale_as_the_gold(tiny):
+    """benchmarks/arith_reward_check.py on recorded texts (the --run path): a sample that is the gold rationale
+    reads the gold's log R (to float rounding), does not count as above it, and holds all the right-answer mass."""
+    mod = script("arith_reward_check")
+    task = get_task("arith")
+    ex = task.examples("test_3op")[0]
+    row = mod.check_question(task, tiny, ex, 0, None, recorded=[" " + ex.rationale])
+    assert row["n"] == 1 and row["beaten"] == 0 and row["best_correct"]
+    assert row["best"] == pytest.approx(row["gold"], abs=1e-3) and math.isfinite(row["gold"])
+    assert row["right_mass"] == pytest.approx(1.0)
