@@ -128,11 +128,13 @@ def test_curve_probe_is_greedy_accuracy_on_a_fixed_val_slice(monkeypatch):
     """The probe's number equals accuracy computed from an independent greedy decode of the same questions."""
     from gfnbench.models import load_model
     from gfnbench.sampling import sample
-    from gfnbench.tasks.arith import extract_answer
+    from gfnbench.tasks.arith import extract_answer, operand_count
 
     task, lm = get_task("arith"), load_model("tiny")
     got = task.curve_metrics(lm.model, lm.tokenizer)["val_greedy_accuracy"]
-    val = task.examples("val")[: task.probe_questions]
+    val = task.probe_examples()
+    assert [operand_count(e) for e in val] == [3, 4] * (task.probe_questions // 2)     # both kinds, alternating
+    assert len({e.id for e in val}) == task.probe_questions and set(val) <= set(task.examples("val"))
     traj = sample(lm.model, lm.tokenizer, [task.prompt(e) for e in val], 1,
                   task.sampling(train=False, greedy=True), stop_id=task.stop_id(lm.tokenizer),
                   allowed=task.allowed_tokens(lm.tokenizer), tool=task.tool)
