@@ -44,8 +44,6 @@ def shared_seeds(a: dict[int, dict], b: dict[int, dict], split: str, metric: str
 def difference_matrix(a: dict[int, dict], b: dict[int, dict], split: str, metric: str, seeds: list[int]) -> np.ndarray:
     """[seeds, questions] of A - B, questions in A's order. Refuses runs scored on different questions: their
     difference would compare different items."""
-    if not seeds:
-        raise ValueError(f"no seed has {split}/{metric} per question in both rows")
     rows = []
     for seed in seeds:
         left, right = a[seed][split], b[seed][split]
@@ -83,11 +81,10 @@ def paired_cells(records: list[dict], a: str, b: str, metrics: list[str] | None 
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def render(table: pd.DataFrame, task: str, records: list[dict]) -> str:
-    """Markdown: a header that says what was paired and which commits the runs came from, then one line per
-    (split, metric)."""
+def render(table: pd.DataFrame, task: str, used: list[dict]) -> str:
+    """Markdown: a header that says what was paired and which commits the two rows' runs (`used`) came from, then
+    one line per (split, metric)."""
     a, b = table["a"].iloc[0], table["b"].iloc[0]
-    used = [r for r in records if r["method"] in (a, b)]
     commits = sorted({str(r.get("git_commit")) for r in used})
     models = sorted({str(r.get("model")) for r in used})
     lines = [f"# {task}: {a} - {b}, paired over seeds and questions", "",
@@ -111,9 +108,10 @@ def write_comparison(results_dir: str | Path, task: str, a: str, b: str,
     if damaged:
         raise damaged[0]
     table = paired_cells(records, a, b, metrics)
+    used = [r for r in records if r["method"] in (a, b)]
     # the leaderboard's rule: one model, profile, data set, task setting and precision, or the rows do not compare
-    check_consistent([r for r in records if r["method"] in (a, b)], results_dir)
+    check_consistent(used, results_dir)
     stem = Path(results_dir) / f"{task}_paired_{a}_vs_{b}"
     check_writable(stem.parent)
-    return [atomic_write_text(stem.with_suffix(".md"), render(table, task, records)),
+    return [atomic_write_text(stem.with_suffix(".md"), render(table, task, used)),
             atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.6g"))]
