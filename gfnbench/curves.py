@@ -51,10 +51,11 @@ class LearningCurve(L.Callback):
         self._record()
 
 
-def learning_curve(task, policy, tokenizer, batches: int, reward_evals_per_batch: int) -> LearningCurve | None:
-    """The task's probe at `task.curve_points` points of a run of `batches` training batches (plus the start and
-    the end), or None when the task has no probe."""
+def learning_curve(task, policy, tokenizer, batches: int, reward_evals_per_batch: int,
+                   points: int | None = None) -> LearningCurve | None:
+    """The task's probe at `points` points (None: `task.curve_points`; a curve study asks for more) of a run of
+    `batches` training batches (plus the start and the end), or None when the task has no probe."""
     if not task.curve_points:
         return None
-    return LearningCurve(lambda: task.curve_metrics(policy, tokenizer), max(1, batches // task.curve_points),
-                         reward_evals_per_batch)
+    every = max(1, batches // (points or task.curve_points))
+    return LearningCurve(lambda: task.curve_metrics(policy, tokenizer), every, reward_evals_per_batch)

@@ -239,7 +239,8 @@ class PolicyMethod(Method):
 
         if self.ctx.warm_start is not None:      # step 0 is SFT's adapter (a resumed run's checkpoint then wins)
             self.ctx.warm_start.load_into(self.policy)
-        curve = learning_curve(self.task, self.policy, self.lm.tokenizer, batches, reward_evals_per_batch)
+        curve = learning_curve(self.task, self.policy, self.lm.tokenizer, batches, reward_evals_per_batch,
+                               self.ctx.profile.curve_points)
         settings.setdefault("checkpoints", True)
         fit_on_prompts(self.module, self.ctx, batches, batch_size, callbacks=[curve] if curve else [], **settings)
         return {"train_curve": self.module.curve, **({"learning_curve": curve.points} if curve else {})}

@@ -38,6 +38,7 @@ class Profile:
     # the committed tables are re-run in bf16.
     precision: str = "32-true"
     logger: str = "csv"             # training logs: csv (always written), tensorboard or wandb beside it
+    curve_points: int | None = None  # learning-curve probes per trained run; None: the task's own (arith 4, rng 8)
     base: str | None = None         # the built-in profile this one overrides (None: it is one)
 
     def as_dict(self) -> dict:
@@ -58,7 +59,7 @@ PROFILES = {
 
 # the fields whose values change a run's numbers (model and precision aside: results_key keys those on their own)
 NUMBER_FIELDS = ("eval_questions", "eval_samples", "eval_batch", "train_steps", "prompts_per_step",
-                 "samples_per_prompt", "lora_rank", "lora_alpha", "learning_rate", "task_eval_floor")
+                 "samples_per_prompt", "lora_rank", "lora_alpha", "learning_rate", "task_eval_floor", "curve_points")
 FIXED_FIELDS = ("name", "base", "results_dir")    # derived, never set by a profile file or flag
 COUNT_FIELDS = ("eval_batch", "train_steps", "prompts_per_step", "samples_per_prompt", "lora_rank", "lora_alpha",
                 "devices")
@@ -147,8 +148,9 @@ def value_problem(field: str, value) -> str | None:
     """Why `value` cannot be this profile field's (None when it can)."""
     if field in COUNT_FIELDS and value < 1:
         return "must be at least 1"
-    if field in ("eval_questions", "eval_samples", "bench_jobs") and value is not None and value < 1:
-        return "must be at least 1 (or null: all questions / the task's own samples / one job per core)"
+    if field in ("eval_questions", "eval_samples", "bench_jobs", "curve_points") and value is not None and value < 1:
+        return ("must be at least 1 (or null: all questions / the task's own samples / one job per core / the "
+                "task's own probes)")
     if field == "learning_rate" and not value > 0:
         return "must be > 0"
     if field == "logger" and value not in LOGGERS:

@@ -311,3 +311,19 @@ def test_later_epochs_are_off_policy_and_weighted():
     budget = get_method("grpo").factory(rng, build_tiny("llama"), ctx).budget()
     steps = round(SMOKE.train_steps * rng.training.steps_multiplier)
     assert (budget.reward_evaluations, budget.optimizer_steps) == (steps * SMOKE.samples_per_prompt, 2 * steps)
+
+
+def test_a_profiles_curve_points_sets_how_often_the_curve_is_probed(tmp_path):
+    """A curve study asks for more probes than the task's own (rng: 8): `curve_points` of the profile. rng trains
+    6 x train_steps batches; with 6 batches and 3 points the probe runs at the start and after batches 2, 4 and 6
+    (the end adds no fifth)."""
+    from dataclasses import replace
+
+    from gfnbench.runner import run
+
+    assert RandomInteger.training.steps_multiplier == 6.0 and SMOKE.prompts_per_step == 1
+    prof = replace(SMOKE, train_steps=1, curve_points=3)
+    out = run("rng", "gflownet", 0, profile=prof, results_dir=str(tmp_path))
+    record = json.loads((out / "record.json").read_text())
+    assert [p["batches"] for p in record["learning_curve"]] == [0, 2, 4, 6]
+    assert record["config"]["profile"]["curve_points"] == 3
