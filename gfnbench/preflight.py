@@ -354,11 +354,11 @@ def settings_for(spec, settings: dict | None) -> dict:
 
 
 def default_methods(task, prof) -> list[str]:
-    """Every method for the task, less the rows that run only when named (the rows started from SFT) and its
-    `costly_methods` on profiles that skip them (said on stdout)."""
+    """Every method for the task, less the rows that run only when named (the rows started from SFT) unless the
+    task's `bench_variants` wants them, and its `costly_methods` on profiles that skip them (said on stdout)."""
     from gfnbench.catalog import get_method, methods_for
 
-    names = [m for m in methods_for(task.name) if not get_method(m).named_only]
+    names = [m for m in methods_for(task.name) if not get_method(m).named_only or m in task.bench_variants]
     skipped = [m for m in names if prof.skip_costly and m in task.costly_methods]
     if skipped:
         print(f"[gfnbench] the {prof.name} profile skips {', '.join(skipped)} on {task.name} (too slow for its "

@@ -102,12 +102,15 @@ def test_tasks_choose_their_methods():
     assert not {"greedy", "beam", "diverse_beam", "nucleus"} & set(methods_for("subj"))
     cpu, smoke = get_profile("cpu"), get_profile("smoke")
     assert "ppo" not in default_methods(Continuation(), cpu) and "ppo" in default_methods(Continuation(), smoke)
-    arith_cpu = set(default_methods(Arithmetic(), cpu))     # the committed table's rows, nothing sampled at T = 1
-    assert {"greedy", "flowrl", "grpo", "gflownet", "sft", "tb_vargrad"} <= arith_cpu
-    assert not {"temperature", "nucleus", "beam", "diverse_beam", "ppo", "zero_shot", "few_shot"} & arith_cpu
+    # arith: the paper's rows, the RL rows and the SFT-started rows (issue 28); nothing sampled at T = 1
+    arith_cpu = default_methods(Arithmetic(), cpu)
+    assert sorted(arith_cpu) == sorted(["greedy", "zero_shot", "few_shot", "sft", "ppo", "gflownet", "grpo", "flowrl",
+                                        "tb_vargrad", "sft_gflownet", "sft_ppo", "sft_grpo"])
+    assert arith_cpu[-3:] == ["sft_gflownet", "sft_ppo", "sft_grpo"]      # after the rows they start from
     assert "ppo" in default_methods(Arithmetic(), smoke)
-    subj_cpu = default_methods(Subjectivity(), cpu)
-    assert "sft" in subj_cpu and "gflownet" in subj_cpu and not {"ppo", "gflownet_mstep"} & set(subj_cpu)
+    subj_cpu = default_methods(Subjectivity(), cpu)     # the paper's rows: zero-shot, few-shot, SFT, M-step
+    assert {"zero_shot", "few_shot", "sft", "gflownet", "gflownet_mstep"} <= set(subj_cpu)
+    assert not {"ppo", "grpo"} & set(subj_cpu)
 
 
 def test_tempered_baseline_samples_at_the_final_reward_temperature():

@@ -137,11 +137,13 @@ def test_bad_init_values_and_tasks_are_one_clear_error(tmp_path):
     assert not list(tmp_path.iterdir())      # nothing created
 
 
-def test_derived_rows_apply_where_gold_sft_does_and_run_only_when_named():
+def test_derived_rows_apply_where_gold_sft_does_and_run_only_when_named_or_wanted_by_the_task():
     derived = {"sft_gflownet", "sft_ppo", "sft_grpo", "sft_flowrl", "sft_tb_vargrad"}
     for task in ("arith", "infill", "rng"):
         assert derived <= set(methods_for(task))
-        assert not derived & set(default_methods(get_task(task), PROFILES["cpu"]))
+        defaults = set(default_methods(get_task(task), PROFILES["cpu"]))
+        assert derived & defaults == set(get_task(task).bench_variants)     # arith's bench names three of them
+    assert get_task("arith").bench_variants == ("sft_gflownet", "sft_ppo", "sft_grpo")
     assert not derived & set(methods_for("subj")) and not derived & set(methods_for("continuation"))
     spec = get_method("sft_ppo")
     assert spec.factory is get_method("ppo").factory and spec.trains and spec.check_settings({}) == {"init": "sft"}

@@ -78,6 +78,9 @@ class Task(ABC):
     min_eval_questions: ClassVar[int] = 0
     # Methods the cpu profile's `bench` leaves out unless named with --methods (too slow for its time limit).
     costly_methods: ClassVar[tuple[str, ...]] = ()
+    # Rows that run only when named elsewhere (the SFT-started rows, warm_start.py) but are in this task's default
+    # `bench`: where the table's question needs them (arith: does GFlowNet fine-tuning from SFT beat SFT?).
+    bench_variants: ClassVar[tuple[str, ...]] = ()
     # "higher" or "lower" (is better) per metric, shown in every table heading; metrics not listed fall back to
     # the harness's defaults (cells.DEFAULT_DIRECTIONS).
     metric_directions: ClassVar[dict[str, str]] = {}
