@@ -41,6 +41,7 @@ def bench(task: str, profile: str | Profile = "cpu", seeds: list[int] = (0, 1, 2
     run locks, each with its share of the cores' torch threads; the table comes when all are done. Before each
     run process 0 says "run k of N" and the time left, from the runs finished so far (`progress_line`)."""
     from gfnbench.leaderboard import write_leaderboard
+    from gfnbench.paired import write_standing_comparisons
 
     # every seed, method and setting, before any run
     plan = check_bench(task, profile, seeds, methods, results_dir, model, data, settings=settings, compute=compute)
@@ -76,13 +77,14 @@ def bench(task: str, profile: str | Profile = "cpu", seeds: list[int] = (0, 1, 2
     previous = log.read_bytes() if log.is_file() else None
     write_bench_log(root / "runs" / name, since, n_jobs, threads, runs, helpers.ran)
     try:
-        return write_leaderboard(root, name, method_order=plan.names)
+        written = write_leaderboard(root, name, method_order=plan.names)
     except BaseException:           # no table: the previous bench.json stays the one that matches the table
         if previous is None:
             log.unlink(missing_ok=True)
         else:
             atomic_write_bytes(log, previous)
         raise
+    return written + write_standing_comparisons(root, name, plan.task.paired_comparisons, plan.names)
 
 
 def runs_to_do(root: Path, task: str, runs: list[tuple[str, int]], overwrite: bool, since: float) -> list:

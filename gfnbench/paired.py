@@ -115,3 +115,14 @@ def write_comparison(results_dir: str | Path, task: str, a: str, b: str,
     check_writable(stem.parent)
     return [atomic_write_text(stem.with_suffix(".md"), render(table, task, used)),
             atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.6g"))]
+
+
+def write_standing_comparisons(results_dir: str | Path, task: str, pairs, ran: list[str]) -> list[Path]:
+    """The task's standing questions (`Task.paired_comparisons`) whose two rows are both among `ran` (the bench's
+    rows), each written as `gfnbench compare` writes it, so the table's own question comes with the table."""
+    out: list[Path] = []
+    for a, b in pairs:
+        if a in ran and b in ran:
+            out += write_comparison(results_dir, task, a, b)
+    return out
+

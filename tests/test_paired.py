@@ -91,3 +91,24 @@ def test_compare_on_the_committed_arith_runs_agrees_with_their_records(tmp_path)
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
     assert not list(tmp_path.glob("*nope*"))
+
+
+def test_bench_writes_the_tasks_standing_comparisons_when_it_ran_both_rows(tmp_path, monkeypatch):
+    """Arith's paired questions come with its table; a pair whose rows the bench did not run is not written.
+    Checked on a smoke bench of two untrained rows, with the task's pairs swapped for ones among them."""
+    from gfnbench.bench import bench
+    from gfnbench.tasks.arith import Arithmetic
+
+    assert ("sft_gflownet", "sft") in Arithmetic.paired_comparisons
+    monkeypatch.setattr(Arithmetic, "paired_comparisons", (("greedy", "zero_shot"), ("greedy", "sft")))
+    paths = bench("arith", "smoke", [0], ["greedy", "zero_shot"], str(tmp_path), jobs=1)
+    assert tmp_path / "arith_paired_greedy_vs_zero_shot.csv" in paths
+    assert not list(tmp_path.glob("arith_paired_greedy_vs_sft*"))
+    lines = (tmp_path / "arith_paired_greedy_vs_zero_shot.csv").read_text().splitlines()
+    runs = {m: json.loads((tmp_path / "runs" / "arith" / m / "seed0" / "record.json").read_text())
+            for m in ("greedy", "zero_shot")}
+    for line in lines[1:]:
+        split, metric, a, b, a_mean, b_mean, diff = line.split(",")[:7]
+        expected = np.mean(runs["greedy"]["per_question"][split][metric]) - \
+            np.mean(runs["zero_shot"]["per_question"][split][metric])
+        assert float(diff) == pytest.approx(expected, rel=1e-5, abs=1e-5)   # the csv keeps 6 digits

@@ -159,6 +159,8 @@ class Arithmetic(Task):
     # (4 epochs an iteration) and the zero-/few-shot CoT prompting rows (an evaluation each, ~7 min a seed).
     costly_methods = ("temperature", "nucleus", "beam", "diverse_beam")
     bench_variants = ("sft_gflownet", "sft_ppo", "sft_grpo")     # the table's question: from SFT, GFlowNet vs RL
+    # the paper's question (does GFlowNet fine-tuning, from SFT or from the base, beat SFT?) and GFlowNet vs RL
+    paired_comparisons = (("sft_gflownet", "sft"), ("gflownet", "sft"), ("sft_gflownet", "sft_grpo"))
     eval_temperature = 0.1   # paper: 10 samples at T = 0.1, majority vote
     eval_samples = 10
     pass_ks = (1, 5, 10)     # pass@k (unbiased, from the eval_samples draws at T = 0.1)

@@ -81,6 +81,9 @@ class Task(ABC):
     # Rows that run only when named elsewhere (the SFT-started rows, warm_start.py) but are in this task's default
     # `bench`: where the table's question needs them (arith: does GFlowNet fine-tuning from SFT beat SFT?).
     bench_variants: ClassVar[tuple[str, ...]] = ()
+    # The table's standing questions, (A, B): `bench` writes the paired comparison A - B per question
+    # (<task>_paired_<A>_vs_<B>.md, gfnbench/paired.py) when it ran both rows; `gfnbench compare` asks any other.
+    paired_comparisons: ClassVar[tuple[tuple[str, str], ...]] = ()
     # "higher" or "lower" (is better) per metric, shown in every table heading; metrics not listed fall back to
     # the harness's defaults (cells.DEFAULT_DIRECTIONS).
     metric_directions: ClassVar[dict[str, str]] = {}

@@ -121,6 +121,7 @@ class Subjectivity(LabelledClassification):
     # The paper's rows (zero-shot, few-shot, SFT, GFlowNet with the M-step) are all in the cpu bench; the M-step
     # repeats the gflownet row's training before its own (431 s a seed on 2 cores). The RL rows run with --methods.
     costly_methods = ("ppo", "grpo", "flowrl", "tb_vargrad")
+    paired_comparisons = (("gflownet_mstep", "sft"),)    # the paper's question: does the M-step beat 10 labels?
     training = TrainingDefaults(reward_temperature=(1.2, 1.0, 150), behaviour_mix=(0.25, 0.25, 0.5),
                                 buffer_capacity=100, buffer_sampling="reward", dedup_tol=0.1)
 
