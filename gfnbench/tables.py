@@ -92,6 +92,7 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
         f"- data: {', '.join(unique_values(records, 'data'))}",
         f"- profile: {', '.join(unique_values(records, 'profile'))}",
         f"- precision: {precision_phrase(records)}",
+        f"- machine: {machine_phrase(records)}",
         f"- seeds: {', '.join(map(str, seeds))}",
         f"- git commit(s): {', '.join(unique_values(records, 'git_commit'))}",
     ]
@@ -120,6 +121,20 @@ def header(df: pd.DataFrame, records: list[dict], task: str, bench_log: dict | N
     lines.append(f"- cells: mean and 95% percentile-bootstrap CI, written as {CELL_STYLES[style]}, over "
                  f"{_seed_phrase(df)}{_ci_phrase(df)}; deterministic rows (no sampling, no training) run once")
     return "\n".join(lines) + "\n"
+
+
+def machine_phrase(records: list[dict]) -> str:
+    """Cores and the bf16-relevant CPU flags of the hosts the runs ran on (what bf16 speed depends on), each
+    distinct host once; records made before the flags were kept say so."""
+    hosts = []
+    for r in records:
+        machine = r.get("machine") or {}
+        flags = machine.get("host_cpu_flags")
+        host = (f"{machine.get('cpu_count', '?')} cores, bf16 CPU flags: "
+                f"{', '.join(flags) or 'none'}" if flags is not None else "not recorded")
+        if host not in hosts:
+            hosts.append(host)
+    return "; ".join(hosts)
 
 
 def precision_phrase(records: list[dict]) -> str:

@@ -361,6 +361,16 @@ def test_the_table_states_its_precision_and_refuses_a_mix_unless_allowed(tmp_pat
     assert "\n- precision: mixed, per row: greedy 32-true; sft bf16-true\n" in md
 
 
+def test_the_table_header_names_each_hosts_cores_and_bf16_flags():
+    from gfnbench.tables import machine_phrase
+
+    amx = {"machine": {"cpu_count": 2, "host_cpu_flags": ["amx_bf16", "avx512f"]}}
+    plain = {"machine": {"cpu_count": 4, "host_cpu_flags": []}}
+    assert machine_phrase([amx, amx]) == "2 cores, bf16 CPU flags: amx_bf16, avx512f"
+    assert machine_phrase([amx, plain, {}]) == ("2 cores, bf16 CPU flags: amx_bf16, avx512f; 4 cores, bf16 CPU "
+                                                "flags: none; not recorded")
+
+
 def test_bf16_attention_runs_sdpa_on_fp32_q_k_v(monkeypatch):
     """After the cast, the tiny Llama's attention is the fp32 SDPA island: the config names it, SDPA receives fp32
     q, k, v (plain bf16 SDPA receives bf16), the layer output is back in bf16, and the logits stay close to fp32.
