@@ -8,10 +8,13 @@ VENV ?= .venv
 TASK ?= arith
 PROFILE ?= cpu
 SEEDS ?= 0 1 2
+# auto: bf16 base weights where the host has AMX (or a bf16 GPU), whose runs and tables go to
+# results/precision-bf16-true/; fp32 elsewhere (results/). PRECISION=32-true reproduces the fp32 tables anywhere.
+PRECISION ?= auto
 comma := ,
 space := $(subst ,, )
 SEED_LIST = [$(subst $(space),$(comma),$(strip $(SEEDS)))]
-export PYTHON VENV TASK PROFILE SEED_LIST
+export PYTHON VENV TASK PROFILE SEED_LIST PRECISION
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -33,10 +36,10 @@ $(VENV)/.installed: pyproject.toml
 	touch "$$VENV/.installed"
 
 bench: setup
-	"$$VENV/bin/gfnbench" bench --task "$$TASK" --profile "$$PROFILE" --seeds "$$SEED_LIST"
+	"$$VENV/bin/gfnbench" bench --task "$$TASK" --profile "$$PROFILE" --seeds "$$SEED_LIST" --precision "$$PRECISION"
 
 leaderboard: setup
-	"$$VENV/bin/gfnbench" leaderboard --task "$$TASK" --profile "$$PROFILE"
+	"$$VENV/bin/gfnbench" leaderboard --task "$$TASK" --profile "$$PROFILE" --precision "$$PRECISION"
 
 test: setup
 	"$$VENV/bin/python" -m pytest -q tests

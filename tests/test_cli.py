@@ -165,6 +165,7 @@ def test_run_bench_leaderboard_and_make_share_one_default_profile():
     assert defaults == {"run": "cpu", "bench": "cpu", "leaderboard": "cpu"} and cli.DEFAULT_PROFILE == "cpu"
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     assert "\nPROFILE ?= cpu\n" in makefile
+    assert "\nPRECISION ?= auto\n" in makefile        # make bench: bf16 where the host has AMX, else fp32
 
 
 # --------------------------------------------------------------------------- quiet by default

@@ -142,6 +142,7 @@ def test_make_passes_variables_as_single_arguments_and_keeps_the_exit_code(tmp_p
     out = subprocess.run(["make", "-s", "-n", "bench", "SEEDS= 3  4 ", "TASK=a'b", f"VENV={venv}"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert '--task "$TASK"' in out.stdout and '--seeds "$SEED_LIST"' in out.stdout
+    assert '--precision "$PRECISION"' in out.stdout
     shown = subprocess.run(["make", "-s", "--eval", 'show: ; @printf "%s|%s" "$$SEED_LIST" "$$TASK"', "show",
                             "SEEDS= 3  4 ", "TASK=a'b", f"VENV={venv}"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=60)
