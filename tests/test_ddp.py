@@ -65,8 +65,27 @@ def test_ddp_run_writes_one_record_equal_to_one_process_evaluation(ddp_results, 
         assert processes["train_curves"][0] == record["train_curve"] != processes["train_curves"][1]
     assert not list(run.glob("*.tmp")) and not (run / "checkpoints").exists()
     metrics, samples = evaluate_with_weights(task, method, run / "adapters.pt", get_profile("smoke"), fit=True)
-    assert metrics == record["metrics"]
-    assert samples == read_samples(run)
+    # Equal up to float summation order: the two evaluations score the samples in different batches, and on an
+    # AMD EPYC host (no AMX) gflownet_tb's logp_ref then differed in the 7th digit (-16.6415772 vs -16.6415768)
+    # with every text the same; on the AMX host it matched exactly. Texts, answers and counts must be equal.
+    assert_same_up_to_float_order(metrics, record["metrics"], "metrics")
+    assert_same_up_to_float_order(samples, read_samples(run))
+
+
+def assert_same_up_to_float_order(a, b, where="samples") -> None:
+    """a == b, except that floats need only agree to 1e-6 relative (see the caller)."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), where
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_up_to_float_order(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_up_to_float_order(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 def free_port() -> int:
