@@ -1,7 +1,8 @@
 """The README's results tables are excerpts of the generated leaderboards, never typed by hand.
 
 A block in README.md between `<!-- wide-table: TASK -->` and `<!-- /wide-table -->` is replaced by the headline
-(wide) table of `results/TASK.md` as `gfnbench leaderboard` wrote it. `make readme-tables` (this module's main)
+(wide) table of `results/TASK.md` as `gfnbench leaderboard` wrote it; `<!-- wide-table: FOLDER/TASK -->` quotes a
+keyed results folder's table (`results/precision-bf16-true/arith.md`). `make readme-tables` (this module's main)
 rewrites every block; tests/test_docs.py fails when a block differs from its file, so a stale or edited excerpt
 cannot be committed.
 """
@@ -11,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-BLOCK = re.compile(r"(<!-- wide-table: ([\w.-]+) -->\n)(.*?)(<!-- /wide-table -->)", re.S)
+BLOCK = re.compile(r"(<!-- wide-table: ((?:[\w-]+/)*[\w-]+) -->\n)(.*?)(<!-- /wide-table -->)", re.S)
 
 
 def headline_table(leaderboard_md: str) -> str:
@@ -35,8 +36,9 @@ def synced(readme: str, results_dir: Path) -> str:
     def replace(match: re.Match) -> str:
         path = results_dir / f"{match.group(2)}.md"
         if not path.is_file():
+            task = match.group(2).rsplit("/", 1)[-1]
             raise FileNotFoundError(f"README.md quotes {path}, which does not exist: run `gfnbench leaderboard "
-                                    f"--task {match.group(2)}` first")
+                                    f"--task {task}` (with that folder's options) first")
         return match.group(1) + headline_table(path.read_text(encoding="utf-8")) + match.group(4)
 
     return BLOCK.sub(replace, readme)

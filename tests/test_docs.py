@@ -163,3 +163,10 @@ def test_readme_tables_sync_replaces_a_hand_edited_block(tmp_path):
                                         "<!-- /wide-table -->\nend\n")
     with pytest.raises(FileNotFoundError, match="gfnbench leaderboard --task u"):
         synced("<!-- wide-table: u -->\n<!-- /wide-table -->", tmp_path)
+    (tmp_path / "precision-bf16-true").mkdir()                   # a keyed folder's table, by its relative path
+    (tmp_path / "precision-bf16-true" / "t.md").write_text(board.replace("**1.0**", "**2.0**"))
+    keyed = "<!-- wide-table: precision-bf16-true/t -->\n<!-- /wide-table -->"
+    assert "| a | **2.0** |" in synced(keyed, tmp_path)
+    with pytest.raises(FileNotFoundError, match="gfnbench leaderboard --task t"):
+        synced("<!-- wide-table: other/t -->\n<!-- /wide-table -->", tmp_path)
+    assert synced("<!-- wide-table: ../t -->\n<!-- /wide-table -->", tmp_path).count("| a |") == 0   # no ..
