@@ -125,4 +125,3 @@ def write_standing_comparisons(results_dir: str | Path, task: str, pairs, ran: l
         if a in ran and b in ran:
             out += write_comparison(results_dir, task, a, b)
     return out
-

@@ -34,8 +34,8 @@ class Profile:
     devices: int = 1                # processes, one per device (DDP/FSDP when > 1)
     strategy: str = "auto"          # auto (one device), ddp or fsdp
     # 32-true (alias 32), bf16-true (bf16 base weights, fp32 LoRA/heads/log-probs), bf16-mixed (training under
-    # autocast) or auto (bf16-true on AMX CPUs and bf16 GPUs); see precision.py. Every profile stays 32-true until
-    # the committed tables are re-run in bf16.
+    # autocast) or auto (bf16-true on AMX CPUs and bf16 GPUs); see precision.py. Every profile stays 32-true, so
+    # `gfnbench` without --precision reproduces the fp32 tables anywhere; `make bench` passes PRECISION (auto).
     precision: str = "32-true"
     logger: str = "csv"             # training logs: csv (always written), tensorboard or wandb beside it
     curve_points: int | None = None  # learning-curve probes per trained run; None: the task's own (arith 4, rng 8)
