@@ -180,7 +180,7 @@ def fit_steps(module, ctx, steps: int) -> None:
     fit_on_prompts(module, ctx, steps, 1, max_steps=steps)
 
 
-def train_on_two_levels(method: str, iterations: int):
+def train_on_two_levels(method: str, iterations: int, lr: float = 1e-2):
     from gfnbench.baselines.flowrl import FlowRLConfig, FlowRLModule
     from gfnbench.baselines.grpo import GRPOConfig, GRPOModule
     from gfnbench.baselines.tb_vargrad import VarGradConfig, VarGradModule
@@ -188,7 +188,7 @@ def train_on_two_levels(method: str, iterations: int):
     from gfnbench.models import build_tiny
 
     task, lm = TwoLevels(), build_tiny("llama")
-    shared = dict(lr=1e-2, samples_per_prompt=16, lora_rank=8, lora_alpha=16, lora_targets="all-linear")
+    shared = dict(lr=lr, samples_per_prompt=16, lora_rank=8, lora_alpha=16, lora_targets="all-linear")
     examples = task.examples("train")
     if method == "flowrl":        # beta 1 and the default reference prior: target pi_ref x R
         module = FlowRLModule(task, lm, FlowRLConfig(beta=1.0, logz_lr=1e-2, warmup_steps=1, **shared), examples,
@@ -217,9 +217,10 @@ def test_tb_vargrad_moves_towards_the_reward_and_flattens_equal_rewards():
 
 
 def test_flowrl_moves_towards_the_reference_times_reward_and_keeps_the_base_ratios():
-    # 60 iterations: at 40 the TV was 0.138 with one random stream and 0.208 with another (the sampler's draws
-    # changed), too near the bound; at 60 it is 0.116 and the base-ratio check 0.116
-    before, after, target, ref_target = train_on_two_levels("flowrl", 60)
+    # lr 3e-3, 60 iterations. At lr 1e-2 the result hung on the host: TV 0.116 after 60 iterations on an Intel AMX
+    # host, while on an AMD EPYC host the policy collapsed onto one answer (TV 0.542). At 3e-3 on the AMD host:
+    # TV 0.035 (0.032 at 100 iterations), base-ratio check 0.029.
+    before, after, target, ref_target = train_on_two_levels("flowrl", 60, lr=3e-3)
     assert tv(before, ref_target) > 0.4
     assert tv(after, ref_target) < 0.2, (tv(before, ref_target), tv(after, ref_target))
     assert tv(top_shape(after), top_shape(before)) < 0.2        # the prior's ratios among equal rewards stay
