@@ -8,7 +8,7 @@ VENV ?= .venv
 TASK ?= arith
 PROFILE ?= cpu
 SEEDS ?= 0 1 2
-# auto: bf16 base weights where the host has AMX (or a bf16 GPU), whose runs and tables go to
+# auto: bf16 base weights where the host has AMX, is an AMD CPU with avx512_bf16 (or a bf16 GPU), runs and tables to
 # results/precision-bf16-true/; fp32 elsewhere (results/). PRECISION=32-true reproduces the fp32 tables anywhere.
 PRECISION ?= auto
 comma := ,

@@ -80,7 +80,7 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
         precision: 32-true (alias 32; every profile's default: the committed tables are fp32), bf16-true (bf16
             base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
-            (bf16-true on a CPU with AMX or a bf16 GPU, else 32-true).
+            (bf16-true on a CPU with AMX, an AMD CPU with avx512_bf16 or a bf16 GPU, else 32-true).
         save_adapters: also write the trained weights (LoRA adapters, heads) to the run folder's adapters.pt.
         train_steps: optimizer steps of the trained rows, instead of the profile's (a folder of their own).
         eval_questions: questions per evaluation split, instead of the profile's (a folder of their own).
@@ -126,7 +126,7 @@ def bench(task: str = "arith", profile: str = DEFAULT_PROFILE, seeds: list[int] 
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
         precision: 32-true (alias 32; every profile's default: the committed tables are fp32), bf16-true (bf16
             base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
-            (bf16-true on a CPU with AMX or a bf16 GPU, else 32-true).
+            (bf16-true on a CPU with AMX, an AMD CPU with avx512_bf16 or a bf16 GPU, else 32-true).
         save_adapters: also write each trained run's weights to its folder's adapters.pt.
         jobs: runs side by side, each with its share of the cores' torch threads (default: the profile's; cpu:
             one per core, up to 4; smoke and paper: 1).

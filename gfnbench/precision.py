@@ -12,8 +12,8 @@ Names are Lightning's: `32-true` (everything fp32, the reference; the old spelli
   hidden states (`.float()`) right before each of those, so the whole model is never silently upcast.
 
 Lightning's Trainer then runs at "32-true" (`lightning_precision`): its own "bf16-true" would cast the LoRA
-weights and log Z to bf16 as well. `auto` picks `bf16-true` where the hardware computes bf16 fast (a CPU with
-AMX, a GPU that supports bf16) and `32-true` elsewhere.
+weights and log Z to bf16 as well. `auto` picks `bf16-true` where the hardware was measured to compute bf16 fast
+(a CPU with AMX, an AMD CPU with avx512_bf16, a GPU that supports bf16) and `32-true` elsewhere.
 """
 from __future__ import annotations
 
@@ -75,12 +75,34 @@ def computes_on_cpu(accelerator: str) -> bool:
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor_id ("GenuineIntel", "AuthenticAMD"); empty where /proc/cpuinfo does not say."""
+    for line in read_cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return ""
+
+
+def fast_cpu_bf16_path(flags: list[str], vendor: str) -> str | None:
+    """Which measured fast bf16 path this CPU has (None: none measured). AMX: 2048^3 matmul 6.3x fp32, the
+    GFlowNet step 1.4-1.6x (results/perf_amx.md). avx512_bf16 on AMD: matmul 4.2x, step 2.1-2.2x
+    (results/perf_amd.md). avx512_bf16 on Intel without AMX stays fp32: slower under autocast there
+    (shared/environment.md), and bf16 weights were never measured on such a host."""
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags and vendor == "AuthenticAMD":
+        return "avx512_bf16 on AMD"
+    return None
+
+
 def has_fast_bf16(accelerator: str = "cpu") -> bool:
-    """Whether bf16 matmuls are fast where the run computes: AMX on a CPU, bf16 support on a GPU."""
+    """Whether bf16 matmuls are fast where the run computes: a measured fast path on a CPU (`fast_cpu_bf16_path`),
+    bf16 support on a GPU."""
     import torch
 
     if computes_on_cpu(accelerator):
-        return "amx_bf16" in host_cpu_flags()
+        return fast_cpu_bf16_path(host_cpu_flags(), cpu_vendor()) is not None
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 

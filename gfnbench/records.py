@@ -78,10 +78,10 @@ def machine() -> dict:
 
     import torch
 
-    from gfnbench.precision import host_cpu_flags
+    from gfnbench.precision import cpu_vendor, host_cpu_flags
 
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.machine(),
-            "host_cpu_flags": host_cpu_flags()}     # AMX / AVX-512 bf16: what bf16 speed depends on
+            "host_cpu_flags": host_cpu_flags(), "cpu_vendor": cpu_vendor()}   # what bf16 speed (and auto) depend on
 
 
 def _git(args: list[str], cwd: str) -> str:

@@ -6,7 +6,7 @@ log-softmaxes and losses fp32), and the naive pipeline in bf16 is the same HF mo
 log-softmaxes in fp32."""
 from __future__ import annotations
 
-from gfnbench.precision import has_fast_bf16, host_cpu_flags, resolve_precision
+from gfnbench.precision import cpu_vendor, fast_cpu_bf16_path, has_fast_bf16, host_cpu_flags, resolve_precision
 
 LABELS = {"fp32": "32-true", "bf16": "bf16-true"}       # a perf run's label -> gfnbench's precision name
 PIPELINES = ("gfnbench", "naive")
@@ -26,16 +26,22 @@ def pipeline_key(pipeline: str, label: str) -> str:
     return pipeline if label == "fp32" else f"{pipeline}_{label}"
 
 
-def host_line(flags: list[str] | None = None, fast: bool | None = None) -> str:
-    """One line on whether this host computes bf16 fast (AMX), which decides what the bf16 numbers can show."""
+def host_line(flags: list[str] | None = None, vendor: str | None = None) -> str:
+    """One line on whether this host has a measured fast bf16 path, which decides what the bf16 numbers can show."""
     flags = host_cpu_flags() if flags is None else flags
-    fast = has_fast_bf16("cpu") if fast is None else fast
+    vendor = cpu_vendor() if vendor is None else vendor
     shown = ", ".join(flags) or "none of them"
-    if fast:
+    path = fast_cpu_bf16_path(flags, vendor)
+    auto = "bf16-true" if path else "32-true"
+    if path == "AMX":
         return (f"this host has AMX (bf16 flags: {shown}): bf16 matmuls run on the AMX tiles, and "
-                f"`--precision auto` resolves to {resolve_precision('auto', 'cpu')}")
-    return (f"this host has no AMX (bf16 flags: {shown}): bf16 has no fast matmul path here, so the bf16 rows are "
-            f"not expected to beat fp32, and `--precision auto` resolves to {resolve_precision('auto', 'cpu')}")
+                f"`--precision auto` resolves to {auto}")
+    if path:
+        return (f"this host has no AMX but is an {vendor} CPU with avx512_bf16 (bf16 flags: {shown}), where bf16 "
+                f"was measured faster than fp32 (results/perf_amd.md), so `--precision auto` resolves to {auto}")
+    return (f"this host has no AMX (bf16 flags: {shown}; vendor {vendor or 'unknown'}): no fast bf16 path has been "
+            f"measured on such a CPU, so the bf16 rows are not expected to beat fp32, and `--precision auto` "
+            f"resolves to {auto}")
 
 
 def speedups(w: dict) -> dict:
@@ -62,7 +68,8 @@ def precision_summary(result: dict) -> dict:
     workload's bf16 ratios (plus every workload's) and evaluation sampling's bf16 against fp32."""
     flags = host_cpu_flags()
     out = {"host_cpu_flags": flags, "amx": "amx_bf16" in flags, "fast_bf16": has_fast_bf16("cpu"),
-           "auto_resolves_to": resolve_precision("auto", "cpu"), "host_line": host_line(flags),
+           "cpu_vendor": cpu_vendor(), "auto_resolves_to": resolve_precision("auto", "cpu"),
+           "host_line": host_line(flags),
            "matmul_peak_gflops": {"fp32": result["matmul_peak_gflops"],
                                   "bf16": result.get("matmul_peak_gflops_bf16")}}
     head = headline(result)

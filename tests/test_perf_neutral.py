@@ -327,8 +327,11 @@ def test_bf16_summary_and_targets_by_hand():
 def test_no_amx_host_is_said_in_one_line():
     from gfnbench_perf.precisions import host_line
 
-    assert "no AMX" in host_line(["avx512_bf16", "avx512f"], fast=False)
-    assert "has AMX" in host_line(["amx_bf16"], fast=True)
+    intel = host_line(["avx512_bf16", "avx512f"], vendor="GenuineIntel")
+    assert "no AMX" in intel and "resolves to 32-true" in intel
+    assert "has AMX" in host_line(["amx_bf16"], vendor="GenuineIntel")
+    amd = host_line(["avx512_bf16", "avx512f"], vendor="AuthenticAMD")
+    assert "AuthenticAMD" in amd and "resolves to bf16-true" in amd
 
 
 def test_spearman_ranks_ties_by_hand():

@@ -43,6 +43,8 @@ MIN_SPEARMAN = 0.99          # rank correlation of the scored prefixes' log-rewa
 
 CPUINFO_AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8 x2apic\n"
 CPUINFO_PLAIN = "processor\t: 0\nflags\t\t: fpu sse avx2 x2apic\n"
+CPUINFO_AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 x2apic\n"
+CPUINFO_INTEL_NO_AMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16 x2apic\n"
 CONTEXT = "Q: 1 + 1 = ? A: 2.\nQuestion: 1 + 2 = ? Answer:"
 PROMPTS = ["Question: 1 + 2 = ? Answer:", "the cat", "Question: 3 + 4 = ? Answer:"]
 
@@ -82,13 +84,23 @@ def test_host_cpu_flags_are_the_bf16_ones_sorted(monkeypatch):
     assert host_cpu_flags() == []
 
 
+def test_cpu_vendor_is_read_from_cpuinfo(monkeypatch):
+    monkeypatch.setattr(precision, "read_cpuinfo", lambda: CPUINFO_AMD)
+    assert precision.cpu_vendor() == "AuthenticAMD"
+    monkeypatch.setattr(precision, "read_cpuinfo", lambda: CPUINFO_PLAIN)
+    assert precision.cpu_vendor() == ""
+
+
 def test_no_cpuinfo_off_linux(monkeypatch):
     monkeypatch.setattr(precision.sys, "platform", "darwin")
     assert precision.read_cpuinfo() == ""
 
 
-@pytest.mark.parametrize("cpuinfo, want", [(CPUINFO_AMX, "bf16-true"), (CPUINFO_PLAIN, "32-true")])
-def test_auto_on_a_cpu_follows_amx(monkeypatch, cpuinfo, want):
+@pytest.mark.parametrize("cpuinfo, want", [(CPUINFO_AMX, "bf16-true"), (CPUINFO_PLAIN, "32-true"),
+                                           (CPUINFO_AMD, "bf16-true"), (CPUINFO_INTEL_NO_AMX, "32-true")])
+def test_auto_on_a_cpu_follows_the_measured_fast_bf16_paths(monkeypatch, cpuinfo, want):
+    """AMX, and avx512_bf16 on AMD (results/perf_amd.md), were measured faster in bf16; Intel avx512_bf16 alone
+    was not."""
     monkeypatch.setattr(precision, "read_cpuinfo", lambda: cpuinfo)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("auto", "cpu") == want
