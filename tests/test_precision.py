@@ -339,6 +339,7 @@ def test_a_bf16_true_smoke_run_records_its_precision_and_cpu_flags(tmp_path):
     assert record["config"]["profile"]["precision"] == "bf16-true"
     assert record["machine"]["host_cpu_flags"] == host_cpu_flags()
     assert all(isinstance(f, str) for f in record["machine"]["host_cpu_flags"])
+    assert record["machine"]["cpu_vendor"] == precision.cpu_vendor()
     assert all(v == v for v in record["metrics"]["test"].values()), "a NaN metric"
 
 
