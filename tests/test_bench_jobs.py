@@ -101,3 +101,14 @@ def test_bench_json_is_written_only_when_the_bench_finishes(tmp_path, monkeypatc
     with pytest.raises(OSError):
         bench("rng", "smoke", [0], ["temperature"], str(tmp_path), overwrite=True, jobs=1)
     assert not log.exists()
+
+
+def test_a_bench_that_runs_nothing_keeps_the_wall_time_of_the_bench_that_made_the_table(tmp_path):
+    """`make bench` over a finished table (a clean clone's committed runs) rewrites the table, and its header keeps
+    saying what the bench that ran the runs took."""
+    bench("rng", "smoke", [0], ["greedy"], str(tmp_path), jobs=1)
+    log = tmp_path / "runs" / "rng" / "bench.json"
+    before = log.read_bytes()
+    bench("rng", "smoke", [0], ["greedy"], str(tmp_path), jobs=1)
+    assert log.read_bytes() == before
+    assert "for every run (`gfnbench bench`, 1 job(s)" in (tmp_path / "rng.md").read_text()
