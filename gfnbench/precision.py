@@ -86,7 +86,7 @@ def cpu_vendor() -> str:
 
 def fast_cpu_bf16_path(flags: list[str], vendor: str) -> str | None:
     """Which measured fast bf16 path this CPU has (None: none measured). AMX: 2048^3 matmul 6.3x fp32, the
-    GFlowNet step 1.4-1.6x (results/perf_amx.md). avx512_bf16 on AMD: matmul 4.2x, step 2.1-2.2x
+    GFlowNet step 1.4-1.6x (results/perf_amx.md). avx512_bf16 on AMD: matmul 4.0x, step 2.0-2.3x
     (results/perf_amd.md). avx512_bf16 on Intel without AMX stays fp32: slower under autocast there
     (shared/environment.md), and bf16 weights were never measured on such a host."""
     if "amx_bf16" in flags:
