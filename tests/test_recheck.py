@@ -132,3 +132,66 @@ def test_arith_reward_check_scores_a_recorded_gold_rationale_as_the_gold(tiny):
     assert row["n"] == 1 and row["beaten"] == 0 and row["best_correct"]
     assert row["best"] == pytest.approx(row["gold"], abs=1e-3) and math.isfinite(row["gold"])
     assert row["right_mass"] == pytest.approx(1.0)
+
+
+def test_arith_posterior_space_is_counted_by_hand_and_holds_the_gold():
+    """4 distinct operands: step 1 takes an ordered pair (4 x 3) with either operator (24 rationales); each of
+    them goes on with one of the 2 unused numbers (x 2 operators: 96 two-step rationales), then with the last one
+    (x 2: 192 three-step ones): 312 in all. 3 operands: 12 + 24 = 36."""
+    mod = script("arith_posterior_check")
+    task = get_task("arith")
+    four = next(ex for ex in task.examples("test_4op")
+                if len(set(mod.question_numbers(ex.question)[0])) == 4)
+    space = mod.rationale_space(mod.question_numbers(four.question)[0])
+    assert len(space) == 312 and len(set(space)) == 312
+    assert [sum(t.count("=") == k for t in space) for k in (1, 2, 3)] == [24, 96, 192]
+    assert " " + four.rationale in space
+    assert len(mod.rationale_space([1, 2, 3])) == 36
+    assert mod.rationale_space([2, 5])[:2] == [" 2 + 5 = 7", " 2 - 5 = -3"]
+
+
+def test_arith_posterior_shares_by_hand():
+    """log R 0 and log 3 with the right answer on the second: share 3/4 at T = 1, 9/10 at T = 0.5."""
+    mod = script("arith_posterior_check")
+    assert mod.posterior_shares([0.0, math.log(3)], [False, True], 1.0) == pytest.approx(0.75)
+    assert mod.posterior_shares([0.0, math.log(3)], [False, True], 0.5) == pytest.approx(0.9)
+
+
+def test_arith_posterior_check_scores_the_gold_as_the_reward_does(tiny):
+    """One 3-operand question on the tiny model: the gold rationale's log R in the enumeration equals
+    arith_reward_check's score of it alone, and every share lies in [0, 1] with the step shares summing to 1."""
+    mod, check = script("arith_posterior_check"), script("arith_reward_check")
+    task = get_task("arith")
+    ex = task.examples("test_3op")[0]
+    row = mod.check_question(task, tiny, ex)
+    alone = check.check_question(task, tiny, ex, 0, None, recorded=[" " + ex.rationale])["gold"]
+    assert row["candidates"] == len(mod.rationale_space(mod.question_numbers(ex.question)[0]))
+    assert row["gold_log_r"] == pytest.approx(alone, abs=1e-3)
+    assert all(0.0 <= v <= 1.0 for k, v in row.items() if "share" in k)
+    assert row["steps1_share_T1"] + row["steps2_share_T1"] == pytest.approx(1.0)
+
+
+def test_arith_posterior_check_sets_a_runs_policy_beside_the_target(tmp_path):
+    """The --run path: a run folder's adapters load into a policy of its shape, and the policy's distribution over
+    the space is a distribution (mass in the space at most 1, its step shares summing to 1, TV in [0, 1])."""
+    from gfnbench.models import build_tiny
+    from gfnbench.policy import lora_policy
+
+    mod = script("arith_posterior_check")
+    task = get_task("arith")
+    ex = task.examples("test_3op")[0]
+    lm = build_tiny("llama")                     # its own model: the policy's LoRA goes into it
+    row = mod.check_question(task, lm, ex)
+    donor = lora_policy(build_tiny("llama"), 4, 8, None, seed=1)
+    with torch.no_grad():
+        state = {n: p.detach().clone().normal_() for n, p in donor.named_parameters() if p.requires_grad}
+    torch.save([state], tmp_path / "adapters.pt")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"method": {"gflownet": {"lora_rank": 4, "lora_alpha": 8, "lora_targets": None}, "train_steps": 40}}))
+    policy = mod.load_run_policy(lm, tmp_path)
+    assert all(torch.equal(p, state[n]) for n, p in policy.named_parameters() if p.requires_grad)
+    out = mod.policy_against_target(task, lm, policy, ex, row)
+    assert 0.0 < out["policy_mass_in_space"] <= 1.0 + 1e-6
+    assert out["policy_steps1_share"] + out["policy_steps2_share"] == pytest.approx(1.0)
+    assert 0.0 <= out["policy_right_share"] <= 1.0
+    assert all(0.0 <= out[f"policy_tv_to_target_T{t:g}"] <= 1.0 for t in mod.TEMPERATURES)
