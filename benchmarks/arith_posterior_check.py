@@ -38,6 +38,7 @@ from arith_reward_check import final_log_reward, text_trajectories  # noqa: E402
 from gfnbench.models import load_model  # noqa: E402
 from gfnbench.policy import lora_policy, sequence_log_prob_of  # noqa: E402
 from gfnbench.precision import cast_frozen_base  # noqa: E402
+from gfnbench.records import atomic_write_text, git_commit, package_versions  # noqa: E402
 from gfnbench.tasks import get_task  # noqa: E402
 from gfnbench.tasks.arith import evaluate_left_to_right, extract_answer  # noqa: E402
 
@@ -189,10 +190,11 @@ def main() -> None:
     for row in rows:
         del row["texts"], row["log_r"]
     result = {"split": args.split, "model": lm.model_id, "precision": args.precision, "runs": args.run,
+              "git_commit": git_commit(), "packages": package_versions(),
               "wall_time_s": round(time.time() - t0, 1), "summary": summary(rows), "rows": rows}
     print(json.dumps(result["summary"], indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
