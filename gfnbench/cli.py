@@ -78,7 +78,7 @@ def run(*, task: str, method: str, seed: int = 0, profile: str = DEFAULT_PROFILE
         accelerator: auto, cpu or gpu (default: the profile's, cpu).
         devices: processes, one per device; more than 1 needs --strategy ddp or fsdp (default: the profile's, 1).
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
-        precision: 32-true (alias 32; every profile's default: the committed tables are fp32), bf16-true (bf16
+        precision: 32-true (alias 32; every profile's default, the tables directly in results/), bf16-true (bf16
             base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
             (bf16-true on a CPU with AMX, an AMD CPU with avx512_bf16 or a bf16 GPU, else 32-true).
         save_adapters: also write the trained weights (LoRA adapters, heads) to the run folder's adapters.pt.
@@ -124,7 +124,7 @@ def bench(task: str = "arith", profile: str = DEFAULT_PROFILE, seeds: list[int] 
         accelerator: auto, cpu or gpu (default: the profile's, cpu).
         devices: processes, one per device; more than 1 needs --strategy ddp or fsdp (default: the profile's, 1).
         strategy: auto (one device), ddp (every process holds the model) or fsdp (GPUs; the model sharded).
-        precision: 32-true (alias 32; every profile's default: the committed tables are fp32), bf16-true (bf16
+        precision: 32-true (alias 32; every profile's default, the tables directly in results/), bf16-true (bf16
             base weights; LoRA, heads, log-probs and losses fp32), bf16-mixed (training under autocast) or auto
             (bf16-true on a CPU with AMX, an AMD CPU with avx512_bf16 or a bf16 GPU, else 32-true).
         save_adapters: also write each trained run's weights to its folder's adapters.pt.
