@@ -74,11 +74,17 @@ def rationale_space(numbers: list[int]) -> list[str]:
     return list(out)
 
 
+def normalised(log_values: list[float], temperature: float = 1.0) -> list[float]:
+    """exp(v / T) over the list, summing to 1 (shifted by the maximum, so no term overflows)."""
+    top = max(log_values) / temperature
+    mass = [math.exp(v / temperature - top) for v in log_values]
+    total = sum(mass)
+    return [m / total for m in mass]
+
+
 def posterior_shares(log_r: list[float], right: list[bool], temperature: float) -> float:
     """The share of R^(1/T) over the space that sits on rationales ending on the right answer."""
-    top = max(log_r) / temperature
-    mass = [math.exp(r / temperature - top) for r in log_r]
-    return sum(m for m, ok in zip(mass, right) if ok) / sum(mass)
+    return sum(m for m, ok in zip(normalised(log_r, temperature), right) if ok)
 
 
 def scores(task, tok, prompt: str, texts: list[str], score) -> list[float]:
@@ -96,7 +102,8 @@ def check_question(task, lm, ex) -> dict:
     steps = [t.count("=") for t in texts]
     gold = texts.index(" " + ex.rationale)
     best = max(range(len(texts)), key=log_r.__getitem__)
-    return {"question": ex.question, "answer": ex.answer, "texts": texts, "log_r": log_r, "candidates": len(texts),
+    return {"question": ex.question, "answer": ex.answer, "texts": texts, "log_r": log_r, "right": right,
+            "steps": steps, "candidates": len(texts),
             "right_candidates": sum(right), "gold_log_r": log_r[gold],
             "gold_rank": 1 + sum(r > log_r[gold] for r in log_r), "best_text": texts[best].strip(),
             "best_log_r": log_r[best], "best_right": right[best], "best_steps": steps[best],
@@ -133,20 +140,12 @@ def policy_against_target(task, lm, policy, ex, row: dict) -> dict:
     with torch.no_grad():
         log_q = scores(task, tok, task.prompt(ex), texts,
                        lambda traj: sequence_log_prob_of(policy, traj, task, allowed, stop).tolist())
-    top = max(log_q)
-    q = [math.exp(v - top) for v in log_q]
-    in_space = math.exp(top) * sum(q)
-    q = [v / sum(q) for v in q]
-    right = [extract_answer(t) == ex.answer for t in texts]
-    steps = [t.count("=") for t in texts]
-    out = {"policy_mass_in_space": in_space, "policy_right_share": sum(v for v, ok in zip(q, right) if ok),
-           **{f"policy_steps{k}_share": sum(v for v, s in zip(q, steps) if s == k) for k in sorted(set(steps))}}
-    for t in TEMPERATURES:
-        top_r = max(row["log_r"]) / t
-        p = [math.exp(r / t - top_r) for r in row["log_r"]]
-        p = [v / sum(p) for v in p]
-        out[f"policy_tv_to_target_T{t:g}"] = 0.5 * sum(abs(a - b) for a, b in zip(q, p))
-    return out
+    q, right, steps, top = normalised(log_q), row["right"], row["steps"], max(log_q)
+    return {"policy_mass_in_space": math.exp(top) * sum(math.exp(v - top) for v in log_q),
+            "policy_right_share": sum(v for v, ok in zip(q, right) if ok),
+            **{f"policy_steps{k}_share": sum(v for v, s in zip(q, steps) if s == k) for k in sorted(set(steps))},
+            **{f"policy_tv_to_target_T{t:g}": 0.5 * sum(abs(a - b) for a, b in zip(q, normalised(row["log_r"], t)))
+               for t in TEMPERATURES}}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -188,7 +187,7 @@ def main() -> None:
             print(f"{ex.question:>18}  {label}: mass in space {out['policy_mass_in_space']:.3f}, right share "
                   f"{out['policy_right_share']:.3f}, TV to target T=1 {out['policy_tv_to_target_T1']:.3f}", flush=True)
     for row in rows:
-        del row["texts"], row["log_r"]
+        del row["texts"], row["log_r"], row["right"], row["steps"]
     result = {"split": args.split, "model": lm.model_id, "precision": args.precision, "runs": args.run,
               "git_commit": git_commit(), "packages": package_versions(),
               "wall_time_s": round(time.time() - t0, 1), "summary": summary(rows), "rows": rows}

@@ -59,13 +59,19 @@ def read_cpuinfo() -> str:
         return ""
 
 
-def host_cpu_flags() -> list[str]:
-    """The CPU flags that decide bf16 speed on this host (AMX and AVX-512 ones), sorted; recorded with every run."""
-    flags: set[str] = set()
+def cpuinfo_values(field: str) -> list[str]:
+    """Every value of one /proc/cpuinfo field (one per processor), stripped."""
+    out = []
     for line in read_cpuinfo().splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags.update(value.split())
+        if key.strip() == field:
+            out.append(value.strip())
+    return out
+
+
+def host_cpu_flags() -> list[str]:
+    """The CPU flags that decide bf16 speed on this host (AMX and AVX-512 ones), sorted; recorded with every run."""
+    flags = {flag for value in cpuinfo_values("flags") for flag in value.split()}
     return sorted(flags.intersection(BF16_CPU_FLAGS))
 
 
@@ -77,11 +83,7 @@ def computes_on_cpu(accelerator: str) -> bool:
 
 def cpu_vendor() -> str:
     """The CPU's vendor_id ("GenuineIntel", "AuthenticAMD"); empty where /proc/cpuinfo does not say."""
-    for line in read_cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
-            return value.strip()
-    return ""
+    return next(iter(cpuinfo_values("vendor_id")), "")
 
 
 def fast_cpu_bf16_path(flags: list[str], vendor: str) -> str | None:
